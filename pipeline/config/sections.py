@@ -99,6 +99,8 @@ class ApiConfig(Section):
     max_upload_mb: float = Field(10.0, gt=0)
     max_pixels: int = Field(40_000_000, ge=1)
     require_keys: Literal["auto", "always", "never"] = "auto"
+    max_files: int = Field(20, ge=1, le=1000, description="image parts per request (enroll); the request body "
+                                                           "is capped at max_files x max_upload_mb + 1 MiB")
 
 
 class MqttSink(Section):

@@ -1,0 +1,10 @@
+"""Small helpers routes share: the app state, running blocking work off the event loop."""
+from __future__ import annotations
+
+from fastapi import Request
+
+from .app import ApiState
+
+
+def state(request: Request) -> ApiState:
+    return request.app.state.ft

@@ -1,0 +1,1 @@
+"""One router per resource: health (+ /metrics), faces (identify/verify), gallery, events, cameras."""

@@ -1,0 +1,198 @@
+"""/v1/events: query (the CLI's filters, cursor paging), get one, its snapshot JPEG, and a live tail (SSE)."""
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import json
+import logging
+import re
+import time
+from typing import Literal
+
+from fastapi import APIRouter, Header, Path, Query, Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import Response, StreamingResponse
+from pydantic import BaseModel, Field
+
+from ...events.model import Event
+from ...streams import StreamNames
+from ..deps import state
+from ..errors import ApiError
+
+log = logging.getLogger("facetrail.api")
+
+router = APIRouter(prefix="/events", tags=["events"])
+
+EVENT_ID = r"^[0-9a-f]{1,64}$"
+CAMERA = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
+_REL = re.compile(r"^(\d+(?:\.\d+)?)\s*([smhdw])$")
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+
+TIME_HELP = "unix seconds, ISO 8601 (2026-01-31T12:00:00Z) or an age like 15m, 2h, 7d"
+
+
+class EventPage(BaseModel):
+    events: list[Event]
+    next_cursor: str | None = Field(None, description="pass as ?cursor= for the next page; null at the end")
+
+
+def parse_time(value: str | None, field: str, now: float | None = None) -> float | None:
+    """unix seconds | ISO 8601 | relative age ('15m', '2h', '7d' = that long before now)."""
+    if value is None or value == "":
+        return None
+    v = value.strip()
+    try:
+        f = float(v)
+        if f != f or f in (float("inf"), float("-inf")):
+            raise ValueError
+        return f
+    except ValueError:
+        pass
+    m = _REL.match(v)
+    if m:
+        return (time.time() if now is None else now) - float(m.group(1)) * _UNITS[m.group(2)]
+    try:
+        t = dt.datetime.fromisoformat(v.replace("Z", "+00:00"))
+    except ValueError:
+        raise ApiError(422, "invalid_request", f"{field}: {value[:64]!r} is not a time ({TIME_HELP})") from None
+    if t.tzinfo is None:
+        t = t.replace(tzinfo=dt.timezone.utc)
+    return t.timestamp()
+
+
+def _store(request: Request):
+    from ...events.store import EventStore
+
+    st = state(request)
+    return EventStore(st.redis, st.settings)
+
+
+@router.get("", response_model=EventPage, summary="query events (newest first by default), paged by cursor")
+async def query_events(
+        request: Request,
+        camera: str | None = Query(None, pattern=CAMERA),
+        identity: str | None = Query(None, min_length=1, max_length=128, description="gallery name (any case)"),
+        identity_id: str | None = Query(None, min_length=1, max_length=64),
+        unknown: bool = Query(False, description="only tracks that ended without a match"),
+        type: list[Literal["track.started", "identity.matched", "track.ended"]] | None = Query(  # noqa: A002
+            None, description="repeatable"),
+        since: str | None = Query(None, max_length=64, description=TIME_HELP),
+        until: str | None = Query(None, max_length=64, description=TIME_HELP),
+        min_score: float | None = Query(None, ge=-1.0, le=1.0),
+        limit: int = Query(50, ge=1, le=1000),
+        cursor: str | None = Query(None, max_length=512),
+        order: Literal["asc", "desc"] = Query("desc")):
+    t0, t1 = parse_time(since, "since"), parse_time(until, "until")
+    store = _store(request)
+
+    def work():
+        try:
+            return store.query(camera=camera, identity=identity, identity_id=identity_id, unknown=unknown,
+                               since=t0, until=t1, min_score=min_score, types=list(type) if type else None,
+                               limit=limit, cursor=cursor, order=order)
+        except ValueError as e:
+            raise ApiError(422, "invalid_request", str(e)) from None
+
+    page = await run_in_threadpool(work)
+    return EventPage(events=page.events, next_cursor=page.cursor)
+
+
+def _matches(ev: Event, camera, identity, types) -> bool:
+    if camera and ev.camera != camera:
+        return False
+    if identity and (ev.identity or "").lower() != identity.lower():
+        return False
+    return not types or ev.type in types
+
+
+@router.get("/stream", summary="live tail as server-sent events (text/event-stream)",
+            response_class=StreamingResponse,
+            responses={200: {"content": {"text/event-stream": {}},
+                             "description": "`id: <stream id>`, `event: <type>`, `data: <event JSON>` per event"}})
+async def stream_events(
+        request: Request,
+        camera: str | None = Query(None, pattern=CAMERA),
+        identity: str | None = Query(None, min_length=1, max_length=128),
+        type: list[Literal["track.started", "identity.matched", "track.ended"]] | None = Query(None),  # noqa: A002
+        after: str | None = Query(None, pattern=r"^(\$|0|\d{1,20}-\d{1,20})$",
+                                  description="stream id to resume after ($ = only new events, 0 = from the start)"),
+        limit: int | None = Query(None, ge=1, le=100_000, description="close after this many events"),
+        idle_timeout: float | None = Query(None, gt=0, le=86400, description="close after this many seconds "
+                                                                               "without an event"),
+        last_event_id: str | None = Header(None, pattern=r"^\d{1,20}-\d{1,20}$",
+                                           description="resume point an EventSource sends on reconnect")):
+    st = state(request)
+    stream = StreamNames(st.settings.redis.key_prefix).events
+    start = after or last_event_id or "$"
+    if start == "$":  # resolve now, so nothing committed between this request and the first read is lost
+        last = await run_in_threadpool(st.redis.xrevrange, stream, "+", "-", 1)
+        start = last[0][0].decode() if last else "0-0"
+    types = set(type or ())
+
+    async def gen():
+        cursor, sent, idle_since, ka = start, 0, time.monotonic(), time.monotonic()
+        yield ": facetrail events\n\n"
+        while True:
+            if await request.is_disconnected():
+                return
+            try:
+                resp = await run_in_threadpool(st.redis.xread, {stream: cursor}, 100, 1000)
+            except Exception as e:  # noqa: BLE001 - tell the client and close, do not crash the worker
+                log.warning("events stream: read failed: %s", e)
+                yield f"event: error\ndata: {json.dumps({'error': 'events stream unavailable'})}\n\n"
+                return
+            now = time.monotonic()
+            for _name, entries in resp or []:
+                for msg_id, fields in entries:
+                    cursor = msg_id.decode() if isinstance(msg_id, bytes) else msg_id
+                    raw = fields.get(b"m", fields.get("m"))
+                    try:
+                        ev = Event.decode(raw)
+                    except Exception:  # noqa: BLE001 - an unreadable entry is skipped, not fatal
+                        log.warning("events stream: unreadable entry %s skipped", cursor)
+                        continue
+                    if not _matches(ev, camera, identity, types):
+                        continue
+                    yield f"id: {cursor}\nevent: {ev.type}\ndata: {ev.encode()}\n\n"
+                    sent += 1
+                    idle_since = ka = now
+                    if limit and sent >= limit:
+                        return
+            if idle_timeout and now - idle_since >= idle_timeout:
+                return
+            if now - ka >= 15:
+                ka = now
+                yield ": keepalive\n\n"
+            await asyncio.sleep(0)
+
+    return StreamingResponse(gen(), media_type="text/event-stream",
+                             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+
+@router.get("/{event_id}", response_model=Event, responses={404: {"description": "no such event"}})
+async def get_event(request: Request, event_id: str = Path(pattern=EVENT_ID)):
+    store = _store(request)
+    ev = await run_in_threadpool(store.get, event_id)
+    if ev is None:
+        raise ApiError(404, "not_found", f"no event {event_id!r} (unknown, expired or purged)")
+    return ev
+
+
+@router.get("/{event_id}/snapshot", response_class=Response, summary="the event's snapshot JPEG",
+            responses={200: {"content": {"image/jpeg": {}}}, 404: {"description": "no event or no snapshot"}})
+async def get_snapshot(request: Request, event_id: str = Path(pattern=EVENT_ID)):
+    store = _store(request)
+
+    def work():
+        ev = store.get(event_id)
+        if ev is None:
+            raise ApiError(404, "not_found", f"no event {event_id!r} (unknown, expired or purged)")
+        if not ev.snapshot_id:
+            raise ApiError(404, "not_found", f"event {event_id!r} has no snapshot")
+        jpeg = store.snapshot(ev.snapshot_id)
+        if jpeg is None:
+            raise ApiError(404, "not_found", f"the snapshot of event {event_id!r} has expired")
+        return jpeg
+
+    jpeg = await run_in_threadpool(work)
+    return Response(content=jpeg, media_type="image/jpeg", headers={"Cache-Control": "private, max-age=3600"})
