@@ -87,10 +87,16 @@ class WorkersConfig(Section):
 
 class TrackingConfig(Section):
     iou_threshold: float = Field(0.3, ge=0.0, le=1.0)
-    max_age_s: float = Field(2.0, gt=0)
+    appearance_threshold: float = Field(0.4, ge=-1.0, le=1.0,
+                                        description="cosine that links a face to a nearby track without IoU")
+    appearance_veto: float = Field(0.15, ge=-1.0, le=1.0,
+                                   description="below this cosine a face never joins the track (scene cuts)")
+    max_age_s: float = Field(2.0, gt=0, description="stream seconds without a face before a track ends")
+    min_track_frames: int = Field(3, ge=1, description="faces before a track is announced (track.started)")
     reorder_timeout_ms: int = Field(2000, ge=0)
     lease_ttl_s: float = Field(5.0, gt=0)
     min_votes: int = Field(1, ge=1)
+    vote_ratio: float = Field(2.0, ge=1.0, description="leading identity must outweigh the runner-up this much")
 
 
 class ApiConfig(Section):
@@ -111,17 +117,25 @@ class MqttSink(Section):
     qos: Literal[0, 1, 2] = 1
     username: str | None = None
     password: str | None = None
+    client_id: str | None = None
+    timeout_s: float = Field(5.0, gt=0)
 
 
 class WebhookSink(Section):
     url: str
+    name: str | None = Field(None, pattern=r"^[A-Za-z0-9_.-]{1,64}$",
+                             description="consumer-group name; default: derived from the url")
     secret: str | None = None
     timeout_s: float = Field(5.0, gt=0)
-    retries: int = Field(5, ge=0)
+    retries: int = Field(5, ge=0, description="quick retries (exponential backoff) before the sink backs off")
+    backoff_s: float = Field(0.5, gt=0)
 
 
 class SinksConfig(Section):
     events_maxlen: int = Field(100_000, ge=100)
+    pubsub: bool = Field(True, description="also PUBLISH each event on <prefix>:events (Redis pub/sub)")
+    in_matcher: bool = Field(True, description="run sink delivery threads inside each matcher process")
+    max_backoff_s: float = Field(30.0, gt=0, description="a failing sink retries at most this far apart")
     mqtt: MqttSink = Field(default_factory=MqttSink)
     webhooks: list[WebhookSink] = Field(default_factory=list)
 
@@ -129,6 +143,7 @@ class SinksConfig(Section):
 class EventsConfig(Section):
     retention_days: float = Field(30.0, gt=0)
     snapshot_jpeg_quality: int = Field(85, ge=10, le=100)
+    sweep_interval_s: float = Field(600.0, gt=0, description="how often a matcher runs the retention sweep")
 
 
 class GalleryConfig(Section):

@@ -1,0 +1,68 @@
+"""Event v1: one per track start, per (track, identity) match, and per track end.
+
+Ids are deterministic: sha1(camera, track_id, type, identity_id) — a replayed decision (redelivery,
+failover) computes the same id, and the store writes each id once. Track ids are deterministic too:
+`<camera>:<first_seq>:<face_index>` (the frame and face that started the track)."""
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import ClassVar, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from ..messages import MessageVersionError
+
+EventType = Literal["track.started", "identity.matched", "track.ended"]
+EVENT_TYPES: tuple[str, ...] = ("track.started", "identity.matched", "track.ended")
+
+
+def event_id(camera: str, track_id: str, type_: str, identity_id: str | None) -> str:
+    raw = "\x1f".join([camera, track_id, type_, identity_id or ""])
+    return hashlib.sha1(raw.encode()).hexdigest()[:24]
+
+
+class Event(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    VERSION: ClassVar[int] = 1
+    v: int = 1
+    id: str
+    type: EventType
+    camera: str
+    track_id: str
+    identity: str | None = Field(None, description="gallery name; null while/if the track is unknown")
+    identity_id: str | None = None
+    score: float | None = Field(None, description="best cosine of the decided identity; for unknown tracks the "
+                                                   "closest gallery similarity seen (below the decision rule)")
+    first_seen: float = Field(description="capture time of the track's first face, unix seconds")
+    last_seen: float = Field(description="capture time of the track's latest face at this event, unix seconds")
+    frames: int = Field(0, description="frames with a face of this track so far")
+    seq: int = Field(description="frame seq whose processing produced this event")
+    snapshot_id: str | None = None
+    votes: dict[str, float] = Field(default_factory=dict, description="quality-weighted votes per identity name")
+    created_at: float = 0.0
+
+    @classmethod
+    def make(cls, type_: str, camera: str, track_id: str, identity_id: str | None, **kw) -> "Event":
+        return cls(id=event_id(camera, track_id, type_, identity_id), type=type_, camera=camera,
+                   track_id=track_id, identity_id=identity_id, **kw)
+
+    @property
+    def ts(self) -> float:
+        """The time the store indexes an event by."""
+        return self.last_seen
+
+    def encode(self) -> str:
+        return self.model_dump_json()
+
+    @classmethod
+    def decode(cls, raw: bytes | str) -> "Event":
+        data = json.loads(raw)
+        if data.get("v") != cls.VERSION:
+            raise MessageVersionError(f"Event: unsupported schema version {data.get('v')!r} "
+                                      f"(this build reads v{cls.VERSION})")
+        return cls.model_validate(data)
+
+    def public(self) -> dict:
+        """The stable JSON shape (CLI --json, sinks)."""
+        return self.model_dump(mode="json")

@@ -1,0 +1,335 @@
+"""Event store in Redis: one hash per event, sorted-set indexes by time (global, per camera, per identity id,
+per identity name, unknown tracks), snapshots as small JPEG strings, retention by age, purge by identity.
+
+Keys (prefix = redis.key_prefix):
+  <p>:event:<id>                 hash  j=<event JSON>, camera, type, identity_id, name, track, snap, ts
+  <p>:evidx:all                  zset  ts -> id            (ts = the event's last_seen)
+  <p>:evidx:camera:<camera>      zset
+  <p>:evidx:identity:<id>        zset
+  <p>:evidx:name:<lower name>    zset
+  <p>:evidx:unknown              zset  track.ended events of tracks that stayed unknown
+  <p>:evidx:track:<track_id>     set   every event id of a track (purge takes the whole track)
+  <p>:evdone:<id>                the write-once marker (a replayed event is never written twice)
+  <p>:snap:<snapshot_id>         JPEG bytes; short TTL until an event references it, then the retention TTL
+  <p>:events                     the events stream (StreamNames.events) every committed event is appended to
+
+`commit_script` writes events, checkpoint, progress and the input ack in one Lua call, guarded by the
+matcher's lease (fencing): a matcher that lost its camera cannot write anything any more."""
+from __future__ import annotations
+
+import base64
+import json
+import logging
+import time
+from dataclasses import dataclass
+
+import redis
+
+from ..backbone import key
+from ..config import Settings
+from ..streams import StreamNames
+from .model import Event
+
+log = logging.getLogger("facetrail.events.store")
+
+SNAPSHOT_PENDING_TTL_S = 3600
+DONE_MARKER_MIN_TTL_S = 7 * 86400
+
+# ARGV[1]: JSON op. Returns the number of events newly written, or -1 when the fence (lease) does not match.
+_COMMIT = r"""
+local op = cjson.decode(ARGV[1])
+if op.fence and op.fence ~= cjson.null then
+  if redis.call('GET', op.fence[1]) ~= op.fence[2] then return -1 end
+end
+local n = 0
+for _, ev in ipairs(op.events) do
+  if redis.call('SET', ev.done, '1', 'NX', 'EX', op.done_ttl) then
+    n = n + 1
+    redis.call('HSET', ev.key, 'j', ev.json, 'camera', ev.camera, 'type', ev.type, 'identity_id', ev.identity_id,
+               'name', ev.name, 'track', ev.track, 'snap', ev.snap, 'ts', ev.ts)
+    redis.call('EXPIRE', ev.key, op.retention_s)
+    for _, z in ipairs(ev.zsets) do redis.call('ZADD', z, ev.ts, ev.id) end
+    redis.call('SADD', ev.track_key, ev.id)
+    redis.call('EXPIRE', ev.track_key, op.retention_s)
+    if ev.snap_key ~= '' then redis.call('EXPIRE', ev.snap_key, op.retention_s) end
+    if op.maxlen > 0 then
+      redis.call('XADD', op.stream, 'MAXLEN', '~', op.maxlen, '*', 'm', ev.json)
+    else
+      redis.call('XADD', op.stream, '*', 'm', ev.json)
+    end
+    if op.channel ~= '' then redis.call('PUBLISH', op.channel, ev.json) end
+  end
+end
+for _, kv in ipairs(op.sets) do redis.call('SET', kv[1], kv[2]) end
+if op.ack and op.ack ~= cjson.null and #op.ack.ids > 0 then
+  redis.call('XACK', op.ack.stream, op.ack.group, unpack(op.ack.ids))
+  if op.ack.delete then redis.call('XDEL', op.ack.stream, unpack(op.ack.ids)) end
+end
+return n
+"""
+
+
+class FencedError(RuntimeError):
+    """The lease this write was fenced by is no longer ours."""
+
+
+@dataclass
+class Page:
+    events: list[Event]
+    cursor: str | None  # pass back to get the next page; None when there is no more
+
+
+def _enc_cursor(score: float, member: str) -> str:
+    return base64.urlsafe_b64encode(json.dumps([score, member]).encode()).decode().rstrip("=")
+
+
+def _dec_cursor(cursor: str) -> tuple[float, str]:
+    try:
+        pad = "=" * (-len(cursor) % 4)
+        score, member = json.loads(base64.urlsafe_b64decode(cursor + pad))
+        return float(score), str(member)
+    except (ValueError, TypeError, json.JSONDecodeError):
+        raise ValueError(f"invalid paging cursor {cursor!r}") from None
+
+
+class EventStore:
+    def __init__(self, r: redis.Redis, settings: Settings):
+        self.r = r
+        self.settings = settings
+        self.names = StreamNames(settings.redis.key_prefix)
+        self._commit = r.register_script(_COMMIT)
+
+    # ---- keys -----------------------------------------------------------------------------------------
+    def k(self, *parts) -> str:
+        return key(self.settings, *parts)
+
+    def event_key(self, event_id: str) -> str:
+        return self.k("event", event_id)
+
+    def snapshot_key(self, snapshot_id: str) -> str:
+        return self.k("snap", snapshot_id)
+
+    @property
+    def retention_s(self) -> int:
+        return max(1, int(self.settings.events.retention_days * 86400))
+
+    def _zsets(self, ev: Event) -> list[str]:
+        zs = [self.k("evidx", "all"), self.k("evidx", "camera", ev.camera)]
+        if ev.identity_id:
+            zs.append(self.k("evidx", "identity", ev.identity_id))
+        if ev.identity:
+            zs.append(self.k("evidx", "name", ev.identity.lower()))
+        if ev.type == "track.ended" and not ev.identity_id:
+            zs.append(self.k("evidx", "unknown"))
+        return zs
+
+    # ---- writing --------------------------------------------------------------------------------------
+    def put_snapshot(self, snapshot_id: str, jpeg: bytes, pipe=None) -> None:
+        """A candidate snapshot; it lives an hour unless a committed event references it."""
+        (pipe or self.r).set(self.snapshot_key(snapshot_id), jpeg, ex=SNAPSHOT_PENDING_TTL_S, nx=True)
+
+    def commit_op(self, events: list[Event], *, fence: tuple[str, str] | None = None,
+                  sets: list[tuple[str, str]] = (), ack: tuple[str, str, list[str]] | None = None,
+                  delete_acked: bool = False) -> dict:
+        evs = []
+        for ev in events:
+            raw = ev.encode()
+            evs.append({"id": ev.id, "key": self.event_key(ev.id), "done": self.k("evdone", ev.id), "json": raw,
+                        "camera": ev.camera, "type": ev.type, "identity_id": ev.identity_id or "",
+                        "name": ev.identity or "", "track": ev.track_id, "snap": ev.snapshot_id or "",
+                        "snap_key": self.snapshot_key(ev.snapshot_id) if ev.snapshot_id else "",
+                        "ts": repr(float(ev.ts)), "zsets": self._zsets(ev),
+                        "track_key": self.k("evidx", "track", ev.track_id)})
+        return {"fence": list(fence) if fence else None, "events": evs,
+                "done_ttl": max(DONE_MARKER_MIN_TTL_S, self.retention_s), "retention_s": self.retention_s,
+                "stream": self.names.events, "maxlen": self.settings.sinks.events_maxlen,
+                "channel": self.names.events if self.settings.sinks.pubsub else "",
+                "sets": [list(kv) for kv in sets],
+                "ack": {"stream": ack[0], "group": ack[1], "ids": list(ack[2]), "delete": delete_acked} if ack else None}
+
+    def commit(self, events: list[Event], *, fence: tuple[str, str] | None = None,
+               sets: list[tuple[str, str]] = (), ack: tuple[str, str, list[str]] | None = None,
+               delete_acked: bool = False) -> int:
+        """Write events (each id once), then `sets`, then ack (and XDEL with delete_acked) — atomically. Returns how many events were new;
+        raises FencedError when `fence` = (lease key, our value) no longer holds."""
+        op = self.commit_op(events, fence=fence, sets=sets, ack=ack, delete_acked=delete_acked)
+        n = int(self._commit(keys=[], args=[json.dumps(op)]))
+        if n < 0:
+            raise FencedError(f"lease {fence[0] if fence else ''} lost; nothing written")
+        return n
+
+    def add(self, events: list[Event]) -> int:
+        return self.commit(events)
+
+    # ---- reading --------------------------------------------------------------------------------------
+    def get(self, event_id: str) -> Event | None:
+        raw = self.r.hget(self.event_key(event_id), "j")
+        return Event.decode(raw) if raw else None
+
+    def snapshot(self, snapshot_id: str) -> bytes | None:
+        return self.r.get(self.snapshot_key(snapshot_id))
+
+    def query(self, *, camera: str | None = None, identity: str | None = None, identity_id: str | None = None,
+              unknown: bool = False, since: float | None = None, until: float | None = None,
+              min_score: float | None = None, types: list[str] | None = None, limit: int = 100,
+              cursor: str | None = None, order: str = "asc") -> Page:
+        """Events matching every filter, by time (`order` asc or desc), `limit` per page."""
+        if order not in ("asc", "desc"):
+            raise ValueError("order must be asc or desc")
+        if limit < 1:
+            raise ValueError("limit must be >= 1")
+        if identity and unknown:
+            return Page([], None)
+        if identity_id:
+            idx = self.k("evidx", "identity", identity_id)
+        elif identity:
+            idx = self.k("evidx", "name", identity.lower())
+        elif unknown:
+            idx = self.k("evidx", "unknown")
+        elif camera:
+            idx = self.k("evidx", "camera", camera)
+        else:
+            idx = self.k("evidx", "all")
+        lo = "-inf" if since is None else repr(float(since))
+        hi = "+inf" if until is None else repr(float(until))
+        after: tuple[float, str] | None = None
+        if cursor:
+            after = _dec_cursor(cursor)
+            if order == "asc":
+                lo = repr(after[0])
+            else:
+                hi = repr(after[0])
+        out: list[Event] = []
+        chunk = max(2 * limit, 200)
+        offset = 0
+        last: tuple[float, str] | None = None
+        while True:
+            if order == "asc":
+                rows = self.r.zrangebyscore(idx, lo, hi, start=offset, num=chunk, withscores=True)
+            else:
+                rows = self.r.zrevrangebyscore(idx, hi, lo, start=offset, num=chunk, withscores=True)
+            offset += len(rows)
+            ids = []
+            for m, s in rows:
+                m = m.decode() if isinstance(m, bytes) else m
+                if after is not None and s == after[0] and ((m <= after[1]) if order == "asc" else (m >= after[1])):
+                    continue
+                ids.append((m, s))
+            pipe = self.r.pipeline(transaction=False)
+            for m, _ in ids:
+                pipe.hget(self.event_key(m), "j")
+            raws = pipe.execute() if ids else []
+            stale = []
+            for (m, s), raw in zip(ids, raws):
+                if raw is None:
+                    stale.append(m)
+                    continue
+                ev = Event.decode(raw)
+                last = (s, m)
+                if camera and ev.camera != camera:
+                    continue
+                if identity and (ev.identity or "").lower() != identity.lower():
+                    continue
+                if identity_id and ev.identity_id != identity_id:
+                    continue
+                if unknown and (ev.identity_id or ev.type != "track.ended"):
+                    continue
+                if types and ev.type not in types:
+                    continue
+                if min_score is not None and (ev.score is None or ev.score < min_score):
+                    continue
+                out.append(ev)
+                if len(out) >= limit:
+                    return Page(out, _enc_cursor(s, m))
+            if stale:
+                self.r.zrem(idx, *stale)
+            if len(rows) < chunk:
+                return Page(out, None)
+
+    def count(self) -> int:
+        return int(self.r.zcard(self.k("evidx", "all")))
+
+    # ---- deleting -------------------------------------------------------------------------------------
+    def _delete_ids(self, ids: list[str]) -> int:
+        if not ids:
+            return 0
+        pipe = self.r.pipeline(transaction=False)
+        for eid in ids:
+            pipe.hgetall(self.event_key(eid))
+        rows = pipe.execute()
+        pipe = self.r.pipeline(transaction=True)
+        n = 0
+        for eid, h in zip(ids, rows):
+            h = {(k.decode() if isinstance(k, bytes) else k): (v.decode() if isinstance(v, bytes) else v)
+                 for k, v in (h or {}).items() if k not in (b"j", "j")}
+            pipe.zrem(self.k("evidx", "all"), eid)
+            pipe.zrem(self.k("evidx", "unknown"), eid)
+            if h.get("camera"):
+                pipe.zrem(self.k("evidx", "camera", h["camera"]), eid)
+            if h.get("identity_id"):
+                pipe.zrem(self.k("evidx", "identity", h["identity_id"]), eid)
+            if h.get("name"):
+                pipe.zrem(self.k("evidx", "name", h["name"].lower()), eid)
+            if h.get("track"):
+                pipe.srem(self.k("evidx", "track", h["track"]), eid)
+            if h.get("snap"):
+                pipe.delete(self.snapshot_key(h["snap"]))
+            pipe.delete(self.event_key(eid))
+            n += 1 if h else 0
+        pipe.execute()
+        return n
+
+    def sweep(self, now: float | None = None, batch: int = 500) -> int:
+        """Delete events (and their snapshots) older than events.retention_days. Returns how many."""
+        cutoff = (time.time() if now is None else now) - self.retention_s
+        total = 0
+        while True:
+            ids = [m.decode() if isinstance(m, bytes) else m
+                   for m in self.r.zrangebyscore(self.k("evidx", "all"), "-inf", f"({cutoff!r}", start=0, num=batch)]
+            if not ids:
+                break
+            total += self._delete_ids(ids)
+            self.r.zrem(self.k("evidx", "all"), *ids)
+        if total:
+            log.info("retention: deleted %d events older than %.1f days", total, self.settings.events.retention_days)
+        return total
+
+    def purge_identity(self, identity_id: str | None, name: str | None = None) -> int:
+        """Remove every event of every track that was named this identity, with their snapshots."""
+        ids: set[str] = set()
+        for idx in ([self.k("evidx", "identity", identity_id)] if identity_id else []) + \
+                   ([self.k("evidx", "name", name.lower())] if name else []):
+            ids.update(m.decode() if isinstance(m, bytes) else m for m in self.r.zrange(idx, 0, -1))
+        tracks = set()
+        for eid in ids:
+            t = self.r.hget(self.event_key(eid), "track")
+            if t:
+                tracks.add(t.decode() if isinstance(t, bytes) else t)
+        for t in tracks:
+            ids.update(m.decode() if isinstance(m, bytes) else m for m in self.r.smembers(self.k("evidx", "track", t)))
+        n = self._delete_ids(sorted(ids))
+        if identity_id:
+            self.r.delete(self.k("evidx", "identity", identity_id))
+        if name:
+            self.r.delete(self.k("evidx", "name", name.lower()))
+        log.info("purged %d events of identity id=%s name=%s (%d tracks)", n, identity_id, name, len(tracks))
+        return n
+
+
+def purge_identity(r: redis.Redis, settings: Settings, identity_id: str | None, name: str | None = None) -> int:
+    """Gallery remove hook: a person removed from the gallery loses their events and snapshots too."""
+    return EventStore(r, settings).purge_identity(identity_id, name)
+
+
+def register_gallery_hook() -> bool:
+    """Register purge_identity on index.hooks.on_remove (when the gallery package provides it)."""
+    try:
+        from index import hooks  # type: ignore
+    except ImportError:
+        return False
+    lst = getattr(hooks, "on_remove", None)
+    if lst is None:
+        return False
+    if purge_identity not in lst:
+        lst.append(purge_identity)
+    return True

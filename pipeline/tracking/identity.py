@@ -1,0 +1,104 @@
+"""Identity per track by quality-weighted voting.
+
+Every face of a track is searched in the gallery; a face votes for an identity only when the open-set rule
+accepts it (cosine >= thresholds.match and a margin over the runner-up identity). Its vote weighs by face
+quality. The track is named once the leading identity has at least `min_votes` votes and `vote_ratio` times
+the weight of the runner-up; faces that match nobody do not vote against a name, so a track can start unknown
+and move to a name when evidence arrives (a profile that turns to the camera). Faces that match nobody only
+count toward the track staying unknown when no identity ever qualifies.
+
+State lives in the track's `data` dict (plain JSON) so the matcher can checkpoint it."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+try:  # the gallery's shared open-set rule and result type (identify, the API and the matcher agree)
+    from index.replica import Match as Candidate
+    from index.replica import decide as _shared_decide
+except ImportError:  # pragma: no cover - the gallery package is part of this repo
+    @dataclass(frozen=True)
+    class Candidate:  # type: ignore[no-redef]
+        identity_id: str
+        name: str
+        score: float
+
+    _shared_decide = None
+
+
+def decide_open_set(cands: list[Candidate], match: float, margin: float) -> Candidate | None:
+    """The accepted candidate of one face's search result (best first), by the gallery's open-set rule:
+    score >= match and a margin over the runner-up identity."""
+    if not cands:
+        return None
+    ranked = sorted(cands, key=lambda c: -c.score)
+    if _shared_decide is not None:
+        d = _shared_decide(ranked, match, margin)
+        return ranked[0] if d.identity_id is not None else None
+    top = ranked[0]
+    second = ranked[1] if len(ranked) > 1 else None
+    ok = top.score >= match and (second is None or top.score - second.score >= margin)
+    return top if ok else None
+
+
+def face_weight(quality: float, det_score: float) -> float:
+    """Quality in [0, 1] when the detector gives one, else the detection score; never zero."""
+    q = quality if quality > 0 else det_score
+    return max(0.05, min(1.0, float(q)))
+
+
+class IdentityVoter:
+    def __init__(self, match: float, margin: float, min_votes: int = 1, vote_ratio: float = 2.0):
+        self.match = match
+        self.margin = margin
+        self.min_votes = min_votes
+        self.vote_ratio = vote_ratio
+
+    @staticmethod
+    def init(data: dict) -> None:
+        data.setdefault("votes", {})        # identity_id -> {"name", "w", "n", "best"}
+        data.setdefault("closest", 0.0)     # best top-1 cosine seen, decided or not
+        data.setdefault("identity_id", None)
+        data.setdefault("emitted", [])      # identity ids already announced (identity.matched)
+
+    def add(self, data: dict, cands: list[Candidate], quality: float, det_score: float) -> Candidate | None:
+        """Record one face's search result; returns the accepted candidate (a vote) or None."""
+        self.init(data)
+        if cands:
+            data["closest"] = round(max(data["closest"], max(c.score for c in cands)), 6)
+        acc = decide_open_set(cands, self.match, self.margin)
+        if acc is None:
+            return None
+        v = data["votes"].setdefault(acc.identity_id, {"name": acc.name, "w": 0.0, "n": 0, "best": 0.0})
+        v["name"] = acc.name
+        v["w"] = round(v["w"] + face_weight(quality, det_score), 6)
+        v["n"] += 1
+        v["best"] = round(max(v["best"], acc.score), 6)
+        return acc
+
+    def decide(self, data: dict) -> str | None:
+        """The identity id the track is named by now (None = unknown). Sticky: the current name stays until
+        another identity outweighs it by `vote_ratio`."""
+        self.init(data)
+        ranked = sorted(data["votes"].items(), key=lambda kv: (-kv[1]["w"], kv[0]))
+        if not ranked:
+            data["identity_id"] = None
+            return None
+        top_id, top = ranked[0]
+        runner_w = ranked[1][1]["w"] if len(ranked) > 1 else 0.0
+        current = data["identity_id"]
+        if top["n"] >= self.min_votes and top["w"] >= self.vote_ratio * runner_w and top["w"] > 0:
+            data["identity_id"] = top_id
+        elif current is not None and current not in data["votes"]:
+            data["identity_id"] = None  # the identity was removed from the gallery meanwhile
+        return data["identity_id"]
+
+    @staticmethod
+    def summary(data: dict) -> tuple[str | None, str | None, float | None, dict[str, float]]:
+        """(identity_id, name, score, votes-by-name) for events."""
+        votes = {v["name"]: v["w"] for v in data.get("votes", {}).values()}
+        iid = data.get("identity_id")
+        if iid is None:
+            return None, None, data.get("closest"), votes
+        v = data["votes"][iid]
+        return iid, v["name"], v["best"], votes

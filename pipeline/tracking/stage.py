@@ -1,0 +1,146 @@
+"""MatcherStage: one camera's frames, in seq order -> track / identity events.
+
+`update(msg)` takes the next EmbeddingsMsg (the caller restores order with ReorderBuffer) and returns the
+events it caused plus the snapshot JPEGs to keep. It is deterministic in its input (stream time only) and
+its whole state is JSON (`to_state`/`from_state`), which is what lets a matcher checkpoint after each batch
+and another matcher resume there after a crash without losing or repeating an event.
+
+Lifecycle per track: `track.started` once it has `min_track_frames` faces (a one-frame false detection makes
+no event), `identity.matched` once per identity the track is named by, `track.ended` when the track has had
+no face for `max_age_s` of stream time, or at end of stream. Unconfirmed tracks end silently."""
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Sequence
+
+import numpy as np
+
+from ..events.model import Event
+from ..messages import EmbeddingsMsg
+from .identity import Candidate, IdentityVoter, face_weight
+from .tracker import Detection, FaceTracker, Track
+
+log = logging.getLogger("facetrail.matcher.stage")
+
+SearchFn = Callable[[np.ndarray], Sequence[Sequence[Candidate]]]
+
+
+@dataclass
+class StageOutput:
+    events: list[Event] = field(default_factory=list)
+    snapshots: dict[str, bytes] = field(default_factory=dict)  # snapshot id -> JPEG
+
+    def extend(self, other: "StageOutput") -> None:
+        self.events += other.events
+        self.snapshots.update(other.snapshots)
+
+
+class MatcherStage:
+    def __init__(self, camera: str, search: SearchFn, *, match: float, margin: float, min_votes: int = 1,
+                 vote_ratio: float = 2.0, min_track_frames: int = 3, iou_threshold: float = 0.3,
+                 appearance_threshold: float = 0.4, appearance_veto: float = 0.15, max_age_s: float = 2.0,
+                 clock: Callable[[], float] = time.time):
+        self.camera = camera
+        self.search = search
+        self.voter = IdentityVoter(match, margin, min_votes, vote_ratio)
+        self.min_track_frames = min_track_frames
+        self.tracker = FaceTracker(camera, iou_threshold=iou_threshold, appearance_threshold=appearance_threshold,
+                                   appearance_veto=appearance_veto, max_age_s=max_age_s)
+        self.clock = clock
+        self.last_seq: int | None = None
+
+    @classmethod
+    def from_settings(cls, camera: str, search: SearchFn, settings, **kw) -> "MatcherStage":
+        t = settings.tracking
+        return cls(camera, search, match=settings.thresholds.match, margin=settings.thresholds.margin,
+                   min_votes=t.min_votes, vote_ratio=t.vote_ratio, min_track_frames=t.min_track_frames,
+                   iou_threshold=t.iou_threshold, appearance_threshold=t.appearance_threshold,
+                   appearance_veto=t.appearance_veto, max_age_s=t.max_age_s, **kw)
+
+    # ---- events ---------------------------------------------------------------------------------------
+    def _event(self, type_: str, tr: Track, seq: int, identity_id: str | None = None) -> Event:
+        d = tr.data
+        iid, name, score, votes = IdentityVoter.summary(d)
+        if type_ == "identity.matched":
+            v = d["votes"][identity_id]
+            iid, name, score = identity_id, v["name"], v["best"]
+        elif type_ == "track.started":
+            iid, name = None, None  # the id must not depend on a decision made later
+        key = iid if type_ == "identity.matched" else None
+        ev = Event.make(type_, self.camera, tr.track_id, key, identity=name, score=score,
+                        first_seen=d["first_cap"], last_seen=d["last_cap"], frames=d["frames"], seq=seq,
+                        snapshot_id=(d.get("snap") or {}).get("id"), votes=votes, created_at=round(self.clock(), 3))
+        ev.identity_id = iid
+        return ev
+
+    def _end(self, tr: Track, seq: int, out: StageOutput) -> None:
+        if tr.data.get("started"):
+            out.events.append(self._event("track.ended", tr, seq))
+
+    # ---- frames ---------------------------------------------------------------------------------------
+    def update(self, msg: EmbeddingsMsg) -> StageOutput:
+        out = StageOutput()
+        fr = msg.frame
+        self.last_seq = fr.seq
+        if fr.eos:
+            for tr in self.tracker.end_all():
+                self._end(tr, fr.seq, out)
+            return out
+        t = fr.pts if fr.pts is not None else fr.captured_at
+        for tr in self.tracker.expire(t):
+            self._end(tr, fr.seq, out)
+        faces = list(msg.faces)
+        if not faces:
+            return out
+        vecs = [f.vector() if f.embedding else None for f in faces]
+        with_vec = [i for i, v in enumerate(vecs) if v is not None and v.size]
+        results: dict[int, list[Candidate]] = {}
+        if with_vec:
+            found = self.search(np.stack([vecs[i] for i in with_vec]).astype(np.float32))
+            results = {i: list(c) for i, c in zip(with_vec, found)}
+        dets = [Detection(index=f.index, box=[float(x) for x in f.box],
+                          embedding=vecs[i] if i in results else None, quality=float(f.quality),
+                          score=float(f.score), payload=f) for i, f in enumerate(faces)]
+        pos = {id(f): i for i, f in enumerate(faces)}
+        assigned, _created = self.tracker.update(fr.seq, t, dets)
+        for tr, det in assigned:
+            self._observe(tr, det, results.get(pos[id(det.payload)], []), fr.seq, fr.captured_at, out)
+        return out
+
+    def _observe(self, tr: Track, det: Detection, cands: list[Candidate], seq: int, cap: float,
+                 out: StageOutput) -> None:
+        d = tr.data
+        IdentityVoter.init(d)
+        d.setdefault("first_cap", cap)
+        d["last_cap"] = cap
+        d["frames"] = d.get("frames", 0) + 1
+        self.voter.add(d, cands, det.quality, det.score)
+        # snapshot: the best face so far (quality, then size), replaced only on a clear improvement
+        side = math.sqrt(max(det.box[2] * det.box[3], 1.0))
+        key = round(face_weight(det.quality, det.score) * min(1.0, side / 112.0), 6)
+        thumb = getattr(det.payload, "thumb_jpeg", None)
+        snap = d.get("snap")
+        if thumb and (snap is None or key > snap["q"] * 1.1):
+            sid = f"{self.camera}:{seq}:{det.index}"
+            d["snap"] = {"id": sid, "q": key}
+            out.snapshots[sid] = thumb
+        if not d.get("started") and d["frames"] >= self.min_track_frames:
+            d["started"] = True
+            out.events.append(self._event("track.started", tr, seq))
+        iid = self.voter.decide(d)
+        if d.get("started") and iid is not None and iid not in d["emitted"]:
+            d["emitted"].append(iid)
+            out.events.append(self._event("identity.matched", tr, seq, iid))
+            log.info("camera=%s track=%s matched %s (score %.3f, frame %d)", self.camera, tr.track_id,
+                     d["votes"][iid]["name"], d["votes"][iid]["best"], seq)
+
+    # ---- checkpoint -----------------------------------------------------------------------------------
+    def to_state(self) -> dict:
+        return {"tracks": self.tracker.to_state(), "last_seq": self.last_seq}
+
+    def load_state(self, state: dict) -> None:
+        self.tracker.load_state(state.get("tracks", []))
+        self.last_seq = state.get("last_seq")

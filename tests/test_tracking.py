@@ -1,0 +1,213 @@
+"""Matcher stage without Redis: reorder buffer, tracker, per-track identity voting (synthetic inputs)."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from pipeline.messages import EmbeddedFace, EmbeddingsMsg, FrameRef
+from pipeline.tracking import Candidate, FaceTracker, IdentityVoter, MatcherStage, ReorderBuffer, decide_open_set
+from pipeline.tracking.tracker import Detection, iou
+
+RNG = np.random.default_rng(7)
+
+
+def unit(v):
+    v = np.asarray(v, np.float32)
+    return v / np.linalg.norm(v)
+
+
+def rand_unit():
+    return unit(RNG.normal(size=128))
+
+
+def near(base, noise=0.3):
+    """Same person: cosine to base ~0.9."""
+    return unit(base + noise * unit(RNG.normal(size=128)))
+
+
+class FakeClock:
+    def __init__(self):
+        self.t = 0.0
+
+    def __call__(self):
+        return self.t
+
+
+# ---- reorder ------------------------------------------------------------------------------------------
+def test_reorder_releases_in_order():
+    clock = FakeClock()
+    buf = ReorderBuffer(0, timeout_s=2.0, clock=clock)
+    got = []
+    for s in [2, 0, 3, 1, 5, 4]:
+        buf.push(s, f"f{s}")
+        got += [seq for seq, _ in buf.pop_ready()]
+    assert got == [0, 1, 2, 3, 4, 5]
+    assert not buf.push(3, "again")  # already released: refused
+    assert buf.late == 1
+
+
+def test_reorder_skips_missing_after_timeout():
+    clock = FakeClock()
+    buf = ReorderBuffer(0, timeout_s=2.0, clock=clock)
+    buf.push(0, "a")
+    buf.push(2, "c")
+    assert [s for s, _ in buf.pop_ready()] == [0]
+    clock.t = 1.9
+    assert buf.pop_ready() == []
+    clock.t = 2.1
+    assert [s for s, _ in buf.pop_ready()] == [2]
+    assert buf.skipped == 1
+    assert not buf.push(1, "b")  # the straggler is too late now
+
+
+def test_reorder_unknown_start_waits_then_takes_lowest():
+    clock = FakeClock()
+    buf = ReorderBuffer(None, timeout_s=1.0, clock=clock, floor=100)
+    buf.push(105, "x")
+    buf.push(104, "y")
+    assert buf.pop_ready() == []
+    clock.t = 1.5
+    assert [s for s, _ in buf.pop_ready()] == [104, 105]
+    buf.restart(200)
+    assert not buf.push(150, "stale")
+    buf.push(200, "z")  # the floor itself starts at once
+    assert [s for s, _ in buf.pop_ready()] == [200]
+
+
+# ---- tracker ------------------------------------------------------------------------------------------
+def test_iou():
+    assert iou([0, 0, 10, 10], [0, 0, 10, 10]) == pytest.approx(1.0)
+    assert iou([0, 0, 10, 10], [20, 20, 5, 5]) == 0.0
+    assert iou([0, 0, 10, 10], [5, 0, 10, 10]) == pytest.approx(50 / 150)
+
+
+def test_tracker_follows_moving_faces_and_vetoes_scene_cut():
+    a, b, c = rand_unit(), rand_unit(), rand_unit()
+    tr = FaceTracker("cam", max_age_s=1.0)
+    ids = []
+    for i in range(10):  # two faces moving right, 30 fps
+        t = i / 30
+        out, _ = tr.update(i, t, [Detection(0, [100 + 3 * i, 100, 60, 60], near(a), 0.9, 0.9),
+                                  Detection(1, [400 - 3 * i, 120, 50, 50], near(b), 0.9, 0.9)])
+        ids.append(tuple(t_.track_id for t_, _ in out))
+    assert len(set(ids)) == 1 and len(set(ids[0])) == 2
+    # scene cut: a different person at the same place is a new track, not a continuation
+    out, created = tr.update(10, 10 / 30, [Detection(0, [130, 100, 60, 60], near(c), 0.9, 0.9)])
+    assert created and out[0][0].track_id == "cam:10:0"
+    # stream time, not wall clock: nothing expires until max_age_s of stream time passed
+    assert tr.expire(10 / 30 + 0.5) == []
+    gone = tr.expire(10 / 30 + 1.01)
+    assert {g.track_id for g in gone} == {"cam:0:0", "cam:0:1", "cam:10:0"}
+
+
+def test_tracker_state_roundtrip():
+    a = rand_unit()
+    tr = FaceTracker("cam")
+    tr.update(0, 0.0, [Detection(0, [10, 10, 50, 50], near(a), 0.9, 0.9)])
+    tr.update(1, 0.033, [Detection(0, [12, 10, 50, 50], near(a), 0.9, 0.9)])
+    state = json.loads(json.dumps(tr.to_state()))
+    tr2 = FaceTracker("cam")
+    tr2.load_state(state)
+    d = Detection(0, [14, 10, 50, 50], near(a), 0.9, 0.9)
+    o1, _ = tr.update(2, 0.066, [d])
+    o2, _ = tr2.update(2, 0.066, [d])
+    assert o1[0][0].track_id == o2[0][0].track_id == "cam:0:0"
+    assert tr.to_state() == tr2.to_state()
+
+
+# ---- identity voting ----------------------------------------------------------------------------------
+def test_decide_open_set_threshold_and_margin():
+    assert decide_open_set([Candidate("1", "ann", 0.6), Candidate("2", "bob", 0.3)], 0.45, 0.05).name == "ann"
+    assert decide_open_set([Candidate("1", "ann", 0.40)], 0.45, 0.05) is None          # below threshold
+    assert decide_open_set([Candidate("1", "ann", 0.60), Candidate("2", "bob", 0.58)], 0.45, 0.05) is None
+    assert decide_open_set([], 0.45, 0.05) is None
+
+
+def test_voting_moves_from_unknown_to_name_and_needs_min_votes():
+    v = IdentityVoter(0.45, 0.05, min_votes=2)
+    d: dict = {}
+    for _ in range(5):  # profile faces: nothing clears the threshold
+        v.add(d, [Candidate("1", "ann", 0.3)], quality=0.4, det_score=0.8)
+        assert v.decide(d) is None
+    v.add(d, [Candidate("1", "ann", 0.55)], quality=0.9, det_score=0.9)
+    assert v.decide(d) is None  # one vote < min_votes
+    v.add(d, [Candidate("1", "ann", 0.6)], quality=0.9, det_score=0.9)
+    assert v.decide(d) == "1"
+    assert IdentityVoter.summary(d)[1:3] == ("ann", 0.6)
+
+
+def test_voting_is_quality_weighted():
+    v = IdentityVoter(0.45, 0.05, min_votes=1, vote_ratio=2.0)
+    d: dict = {}
+    v.add(d, [Candidate("2", "bob", 0.5)], quality=0.1, det_score=0.9)  # blurry, low weight
+    v.add(d, [Candidate("2", "bob", 0.5)], quality=0.1, det_score=0.9)
+    v.add(d, [Candidate("1", "ann", 0.7)], quality=0.9, det_score=0.9)  # one sharp face outweighs both
+    assert v.decide(d) == "1"
+
+
+# ---- the stage: events ---------------------------------------------------------------------------------
+def frame(seq, faces, fps=30.0, eos=False):
+    ref = FrameRef(camera="cam", seq=seq, captured_at=1000.0 + seq / fps, pts=seq / fps, width=640, height=360,
+                   eos=eos)
+    return EmbeddingsMsg(frame=ref, faces=[
+        EmbeddedFace(index=i, box=box, landmarks=[0.0] * 10, score=0.9, quality=q, thumb_jpeg=b"jpeg%d" % seq,
+                     embedding=np.asarray(e, "<f4").tobytes()) for i, (box, e, q) in enumerate(faces)])
+
+
+def gallery_search(gallery: dict[str, np.ndarray]):
+    def search(vecs):
+        return [sorted((Candidate(n, n, float(np.dot(g, v))) for n, g in gallery.items()), key=lambda c: -c.score)
+                for v in vecs]
+    return search
+
+
+def test_stage_one_match_per_track_unknown_track_and_end_of_stream():
+    ann, stranger = rand_unit(), rand_unit()
+    gallery = {"ann": near(ann, 0.2), "bob": rand_unit()}
+    st = MatcherStage("cam", gallery_search(gallery), match=0.45, margin=0.05, min_track_frames=3, max_age_s=0.5)
+    events = []
+    for i in range(40):
+        faces = [([100 + i, 100, 80, 80], near(ann), 0.5 + 0.01 * i)]
+        if 10 <= i < 20:
+            faces.append(([400, 100, 60, 60], near(stranger), 0.8))
+        out = st.update(frame(i, faces))
+        events += out.events
+    events += st.update(frame(40, [], eos=True)).events
+    kinds = [(e.type, e.track_id, e.identity) for e in events]
+    assert kinds.count(("identity.matched", "cam:0:0", "ann")) == 1  # no spam: once per track
+    assert ("track.started", "cam:0:0", None) in kinds
+    assert ("track.ended", "cam:0:0", "ann") in kinds
+    # the stranger: started, ended unknown after max_age_s of stream time (before EOS), never matched
+    stranger_ev = [e for e in events if e.track_id == "cam:10:1"]
+    assert [e.type for e in stranger_ev] == ["track.started", "track.ended"]
+    assert stranger_ev[1].identity is None and stranger_ev[1].seq < 40
+    assert stranger_ev[1].frames == 10
+    ended = [e for e in events if e.type == "track.ended" and e.track_id == "cam:0:0"][0]
+    assert ended.frames == 40 and ended.first_seen == 1000.0 and ended.snapshot_id.startswith("cam:")
+    assert len({e.id for e in events}) == len(events)
+
+
+def test_stage_short_false_detection_makes_no_event_and_replay_is_identical():
+    a = rand_unit()
+    search = gallery_search({"ann": near(a, 0.2)})
+
+    def run(split: int | None):
+        st = MatcherStage("cam", search, match=0.45, margin=0.05, min_track_frames=3, max_age_s=0.5,
+                          clock=lambda: 0.0)
+        evs = []
+        msgs = [frame(i, [([50 + i, 50, 70, 70], near(a, 0.0), 0.7)] if i < 20 else
+                        ([([300, 200, 40, 40], rand_unit(), 0.5)] if i == 25 else [])) for i in range(40)]
+        for i, m in enumerate(msgs):
+            if split is not None and i == split:  # failover: a new stage from the checkpoint JSON
+                state = json.loads(json.dumps(st.to_state()))
+                st = MatcherStage("cam", search, match=0.45, margin=0.05, min_track_frames=3, max_age_s=0.5,
+                                  clock=lambda: 0.0)
+                st.load_state(state)
+            evs += st.update(m).events
+        return evs
+
+    straight, resumed = run(None), run(11)
+    assert [e.model_dump() for e in straight] == [e.model_dump() for e in resumed]
+    assert {e.track_id for e in straight} == {"cam:0:0"}  # the one-frame face at seq 25 made no event

@@ -1,0 +1,372 @@
+"""Matcher role: embeddings:{camera} (group "matchers") -> tracks, identities, events.
+
+One matcher owns a camera at a time through a lease in Redis (`<p>:lease:matcher:{camera}`, SET NX PX
+tracking.lease_ttl_s, renewed, fencing token from INCR). Only the owner reads the camera's stream. Per batch:
+reorder by seq (ReorderBuffer) -> MatcherStage (tracker + identity voting) -> one Lua commit that, only if the
+lease is still ours, writes the new events (each id once), the checkpoint (tracker state + next seq), the
+progress key, and acks + deletes the applied input entries. Crash anywhere: nothing or everything of a batch
+is committed; the next owner (after the lease TTL) loads the checkpoint, claims the dead owner's pending
+entries (those not applied yet) and carries on — no event lost, none repeated.
+
+Sinks (MQTT, webhooks) are delivered by SinkDispatcher threads inside this process (settings.sinks.in_matcher):
+they read the events stream through one consumer group per sink, so they never slow the matching down.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import threading
+import time
+
+import redis
+
+from pipeline.backbone import connect, key
+from pipeline.cameras import CameraRegistry, Lease
+from pipeline.config import Settings
+from pipeline.events.sinks import SinkDispatcher, build_sinks
+from pipeline.events.store import EventStore, FencedError
+from pipeline.messages import EmbeddingsMsg
+from pipeline.metrics import Heartbeat, StageMetrics
+from pipeline.streams import StreamNames, ensure_group
+from pipeline.tracking import MatcherStage, ReorderBuffer, StageOutput
+
+log = logging.getLogger("facetrail.matcher")
+
+GROUP = "matchers"
+CHECKPOINT_VERSION = 1
+
+
+def lease_key(settings: Settings, camera: str) -> str:
+    return key(settings, "lease", "matcher", camera)
+
+
+def checkpoint_key(settings: Settings, camera: str) -> str:
+    return key(settings, "matcher", "ckpt", camera)
+
+
+def progress_key(settings: Settings, camera: str) -> str:
+    """Last frame seq the matcher finished (EOS included); `facetrail process` waits on it."""
+    names = StreamNames(settings.redis.key_prefix)
+    if hasattr(names, "progress"):
+        return names.progress(camera)
+    return key(settings, "progress", camera)
+
+
+def make_searcher(r: redis.Redis, settings: Settings):
+    """The gallery search the stage calls: the replicated FAISS index, kept current in the background."""
+    from index.replica import GalleryReplica
+
+    replica = GalleryReplica(r, settings).start_background()
+
+    def search(vectors):
+        return replica.search(vectors, max(2, settings.gallery.top_k))
+
+    search.replica = replica  # type: ignore[attr-defined]
+    return search
+
+
+class CameraRunner:
+    """State of one owned camera: lease, reorder buffer, stage; `feed` + `flush` apply and commit."""
+
+    def __init__(self, r: redis.Redis, settings: Settings, camera: str, consumer: str, search, store: EventStore):
+        self.r = r
+        self.settings = settings
+        self.camera = camera
+        self.consumer = consumer
+        self.store = store
+        self.names = StreamNames(settings.redis.key_prefix)
+        self.stream = self.names.embeddings(camera)
+        self.lease = Lease(r, lease_key(settings, camera), consumer, int(settings.tracking.lease_ttl_s * 1000))
+        self.stage = MatcherStage.from_settings(camera, search, settings)
+        self.buffer: ReorderBuffer = ReorderBuffer(None, settings.tracking.reorder_timeout_ms / 1000.0,
+                                                   name=camera)
+        self.to_ack: list[str] = []
+        self.last_renew = 0.0
+        self.frames = 0
+        self.events = 0
+
+    # ---- ownership ------------------------------------------------------------------------------------
+    def acquire(self) -> bool:
+        if not self.lease.acquire():
+            return False
+        self.last_renew = time.monotonic()
+        try:
+            self._load_checkpoint()
+            ensure_group(self.r, self.stream, GROUP)
+            self._claim_pending()
+        except Exception:
+            self.lease.release()
+            raise
+        log.info("camera=%s matcher=%s: lease acquired (fence %d), resuming at seq %s", self.camera,
+                 self.consumer, self.lease.fence, self.buffer.next_seq)
+        return True
+
+    def renew(self) -> bool:
+        now = time.monotonic()
+        if now - self.last_renew < self.settings.tracking.lease_ttl_s / 3:
+            return True
+        self.last_renew = now
+        return self.lease.renew()
+
+    def release(self) -> None:
+        self.lease.release()
+
+    def _load_checkpoint(self) -> None:
+        raw = self.r.get(checkpoint_key(self.settings, self.camera))
+        if not raw:
+            return
+        ck = json.loads(raw)
+        if ck.get("v") != CHECKPOINT_VERSION:
+            log.error("camera=%s: checkpoint version %r unknown; starting fresh", self.camera, ck.get("v"))
+            return
+        self.stage.load_state(ck["stage"])
+        self.buffer.next_seq = ck["next_seq"]
+        self.buffer.floor = ck.get("floor", 0)
+
+    def _claim_pending(self) -> None:
+        """Everything pending in the group is ours now (we hold the lease): take it and feed it."""
+        start = "0-0"
+        while True:
+            try:
+                res = self.r.xautoclaim(self.stream, GROUP, self.consumer, min_idle_time=0, start_id=start,
+                                        count=500)
+            except redis.ResponseError as e:
+                if "NOGROUP" in str(e):
+                    return
+                raise
+            start = res[0].decode() if isinstance(res[0], bytes) else res[0]
+            if start in ("0-0", "0"):
+                break
+        last = "0"
+        while True:
+            resp = self.r.xreadgroup(GROUP, self.consumer, {self.stream: last}, count=500)
+            rows = resp[0][1] if resp else []
+            if not rows:
+                break
+            for mid, fields in rows:
+                mid = mid.decode() if isinstance(mid, bytes) else mid
+                self.feed(mid, (fields or {}).get(b"m"))
+                last = mid
+
+    # ---- frames ---------------------------------------------------------------------------------------
+    def feed(self, msg_id: str, payload: bytes | None) -> None:
+        if payload is None:  # deleted under us: nothing to apply
+            self.to_ack.append(msg_id)
+            return
+        try:
+            msg = EmbeddingsMsg.decode(payload)
+        except ValueError as e:
+            from .base import dead_letter
+
+            dead_letter(self.r, self.settings, "matcher", self.stream, msg_id, f"{type(e).__name__}: {e}", payload)
+            self.to_ack.append(msg_id)
+            return
+        if msg.frame.camera != self.camera:
+            log.error("camera=%s stream=%s id=%s: message is for camera %r; dropped", self.camera, self.stream,
+                      msg_id, msg.frame.camera)
+            self.to_ack.append(msg_id)
+            return
+        if not self.buffer.push(msg.frame.seq, (msg_id, msg)):
+            log.info("camera=%s seq=%d id=%s: late or duplicate frame (next seq %s); acked without applying",
+                     self.camera, msg.frame.seq, msg_id, self.buffer.next_seq)
+            self.to_ack.append(msg_id)
+
+    def flush(self) -> int:
+        """Apply every frame that is ready, commit. Returns frames applied."""
+        ready = self.buffer.pop_ready()
+        if not ready and not self.to_ack:
+            return 0
+        out = StageOutput()
+        acks = list(self.to_ack)
+        last_seq = None
+        for seq, (mid, msg) in ready:
+            out.extend(self.stage.update(msg))
+            acks.append(mid)
+            last_seq = seq
+            if msg.frame.eos:
+                self.buffer.restart(seq + 1)
+                log.info("camera=%s: end of stream at seq %d", self.camera, seq)
+        if out.snapshots:
+            pipe = self.r.pipeline(transaction=False)
+            for sid, jpeg in out.snapshots.items():
+                self.store.put_snapshot(sid, jpeg, pipe=pipe)
+            pipe.execute()
+        ck = {"v": CHECKPOINT_VERSION, "next_seq": self.buffer.next_seq, "floor": self.buffer.floor,
+              "stage": self.stage.to_state(), "at": round(time.time(), 3)}
+        sets = [(checkpoint_key(self.settings, self.camera), json.dumps(ck, separators=(",", ":")))]
+        if last_seq is not None:
+            sets.append((progress_key(self.settings, self.camera), str(last_seq)))
+        n = self.store.commit(out.events, fence=(self.lease.key, self.lease.token or ""), sets=sets,
+                              ack=(self.stream, GROUP, acks), delete_acked=True)
+        self.to_ack = []
+        self.frames += len(ready)
+        self.events += n
+        for ev in out.events:
+            log.debug("camera=%s event %s %s track=%s identity=%s", self.camera, ev.type, ev.id, ev.track_id,
+                      ev.identity)
+        return len(ready)
+
+
+def _discover(r: redis.Redis, settings: Settings, registry: CameraRegistry) -> list[str]:
+    names = StreamNames(settings.redis.key_prefix)
+    cams = {c.name for c in settings.cameras}
+    try:
+        cams.update(registry.names())
+    except redis.RedisError:
+        pass
+    pre = names.embeddings("")
+    for k in r.scan_iter(match=pre + "*", count=1000, _type="stream"):
+        k = k.decode() if isinstance(k, bytes) else k
+        cams.add(k[len(pre):])
+    return sorted(c for c in cams if c)
+
+
+def _fair_share(r: redis.Redis, settings: Settings, n_cams: int) -> int:
+    live = max(1, len(list(r.scan_iter(match=key(settings, "hb", "matcher", "*"), count=500))))
+    return max(1, math.ceil(n_cams / live))
+
+
+def run(settings: Settings, *, consumer: str, stop: threading.Event, search=None) -> None:
+    """The matcher worker loop, until `stop` is set (graceful: the batch in hand is committed, leases freed)."""
+    r = connect(settings)
+    store = EventStore(r, settings)
+    names = StreamNames(settings.redis.key_prefix)
+    registry = CameraRegistry(r, settings)
+    search = search or make_searcher(r, settings)
+    metrics = StageMetrics(r, settings, "matcher", consumer)
+    heartbeat = Heartbeat(r, settings, "matcher", consumer)
+    dispatcher = None
+    if settings.sinks.in_matcher:
+        sinks = build_sinks(settings, stop)
+        if sinks:
+            dispatcher = SinkDispatcher(r, settings, sinks, consumer=consumer, stop=stop).start()
+    runners: dict[str, CameraRunner] = {}
+    last_discover = 0.0
+    cams: list[str] = []
+    last_sweep = 0.0
+    backoff = 0.1
+    heartbeat.beat(force=True)
+    log.info("matcher %s: started", consumer)
+
+    def drop(cam: str, why: str) -> None:
+        runner = runners.pop(cam, None)
+        if runner is not None:
+            log.warning("camera=%s matcher=%s: giving up the camera (%s)", cam, consumer, why)
+            runner.release()
+
+    try:
+        while not stop.is_set():
+            try:
+                heartbeat.beat()
+                now = time.monotonic()
+                if now - last_discover >= 1.0:
+                    last_discover = now
+                    cams = _discover(r, settings, registry)
+                    share = _fair_share(r, settings, len(cams))
+                    for cam in cams:
+                        if cam in runners or len(runners) >= share:
+                            continue
+                        runner = CameraRunner(r, settings, cam, consumer, search, store)
+                        try:
+                            if runner.acquire():
+                                runners[cam] = runner
+                                runner.flush()
+                        except (redis.ConnectionError, redis.TimeoutError):
+                            raise
+                        except Exception:  # noqa: BLE001 - one bad camera must not stop the others
+                            log.exception("camera=%s matcher=%s: taking over failed", cam, consumer)
+                            drop(cam, "error while taking over")
+                            runner.release()
+                for cam in list(runners):
+                    if not runners[cam].renew():
+                        drop(cam, "lease lost")
+                if now - last_sweep >= settings.events.sweep_interval_s:
+                    last_sweep = now
+                    if r.set(key(settings, "events", "sweep_lock"), consumer, nx=True,
+                             ex=max(1, int(settings.events.sweep_interval_s))):
+                        store.sweep()
+                if not runners:
+                    stop.wait(0.2)
+                    continue
+                by_stream = {rn.stream: rn for rn in runners.values()}
+                resp = r.xreadgroup(GROUP, consumer, {s: ">" for s in by_stream},
+                                    count=settings.workers.batch_max * 4, block=100)
+                n_in = 0
+                for stream, rows in resp or []:
+                    stream = stream.decode() if isinstance(stream, bytes) else stream
+                    rn = by_stream[stream]
+                    for mid, fields in rows:
+                        rn.feed(mid.decode() if isinstance(mid, bytes) else mid, (fields or {}).get(b"m"))
+                        n_in += 1
+                applied = 0
+                for cam, rn in list(runners.items()):
+                    try:
+                        applied += rn.flush()
+                    except FencedError as e:
+                        drop(cam, str(e))
+                    except (redis.ConnectionError, redis.TimeoutError):
+                        raise
+                    except Exception:  # noqa: BLE001 - the checkpoint is intact; retake the camera from it
+                        log.exception("camera=%s matcher=%s: applying frames failed", cam, consumer)
+                        metrics.errors += 1
+                        drop(cam, "error while applying frames")
+                if applied:
+                    metrics.batch(applied)
+                else:
+                    metrics.maybe_flush()
+                backoff = 0.1
+            except redis.ResponseError as e:
+                if "NOGROUP" in str(e):  # a camera's stream was deleted: re-create groups on reacquire
+                    for cam in list(runners):
+                        drop(cam, "stream deleted")
+                    continue
+                raise
+            except (redis.ConnectionError, redis.TimeoutError) as e:
+                metrics.errors += 1
+                log.warning("matcher %s: redis unavailable (%s); retrying in %.1fs", consumer, e, backoff)
+                for cam in list(runners):  # the checkpoint is the truth: reload it when we get back
+                    runners.pop(cam, None)
+                stop.wait(backoff)
+                backoff = min(backoff * 2, 5.0)
+    finally:
+        for cam, rn in list(runners.items()):
+            try:
+                rn.flush()
+            except (redis.RedisError, FencedError):
+                pass
+            rn.release()
+        if dispatcher is not None:
+            dispatcher.join(timeout=5)
+        replica = getattr(search, "replica", None)
+        if replica is not None:
+            replica.stop()
+        metrics.maybe_flush(force=True)
+        heartbeat.clear()
+        log.info("matcher %s: stopped", consumer)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m workers.matcher [--consumer NAME]`: run one matcher until SIGTERM/SIGINT."""
+    import argparse
+    import signal
+
+    from pipeline.config import load_settings
+
+    p = argparse.ArgumentParser(prog="workers.matcher")
+    p.add_argument("--consumer", default=None)
+    p.add_argument("-v", "--verbose", action="count", default=0)
+    a = p.parse_args(argv)
+    logging.basicConfig(level=[logging.WARNING, logging.INFO, logging.DEBUG][min(a.verbose, 2)],
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    from .base import default_consumer
+
+    run(load_settings(), consumer=a.consumer or default_consumer("matcher"), stop=stop)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
