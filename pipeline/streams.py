@@ -116,3 +116,118 @@ def _flatten(resp) -> list[tuple[str, str, bytes]]:
                 continue
             out.append((_s(stream), _s(msg_id), fields.get(b"m", fields.get("m"))))
     return out
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Streaming-pipeline helpers (workers/): consume-and-delete emit, bounded per-camera frame push, reclaim that
+# also clears pending entries whose message is gone (dropped at the source while a crashed worker held it).
+
+_ACK_LINE = "if ARGV[2] ~= '' then redis.call('XACK', KEYS[2], ARGV[1], ARGV[2]) end"
+assert _ACK_LINE in _EMIT_ONCE
+# Same as _EMIT_ONCE, and the input entry is deleted once acked: frames live in Redis only while in flight, and
+# XLEN of an input stream is exactly its not-yet-finished backlog (what the grabber bounds and counts drops on).
+_EMIT_ONCE_CONSUME = _EMIT_ONCE.replace(
+    _ACK_LINE, "if ARGV[2] ~= '' then redis.call('XACK', KEYS[2], ARGV[1], ARGV[2]); "
+               "redis.call('XDEL', KEYS[2], ARGV[2]) end")
+
+
+class ConsumingEmitter(Emitter):
+    """emit_and_ack that also XDELs the input entry (single consumer group per input stream)."""
+
+    def __init__(self, r: redis.Redis, marker_ttl_s: int = 3600):
+        super().__init__(r, marker_ttl_s)
+        self._script = r.register_script(_EMIT_ONCE_CONSUME)
+
+    def emit_many(self, items: Sequence[tuple[str, str, str, str | bytes, Sequence[tuple[str, bytes, int]]]]
+                  ) -> list[bool]:
+        """Several (marker, in_stream, group, in_id, outputs) in one round trip; each stays atomic on its own."""
+        if not items:
+            return []
+        pipe = self.r.pipeline(transaction=False)
+        for marker, in_stream, group, in_id, outputs in items:
+            keys = [marker, in_stream] + [o[0] for o in outputs]
+            args: list = [group, in_id.decode() if isinstance(in_id, bytes) else in_id, self.ttl, len(outputs)]
+            for _, payload, maxlen in outputs:
+                args += [maxlen, payload]
+            self._script(keys=keys, args=args, client=pipe)
+        return [bool(x) for x in pipe.execute()]
+
+
+# KEYS: 1 frames stream, 2 seq counter, 3 camera status hash, 4 grabber lease key, 5 global drops counter
+# ARGV: 1 maxlen, 2 payload, 3 next seq (stored after the add), 4 mode ('drop' | 'wait'), 5 lease token ('' = none)
+# Returns: >= 0 number of frames dropped (oldest first) to make room; -1 full in 'wait' mode (nothing written);
+#          -2 the lease is held by someone else (fenced off, nothing written).
+_PUSH_FRAME = """
+if ARGV[5] ~= '' and redis.call('GET', KEYS[4]) ~= ARGV[5] then return -2 end
+local maxlen = tonumber(ARGV[1])
+local n = redis.call('XLEN', KEYS[1])
+local dropped = 0
+if n >= maxlen then
+  if ARGV[4] == 'wait' then return -1 end
+  dropped = n - maxlen + 1
+  redis.call('XTRIM', KEYS[1], 'MAXLEN', maxlen - 1)
+  redis.call('HINCRBY', KEYS[3], 'drops', dropped)
+  redis.call('INCRBY', KEYS[5], dropped)
+end
+redis.call('XADD', KEYS[1], '*', 'm', ARGV[2])
+redis.call('SET', KEYS[2], ARGV[3])
+return dropped
+"""
+
+
+class FramePusher:
+    """Bounded XADD to frames:{camera}: at most maxlen entries (backlog not yet finished by a detector).
+
+    mode 'drop' (live sources): when full, the oldest waiting frames are trimmed and every one is counted
+    (camera status `drops` and the global drops counter). mode 'wait' (files): returns -1 and the caller waits."""
+
+    def __init__(self, r: redis.Redis):
+        self.r = r
+        self._script = r.register_script(_PUSH_FRAME)
+
+    def push(self, *, stream: str, seq_key: str, status_key: str, lease_key: str, drops_key: str, maxlen: int,
+             payload: bytes, next_seq: int, mode: str = "drop", token: str = "") -> int:
+        return int(self._script(keys=[stream, seq_key, status_key, lease_key, drops_key],
+                                args=[maxlen, payload, next_seq, mode, token]))
+
+
+def reclaim_entries(r: redis.Redis, stream: str, group: str, consumer: str, min_idle_ms: int,
+                    count: int) -> list[tuple[str, str, bytes]]:
+    """streams.reclaim, plus: pending entries whose message was deleted (trimmed at the source while their
+    consumer was dead) are acked away, so they do not come back forever (Redis 6.2 keeps them in the PEL)."""
+    try:
+        resp = r.xautoclaim(stream, group, consumer, min_idle_time=min_idle_ms, start_id="0-0", count=count)
+    except redis.ResponseError as e:
+        if "NOGROUP" in str(e):
+            return []
+        raise
+    entries = resp[1] if len(resp) > 1 else []
+    out, gone = [], False
+    for msg_id, fields in entries:
+        if msg_id is None or not fields:
+            gone = True
+            continue
+        out.append((stream, _s(msg_id), fields.get(b"m", fields.get("m"))))
+    if gone:
+        # the claimed-but-deleted ids now belong to `consumer`; ack the ones XRANGE can no longer find
+        mine = r.xpending_range(stream, group, min="-", max="+", count=max(count, 100), consumername=consumer)
+        have = {e[1] for e in out}
+        for p in mine:
+            pid = _s(p["message_id"])
+            if pid not in have and not r.xrange(stream, min=pid, max=pid, count=1):
+                r.xack(stream, group, pid)
+                log.info("acked pending entry %s on %s: its message was dropped at the source", pid, stream)
+    return out
+
+
+def stream_backlog(r: redis.Redis, stream: str, group: str) -> dict:
+    """length (entries not yet finished) and pending (delivered, not acked) of one input stream."""
+    try:
+        length = r.xlen(stream)
+        groups = r.xinfo_groups(stream)
+    except redis.ResponseError:
+        return {"length": 0, "pending": 0, "consumers": 0}
+    for g in groups:
+        if _s(g["name"]) == group:
+            return {"length": int(length), "pending": int(g["pending"]), "consumers": int(g["consumers"])}
+    return {"length": int(length), "pending": 0, "consumers": 0}

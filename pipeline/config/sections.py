@@ -70,6 +70,7 @@ class CameraConfig(Section):
     url: str
     fps: float | None = Field(None, gt=0, description="analysis fps; None = every frame")
     enabled: bool = True
+    external: bool = Field(False, description="frames are pushed by `facetrail process`, not read by grabbers")
 
 
 class WorkersConfig(Section):
@@ -79,10 +80,18 @@ class WorkersConfig(Section):
     frames_maxlen: int = Field(64, ge=2, description="per-camera frame backlog; older frames are dropped and counted")
     jpeg_quality: int = Field(85, ge=10, le=100)
     watchdog_s: float = Field(3.0, gt=0)
-    reconnect_max_s: float = Field(10.0, gt=0)
+    # capped so a camera that comes back is picked up within ~this long (plus connect time)
+    reconnect_max_s: float = Field(4.0, gt=0)
     detectors: int = Field(1, ge=0, description="detector workers started by `facetrail up`")
     embedders: int = Field(1, ge=0)
     matchers: int = Field(1, ge=0)
+    open_timeout_s: float = Field(5.0, gt=0, description="give up opening a stream after this long")
+    faces_maxlen: int = Field(4096, ge=16, description="detectors pause (frames back up and drop at the source) "
+                                                        "while the faces stream holds this many entries")
+    embeddings_maxlen: int = Field(20_000, ge=100, description="approximate cap of embeddings:{camera}")
+    done_marker_ttl_s: int = Field(900, ge=10, description="how long a processed frame's idempotency marker lives")
+    thumb_px: int = Field(96, ge=16, le=512, description="long side of the per-face thumbnail JPEG")
+    heartbeat_s: float = Field(2.0, gt=0)
 
 
 class TrackingConfig(Section):

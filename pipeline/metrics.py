@@ -1,0 +1,165 @@
+"""Per-stage metrics and worker heartbeats, kept in Redis so any process (the API's /metrics, /healthz) reads them.
+
+Keys (prefix = redis.key_prefix):
+  <p>:metrics:{stage}:{consumer}   hash: frames, batches, batch_size_avg, errors, drops, reclaimed, fps, lag,
+                                   latency_ms (capture -> this stage's output, last batch), updated_at; TTL 1 h
+  <p>:metrics:drops                total frames dropped at the source (all cameras)
+  <p>:hb:{role}:{consumer}         heartbeat JSON {role, consumer, pid, host, started_at}; TTL 3 x heartbeat_s
+Stages: grabber, detector, embedder (matcher and others may write the same shape).
+"""
+from __future__ import annotations
+
+import json
+import os
+import socket
+import time
+
+import redis
+
+from .backbone import key
+from .config import Settings
+
+METRICS_TTL_S = 3600
+
+
+def _s(x) -> str:
+    return x.decode() if isinstance(x, bytes) else x
+
+
+def metrics_key(settings: Settings, stage: str, consumer: str) -> str:
+    return key(settings, "metrics", stage, consumer)
+
+
+def drops_key(settings: Settings) -> str:
+    return key(settings, "metrics", "drops")
+
+
+def heartbeat_key(settings: Settings, role: str, consumer: str) -> str:
+    return key(settings, "hb", role, consumer)
+
+
+class StageMetrics:
+    """Counters kept in memory and flushed to Redis at most once a second (one HSET)."""
+
+    def __init__(self, r: redis.Redis, settings: Settings, stage: str, consumer: str, flush_s: float = 1.0):
+        self.r = r
+        self.key = metrics_key(settings, stage, consumer)
+        self.flush_s = flush_s
+        self.frames = self.batches = self.errors = self.drops = self.reclaimed = 0
+        self.batch_items = 0
+        self.lag = 0
+        self.latency_ms = 0.0
+        self._win_start = time.monotonic()
+        self._win_frames = 0
+        self._fps = 0.0
+        self._last_flush = 0.0
+
+    def batch(self, n: int, *, latency_ms: float | None = None) -> None:
+        self.batches += 1
+        self.batch_items += n
+        self.frames += n
+        self._win_frames += n
+        if latency_ms is not None:
+            self.latency_ms = latency_ms
+        self.maybe_flush()
+
+    def count(self, field: str, n: int = 1) -> None:
+        setattr(self, field, getattr(self, field) + n)
+        self.maybe_flush()
+
+    def maybe_flush(self, force: bool = False) -> None:
+        now = time.monotonic()
+        if not force and now - self._last_flush < self.flush_s:
+            return
+        win = now - self._win_start
+        if win >= 1.0 or force:
+            self._fps = self._win_frames / win if win > 0 else 0.0
+            self._win_start, self._win_frames = now, 0
+        self._last_flush = now
+        try:
+            pipe = self.r.pipeline(transaction=False)
+            pipe.hset(self.key, mapping={
+                "frames": self.frames, "batches": self.batches, "errors": self.errors, "drops": self.drops,
+                "reclaimed": self.reclaimed, "fps": round(self._fps, 2), "lag": self.lag,
+                "batch_size_avg": round(self.batch_items / self.batches, 2) if self.batches else 0,
+                "latency_ms": round(self.latency_ms, 1), "updated_at": round(time.time(), 3)})
+            pipe.expire(self.key, METRICS_TTL_S)
+            pipe.execute()
+        except redis.RedisError:
+            pass  # metrics never take a worker down
+
+
+class Heartbeat:
+    def __init__(self, r: redis.Redis, settings: Settings, role: str, consumer: str):
+        self.r = r
+        self.key = heartbeat_key(settings, role, consumer)
+        self.every = settings.workers.heartbeat_s
+        self.body = json.dumps({"role": role, "consumer": consumer, "pid": os.getpid(),
+                                "host": socket.gethostname(), "started_at": round(time.time(), 3)})
+        self._last = 0.0
+
+    def beat(self, force: bool = False) -> None:
+        now = time.monotonic()
+        if force or now - self._last >= self.every:
+            self._last = now
+            try:
+                self.r.set(self.key, self.body, ex=max(2, int(self.every * 3 + 0.999)))
+            except redis.RedisError:
+                pass
+
+    def clear(self) -> None:
+        try:
+            self.r.delete(self.key)
+        except redis.RedisError:
+            pass
+
+
+def alive_workers(r: redis.Redis, settings: Settings, role: str | None = None) -> list[dict]:
+    pattern = key(settings, "hb", role or "*", "*")
+    out = []
+    for k in r.scan_iter(match=pattern, count=500):
+        v = r.get(k)
+        if v:
+            try:
+                out.append(json.loads(v))
+            except ValueError:
+                continue
+    return sorted(out, key=lambda d: (d.get("role", ""), d.get("consumer", "")))
+
+
+def read_metrics(r: redis.Redis, settings: Settings) -> dict:
+    """Everything /metrics needs, as plain data:
+    {"stages": {stage: {"consumers": {consumer: {...}}, "total": {frames, batches, errors, drops, reclaimed, fps}}},
+     "queues": {stream: {length, pending, consumers}}, "cameras": {name: status}, "drops_total": int,
+     "workers": [heartbeats]}"""
+    from .cameras import CameraRegistry
+    from .streams import StreamNames, stream_backlog
+
+    stages: dict = {}
+    prefix = key(settings, "metrics", "")
+    for k in r.scan_iter(match=prefix + "*:*", count=500):
+        name = _s(k)[len(prefix):]
+        stage, _, consumer = name.partition(":")
+        raw = r.hgetall(k)
+        if not raw:
+            continue
+        vals = {}
+        for f, v in raw.items():
+            try:
+                vals[_s(f)] = float(v)
+            except ValueError:
+                vals[_s(f)] = _s(v)
+        st = stages.setdefault(stage, {"consumers": {}, "total": {}})
+        st["consumers"][consumer] = vals
+        tot = st["total"]
+        for f in ("frames", "batches", "errors", "drops", "reclaimed", "fps"):
+            tot[f] = tot.get(f, 0) + float(vals.get(f, 0) or 0)
+    names = StreamNames(settings.redis.key_prefix)
+    reg = CameraRegistry(r, settings)
+    cams = reg.names()
+    queues = {names.frames(c): stream_backlog(r, names.frames(c), "detectors") for c in cams}
+    queues[names.faces] = stream_backlog(r, names.faces, "embedders")
+    for c in cams:
+        queues[names.embeddings(c)] = {"length": int(r.xlen(names.embeddings(c)))}
+    return {"stages": stages, "queues": queues, "cameras": reg.all_status(),
+            "drops_total": int(r.get(drops_key(settings)) or 0), "workers": alive_workers(r, settings)}

@@ -1,0 +1,190 @@
+"""Grabber against real sources: a file (every frame, then EOS) and GStreamer's RTSP server run by the system
+python (killed and restarted: reconnect; SIGSTOPped: stalled within the watchdog time)."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from pipeline.backbone import connect
+from pipeline.cameras import CameraRegistry
+from pipeline.config import CameraConfig
+from pipeline.messages import FrameMsg
+from pipeline.streams import StreamNames
+from workers.grabber import Grabber
+
+from conftest import free_port
+
+SERVER = Path(__file__).with_name("rtsp_server.py")
+SYS_PY = "/usr/bin/python3"
+CLIP = "face_recognition/short_hamilton_clip.mp4"
+
+
+def with_workers(settings, **kw):
+    return settings.model_copy(update={"workers": settings.workers.model_copy(update=kw)})
+
+
+def gst_available() -> bool:
+    if not os.access(SYS_PY, os.X_OK):
+        return False
+    probe = ('import gi; gi.require_version("GstRtspServer", "1.0"); from gi.repository import GstRtspServer; '
+             'gi.require_version("Gst", "1.0"); from gi.repository import Gst; Gst.init(None); '
+             'assert Gst.ElementFactory.find("x264enc") and Gst.ElementFactory.find("intervideosrc")')
+    return subprocess.run([SYS_PY, "-c", probe], capture_output=True).returncode == 0
+
+
+class RtspServer:
+    def __init__(self, video: Path, port: int):
+        self.video, self.port = video, port
+        self.proc: subprocess.Popen | None = None
+        self.ready_at = 0.0
+
+    @property
+    def url(self) -> str:
+        return f"rtsp://127.0.0.1:{self.port}/cam"
+
+    def start(self) -> "RtspServer":
+        self.proc = subprocess.Popen([SYS_PY, str(SERVER), str(self.video), str(self.port)], stdout=subprocess.PIPE,
+                                     stderr=subprocess.PIPE, text=True)
+        line = self.proc.stdout.readline()
+        if line.strip() != "READY":
+            self.proc.kill()
+            raise RuntimeError(f"rtsp server did not start: {line} {self.proc.stderr.read()[-2000:]}")
+        self.ready_at = time.time()
+        return self
+
+    def kill(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            os.kill(self.proc.pid, signal.SIGCONT)
+            self.proc.kill()
+            self.proc.wait(10)
+
+
+@pytest.fixture
+def rtsp(faces_dir):
+    if not gst_available():
+        pytest.skip("GStreamer RTSP server for /usr/bin/python3 is missing (run .ci/system-deps.sh)")
+    srv = RtspServer(faces_dir / CLIP, free_port()).start()
+    yield srv
+    srv.kill()
+
+
+class GrabberThread:
+    def __init__(self, settings):
+        self.stop = threading.Event()
+        self.grabber = Grabber(settings, "grab-test")
+        self.thread = threading.Thread(target=self.grabber.run, args=(self.stop,), daemon=True)
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.stop.set()
+        self.thread.join(30)
+        assert not self.thread.is_alive(), "grabber did not stop"
+
+
+def wait_for(cond, timeout, what):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        v = cond()
+        if v:
+            return v
+        time.sleep(0.02)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+@pytest.fixture
+def short_clip(tmp_path, faces_dir) -> Path:
+    cap = cv2.VideoCapture(str(faces_dir / CLIP))
+    out = tmp_path / "short.mp4"
+    w = None
+    for _ in range(40):
+        ok, img = cap.read()
+        assert ok
+        if w is None:
+            w = cv2.VideoWriter(str(out), cv2.VideoWriter_fourcc(*"mp4v"), 30, (img.shape[1], img.shape[0]))
+        w.write(img)
+    w.release()
+    return out
+
+
+def test_file_camera_every_frame_then_eos(settings, short_clip):
+    s = with_workers(settings, frames_maxlen=200)
+    r = connect(s)
+    reg = CameraRegistry(r, s)
+    names = StreamNames(s.redis.key_prefix)
+    with GrabberThread(s):
+        reg.add(CameraConfig(name="clip", url=str(short_clip)))  # added at runtime: no restart
+        wait_for(lambda: reg.status("clip").get("state") == "ended", 60, "file camera to end")
+    msgs = [FrameMsg.decode(f[b"m"]) for _, f in r.xrange(names.frames("clip"))]
+    assert [m.frame.seq for m in msgs] == list(range(41))
+    assert all(not m.frame.eos and m.jpeg for m in msgs[:-1])
+    assert msgs[-1].frame.eos and msgs[-1].jpeg == b"" and msgs[-1].frame.seq == 40
+    assert msgs[1].frame.pts > msgs[0].frame.pts
+    assert cv2.imdecode(np.frombuffer(msgs[0].jpeg, np.uint8), 1).shape == (360, 640, 3)
+
+
+def test_rtsp_reconnects_after_server_restart(settings, rtsp):
+    s = with_workers(settings, watchdog_s=2.0, open_timeout_s=3.0)
+    r = connect(s)
+    reg = CameraRegistry(r, s)
+    names = StreamNames(s.redis.key_prefix)
+    reg.add(CameraConfig(name="cam", url=rtsp.url, fps=5))
+    with GrabberThread(s):
+        wait_for(lambda: reg.status("cam").get("state") == "live", 20, "live")
+        wait_for(lambda: r.xlen(names.frames("cam")) >= 3, 10, "frames")
+        rtsp.kill()
+        wait_for(lambda: reg.status("cam").get("state") in ("error", "stalled"), 10, "camera to notice")
+        time.sleep(1.5)  # stays down for a while: the grabber is backing off
+        before = r.xlen(names.frames("cam"))
+        rtsp.start()
+        st = wait_for(lambda: (lambda st: st if st.get("state") == "live" and st["live_at"] > rtsp.ready_at
+                               else None)(reg.status("cam")), 15, "live again")
+        assert st["live_at"] - rtsp.ready_at < 5.0, "reconnected within 5 s of the server's return"
+        assert st["reconnects"] >= 1
+        wait_for(lambda: r.xlen(names.frames("cam")) > before, 10, "new frames after reconnect")
+
+
+def test_rtsp_sigstop_marks_camera_stalled(settings, rtsp):
+    watchdog = 1.5
+    s = with_workers(settings, watchdog_s=watchdog, open_timeout_s=2.0)
+    r = connect(s)
+    reg = CameraRegistry(r, s)
+    reg.add(CameraConfig(name="frozen", url=rtsp.url, fps=5))
+    with GrabberThread(s):
+        wait_for(lambda: reg.status("frozen").get("state") == "live", 20, "live")
+        time.sleep(0.5)
+        os.kill(rtsp.proc.pid, signal.SIGSTOP)
+        stopped_at = time.time()
+        try:
+            st = wait_for(lambda: (lambda st: st if st.get("state") == "stalled" else None)(reg.status("frozen")),
+                          watchdog + 5, "stalled")
+            assert st["stalled_at"] - stopped_at < watchdog + 1.0, "stalled within the watchdog time"
+            assert st["stalls"] == 1
+        finally:
+            os.kill(rtsp.proc.pid, signal.SIGCONT)
+        wait_for(lambda: reg.status("frozen").get("state") == "live", 20, "live again after SIGCONT")
+
+
+def test_camera_remove_stops_its_grabber(settings, rtsp):
+    r = connect(settings)
+    reg = CameraRegistry(r, settings)
+    names = StreamNames(settings.redis.key_prefix)
+    with GrabberThread(settings) as g:
+        reg.add(CameraConfig(name="temp", url=rtsp.url, fps=5))
+        wait_for(lambda: reg.status("temp").get("state") == "live", 20, "live")
+        reg.remove("temp")
+        wait_for(lambda: "temp" not in g.grabber.runners, 15, "reader stopped")
+        n = r.xlen(names.frames("temp"))
+        time.sleep(0.6)
+        assert r.xlen(names.frames("temp")) == n, "no frames after removal"
+        assert not r.exists(f"{settings.redis.key_prefix}:lease:grabber:temp")

@@ -1,0 +1,67 @@
+"""`facetrail process VIDEO` end to end as a subprocess: with no workers running it starts an embedded pipeline,
+pushes every frame, and returns only after every frame (and the EOS) reached embeddings:{camera}."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import cv2
+import pytest
+import redis
+
+from pipeline.messages import EmbeddingsMsg
+
+CLIP = "face_recognition/short_hamilton_clip.mp4"
+CLI = [sys.executable, "-c", "import sys; from pipeline.cli import main; sys.exit(main())"]
+
+
+@pytest.fixture
+def clip30(tmp_path, faces_dir):
+    cap = cv2.VideoCapture(str(faces_dir / CLIP))
+    out = tmp_path / "hamilton_30.mp4"
+    w = None
+    for _ in range(30):
+        ok, img = cap.read()
+        assert ok
+        if w is None:
+            w = cv2.VideoWriter(str(out), cv2.VideoWriter_fourcc(*"mp4v"), 30, (img.shape[1], img.shape[0]))
+        w.write(img)
+    w.release()
+    return out
+
+
+def run_cli(args, env, timeout=240):
+    return subprocess.run(CLI + args, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def test_process_returns_after_every_frame_is_embedded(clip30, cli_env, redis_url):
+    p = run_cli(["process", str(clip30), "--camera", "stage", "--json", "--no-matcher"], cli_env)
+    assert p.returncode == 0, p.stderr[-3000:]
+    summary = json.loads(p.stdout.strip().splitlines()[-1])
+    assert summary["frames"] == 30 and summary["missing"] == 0 and summary["duplicates"] == 0
+    assert summary["embedded_pipeline"] == ["detector", "embedder"]
+    assert summary["faces"] > 0
+    r = redis.Redis.from_url(redis_url)
+    msgs = [EmbeddingsMsg.decode(f[b"m"]) for _, f in r.xrange("ft:embeddings:stage")]
+    seqs = sorted(m.frame.seq for m in msgs if not m.frame.eos)
+    assert seqs == list(range(30)), "already there when the command returned: every frame, once"
+    assert [m.frame.seq for m in msgs if m.frame.eos] == [30]
+    assert not r.hexists("ft:cameras", "stage"), "the run's camera is unregistered afterwards"
+    assert not r.keys("ft:hb:*"), "the embedded workers were stopped"
+
+    # a second run on the same camera continues the seq numbering: nothing is mistaken for already done
+    p = run_cli(["process", str(clip30), "--camera", "stage", "--json", "--no-matcher", "--fps", "10"], cli_env)
+    assert p.returncode == 0, p.stderr[-3000:]
+    again = json.loads(p.stdout.strip().splitlines()[-1])
+    assert again["first_seq"] == 31 and again["missing"] == 0
+    assert 9 <= again["frames"] <= 11, "--fps 10 samples a 1 s clip to about 10 frames"
+
+
+def test_process_bad_input_is_one_line_error(tmp_path, cli_env):
+    p = run_cli(["process", str(tmp_path / "nope.mp4")], cli_env, timeout=60)
+    assert p.returncode == 2 and "no such file" in p.stderr
+    bad = tmp_path / "bad.mp4"
+    bad.write_bytes(b"not a video at all")
+    p = run_cli(["process", str(bad), "--no-matcher"], cli_env, timeout=120)
+    assert p.returncode == 2 and "error:" in p.stderr and "Traceback" not in p.stderr

@@ -1,0 +1,173 @@
+"""Loop helpers every stream worker shares: consumer names, a batch reader over a changing set of streams
+(max batch / max wait, fair across cameras, reclaim of idle pending entries), dead-lettering, the run loop."""
+from __future__ import annotations
+
+import logging
+import math
+import os
+import socket
+import threading
+import time
+from typing import Callable, Sequence
+
+import redis
+
+from pipeline.backbone import key
+from pipeline.config import Settings
+from pipeline.metrics import Heartbeat, StageMetrics
+from pipeline.streams import ensure_group, reclaim_entries
+
+log = logging.getLogger("facetrail.workers")
+
+Entry = tuple[str, str, bytes]  # (stream, message id, payload)
+
+
+def default_consumer(role: str) -> str:
+    return f"{role}-{socket.gethostname()}-{os.getpid()}"
+
+
+def deadletter_key(settings: Settings) -> str:
+    return key(settings, "deadletter")
+
+
+class BatchReader:
+    """XREADGROUP across the streams streams_fn() names (re-read every refresh_s, so cameras added at runtime
+    are picked up), up to batch_max entries, waiting at most batch_wait_ms after the first one arrives.
+    Entries pending on a dead consumer for longer than reclaim_idle_ms are claimed first (XAUTOCLAIM)."""
+
+    def __init__(self, r: redis.Redis, settings: Settings, group: str, consumer: str,
+                 streams_fn: Callable[[], Sequence[str]], *, refresh_s: float = 1.0, idle_block_ms: int = 500):
+        self.r = r
+        self.group = group
+        self.consumer = consumer
+        self.streams_fn = streams_fn
+        self.refresh_s = refresh_s
+        self.idle_block_ms = idle_block_ms
+        w = settings.workers
+        self.batch_max = w.batch_max
+        self.batch_wait_ms = w.batch_wait_ms
+        self.reclaim_idle_ms = w.reclaim_idle_ms
+        self.reclaim_every_s = max(0.1, w.reclaim_idle_ms / 2000.0)
+        self.streams: list[str] = []
+        self._known: set[str] = set()
+        self._last_refresh = 0.0
+        self._last_reclaim = 0.0
+        self.reclaimed = 0
+
+    def refresh(self, force: bool = False) -> list[str]:
+        now = time.monotonic()
+        if force or now - self._last_refresh >= self.refresh_s:
+            self._last_refresh = now
+            streams = list(dict.fromkeys(self.streams_fn()))
+            for s in streams:
+                if s not in self._known:
+                    ensure_group(self.r, s, self.group)
+                    self._known.add(s)
+                    log.info("%s: reading %s (group %s)", self.consumer, s, self.group)
+            for s in set(self.streams) - set(streams):
+                log.info("%s: no longer reading %s", self.consumer, s)
+                self._known.discard(s)
+            self.streams = streams
+        return self.streams
+
+    def _reclaim(self) -> list[Entry]:
+        now = time.monotonic()
+        if now - self._last_reclaim < self.reclaim_every_s:
+            return []
+        self._last_reclaim = now
+        out: list[Entry] = []
+        for s in self.streams:
+            got = reclaim_entries(self.r, s, self.group, self.consumer, self.reclaim_idle_ms,
+                                  self.batch_max - len(out))
+            if got:
+                log.warning("%s: reclaimed %d idle entries of %s (a consumer died or stalled)",
+                            self.consumer, len(got), s)
+            out += got
+            if len(out) >= self.batch_max:
+                break
+        self.reclaimed += len(out)
+        return out
+
+    def _read(self, want: int, block_ms: int | None) -> list[Entry]:
+        from pipeline.streams import _flatten
+
+        per_stream = max(1, math.ceil(want / max(1, len(self.streams))))  # fair share per camera
+        try:
+            resp = self.r.xreadgroup(self.group, self.consumer, {s: ">" for s in self.streams},
+                                     count=per_stream, block=block_ms)
+        except redis.ResponseError as e:
+            if "NOGROUP" not in str(e):
+                raise
+            self.refresh(force=True)  # a stream was deleted (camera removed); recreate groups and retry later
+            for s in self.streams:
+                ensure_group(self.r, s, self.group)
+            return []
+        return _flatten(resp)
+
+    def next_batch(self) -> list[Entry]:
+        self.refresh()
+        if not self.streams:
+            time.sleep(min(0.2, self.refresh_s))
+            return []
+        batch = self._reclaim()
+        if batch:
+            return batch
+        batch = self._read(self.batch_max, self.idle_block_ms)
+        if not batch:
+            return []
+        deadline = time.monotonic() + self.batch_wait_ms / 1000.0
+        while len(batch) < self.batch_max:
+            remaining_ms = int((deadline - time.monotonic()) * 1000)
+            if remaining_ms < 1:
+                break
+            more = self._read(self.batch_max - len(batch), remaining_ms)
+            if not more:
+                break
+            batch += more
+        return batch
+
+
+def dead_letter(r: redis.Redis, settings: Settings, stage: str, stream: str, msg_id: str, error: str,
+                payload: bytes | None = None) -> None:
+    """A message that can never be processed: keep it (bounded) with the reason, so nothing is lost silently."""
+    log.error("%s: dead-lettering %s %s: %s", stage, stream, msg_id, error)
+    fields = {"stage": stage, "stream": stream, "id": msg_id, "error": error[:2000], "at": time.time()}
+    if payload is not None and len(payload) < 4_000_000:
+        fields["m"] = payload
+    r.xadd(deadletter_key(settings), fields, maxlen=10_000, approximate=True)
+
+
+def run_loop(role: str, consumer: str, stop: threading.Event, reader: BatchReader,
+             handle: Callable[[list[Entry]], None], metrics: StageMetrics, heartbeat: Heartbeat,
+             before_read: Callable[[], bool] | None = None) -> None:
+    """read batch -> handle (stage + emit + ack) -> repeat, until stop is set; the batch in hand is always
+    finished and acked before returning (graceful SIGTERM). Redis outages are waited out: unacked entries stay
+    pending and are redone by whoever reads them next."""
+    backoff = 0.1
+    heartbeat.beat(force=True)
+    log.info("%s %s: started", role, consumer)
+    try:
+        while not stop.is_set():
+            try:
+                heartbeat.beat()
+                if before_read is not None and not before_read():
+                    stop.wait(0.05)
+                    continue
+                batch = reader.next_batch()
+                if reader.reclaimed:
+                    metrics.reclaimed += reader.reclaimed
+                    reader.reclaimed = 0
+                if not batch:
+                    metrics.maybe_flush()
+                    continue
+                handle(batch)
+                backoff = 0.1
+            except (redis.ConnectionError, redis.TimeoutError) as e:
+                metrics.errors += 1
+                log.warning("%s %s: redis unavailable (%s); retrying in %.1fs", role, consumer, e, backoff)
+                stop.wait(backoff)
+                backoff = min(backoff * 2, 5.0)
+    finally:
+        metrics.maybe_flush(force=True)
+        heartbeat.clear()
+        log.info("%s %s: stopped", role, consumer)

@@ -1,0 +1,148 @@
+"""Detector role: frames:{camera} (every registered camera, group "detectors") -> faces.
+
+Stage: DetectStage.process(frames) -> FacesMsg per frame (zero-face frames included, EOS passed through).
+Worker: batch across cameras -> stage -> emit faces + XACK (+ XDEL of the frame) in one Lua call per frame,
+guarded by the done-marker done:detect:{camera}:{seq}, so a redelivered frame never yields a second FacesMsg."""
+from __future__ import annotations
+
+import logging
+import threading
+import time
+
+import cv2
+import numpy as np
+import redis
+
+from pipeline.backbone import connect
+from pipeline.cameras import CameraRegistry
+from pipeline.config import Settings
+from pipeline.engine.engine import FaceEngine
+from pipeline.engine.types import Face
+from pipeline.messages import DetectedFace, FacesMsg, FrameMsg
+from pipeline.metrics import Heartbeat, StageMetrics
+from pipeline.streams import ConsumingEmitter, StreamNames
+
+from .base import BatchReader, Entry, dead_letter, run_loop
+
+log = logging.getLogger("facetrail.detector")
+
+GROUP = "detectors"
+
+
+def face_thumb(image: np.ndarray, box, max_px: int, quality: int = 80) -> bytes | None:
+    """The face with some context (box grown by 30 %), long side <= max_px, as JPEG."""
+    x, y, w, h = [float(v) for v in box]
+    cx, cy, side = x + w / 2, y + h / 2, max(w, h) * 1.3
+    x0, y0 = int(max(0, cx - side / 2)), int(max(0, cy - side / 2))
+    x1, y1 = int(min(image.shape[1], cx + side / 2)), int(min(image.shape[0], cy + side / 2))
+    if x1 <= x0 or y1 <= y0:
+        return None
+    crop = image[y0:y1, x0:x1]
+    s = max_px / max(crop.shape[:2])
+    if s < 1:
+        crop = cv2.resize(crop, (max(1, round(crop.shape[1] * s)), max(1, round(crop.shape[0] * s))),
+                          interpolation=cv2.INTER_AREA)
+    ok, buf = cv2.imencode(".jpg", crop, [cv2.IMWRITE_JPEG_QUALITY, quality])
+    return buf.tobytes() if ok else None
+
+
+class DetectStage:
+    """Plain stage: decoded frames in, one FacesMsg per frame out (no Redis here)."""
+
+    def __init__(self, settings: Settings, engine: FaceEngine | None = None):
+        self.settings = settings
+        self.engine = engine or FaceEngine(settings)
+        self.thumb_px = settings.workers.thumb_px
+
+    def process(self, frames: list[tuple[FrameMsg, np.ndarray | None]]) -> list[FacesMsg]:
+        images = [img for msg, img in frames if img is not None]
+        detections = iter(self.engine.detect(images) if images else [])
+        out = []
+        for msg, img in frames:
+            if img is None:  # EOS: flows through unchanged
+                out.append(FacesMsg(frame=msg.frame))
+                continue
+            faces: list[Face] = next(detections)
+            crops = self.engine.align(img, faces) if faces else []
+            out.append(FacesMsg(
+                frame=msg.frame,
+                faces=[DetectedFace(index=i, box=[float(v) for v in f.box],
+                                    landmarks=[float(v) for v in np.asarray(f.landmarks).reshape(-1)],
+                                    score=float(f.score), quality=float(f.quality or 0.0),
+                                    thumb_jpeg=face_thumb(img, f.box, self.thumb_px))
+                       for i, f in enumerate(faces)],
+                crops=[np.ascontiguousarray(c, dtype=np.uint8).tobytes() for c in crops]))
+        return out
+
+
+def frame_streams(registry: CameraRegistry, names: StreamNames):
+    return lambda: [names.frames(c) for c in registry.names()]
+
+
+class DetectorWorker:
+    def __init__(self, settings: Settings, consumer: str, r: redis.Redis | None = None,
+                 stage: DetectStage | None = None):
+        self.settings = settings
+        self.consumer = consumer
+        self.r = r or connect(settings)
+        self.names = StreamNames(settings.redis.key_prefix)
+        self.registry = CameraRegistry(self.r, settings)
+        self.stage = stage or DetectStage(settings)
+        self.emitter = ConsumingEmitter(self.r, settings.workers.done_marker_ttl_s)
+        self.metrics = StageMetrics(self.r, settings, "detector", consumer)
+        self.heartbeat = Heartbeat(self.r, settings, "detector", consumer)
+        self.reader = BatchReader(self.r, settings, GROUP, consumer, frame_streams(self.registry, self.names))
+        self._faces_full_logged = 0.0
+
+    def faces_has_room(self) -> bool:
+        """Backpressure: while the embedders are behind, stop taking frames (they back up and drop at the
+        source, counted there) instead of growing the faces stream without bound."""
+        n = self.r.xlen(self.names.faces)
+        self.metrics.lag = n
+        if n < self.settings.workers.faces_maxlen:
+            return True
+        if time.monotonic() - self._faces_full_logged > 10:
+            self._faces_full_logged = time.monotonic()
+            log.warning("%s: faces stream holds %d entries (>= faces_maxlen); pausing", self.consumer, n)
+        return False
+
+    def handle(self, batch: list[Entry]) -> None:
+        decoded: list[tuple[str, str, FrameMsg, np.ndarray | None]] = []
+        for stream, msg_id, payload in batch:
+            try:
+                msg = FrameMsg.decode(payload)
+                img = None
+                if not msg.frame.eos:
+                    img = cv2.imdecode(np.frombuffer(msg.jpeg, np.uint8), cv2.IMREAD_COLOR)
+                    if img is None:
+                        raise ValueError("frame JPEG does not decode")
+            except ValueError as e:
+                self.metrics.errors += 1
+                dead_letter(self.r, self.settings, "detector", stream, msg_id, str(e), payload)
+                self.r.xack(stream, GROUP, msg_id)
+                continue
+            decoded.append((stream, msg_id, msg, img))
+        if not decoded:
+            return
+        results = self.stage.process([(m, img) for _, _, m, img in decoded])
+        items = []
+        for (stream, msg_id, msg, _), faces in zip(decoded, results):
+            marker = self.names.done("detect", f"{msg.frame.camera}:{msg.frame.seq}")
+            items.append((marker, stream, GROUP, msg_id, [(self.names.faces, faces.encode(), 0)]))
+        fresh = self.emitter.emit_many(items)
+        dup = len(fresh) - sum(fresh)
+        if dup:
+            log.info("%s: %d redelivered frame(s) were already done; acked without output", self.consumer, dup)
+        now = time.time()
+        lat = [now - m.frame.captured_at for _, _, m, _ in decoded if not m.frame.eos]
+        self.metrics.batch(len(decoded), latency_ms=1000 * sum(lat) / len(lat) if lat else None)
+        for _, msg_id, msg, _ in decoded:
+            log.debug("%s: frame %s:%d (%s) -> faces", self.consumer, msg.frame.camera, msg.frame.seq, msg_id)
+
+    def run(self, stop: threading.Event) -> None:
+        run_loop("detector", self.consumer, stop, self.reader, self.handle, self.metrics, self.heartbeat,
+                 before_read=self.faces_has_room)
+
+
+def run(settings: Settings, *, consumer: str, stop: threading.Event) -> None:
+    DetectorWorker(settings, consumer).run(stop)

@@ -1,0 +1,111 @@
+"""Embedder role: faces (group "embedders") -> embeddings:{camera}.
+
+Stage: EmbedStage.process(faces_msgs) -> EmbeddingsMsg per frame; the crops of a whole batch (all cameras) go
+through the embedder in one call. Worker: emit + XACK (+ XDEL) per frame in one Lua call guarded by
+done:embed:{camera}:{seq}; every frame (zero-face and EOS included) reaches embeddings:{camera} exactly once."""
+from __future__ import annotations
+
+import logging
+import threading
+import time
+
+import numpy as np
+import redis
+
+from pipeline.backbone import connect
+from pipeline.config import Settings
+from pipeline.engine.engine import FaceEngine
+from pipeline.messages import EmbeddedFace, EmbeddingsMsg, FacesMsg
+from pipeline.metrics import Heartbeat, StageMetrics
+from pipeline.streams import ConsumingEmitter, StreamNames
+
+from .base import BatchReader, Entry, dead_letter, run_loop
+
+log = logging.getLogger("facetrail.embedder")
+
+GROUP = "embedders"
+
+
+class EmbedStage:
+    def __init__(self, settings: Settings, engine: FaceEngine | None = None):
+        self.engine = engine or FaceEngine(settings)
+
+    @property
+    def size(self) -> int:
+        return int(getattr(self.engine.embedder, "input_size", 112))
+
+    def crops_of(self, msg: FacesMsg) -> list[np.ndarray]:
+        s = self.size
+        if len(msg.crops) != len(msg.faces):
+            raise ValueError(f"{len(msg.faces)} faces but {len(msg.crops)} crops")
+        out = []
+        for c in msg.crops:
+            if len(c) != s * s * 3:
+                raise ValueError(f"crop of {len(c)} bytes, expected {s}x{s}x3")
+            out.append(np.frombuffer(c, np.uint8).reshape(s, s, 3))
+        return out
+
+    def process(self, msgs: list[FacesMsg], crops: list[list[np.ndarray]] | None = None) -> list[EmbeddingsMsg]:
+        crops = crops if crops is not None else [self.crops_of(m) for m in msgs]
+        flat = [c for cs in crops for c in cs]
+        vecs = self.engine.embedder.embed(flat) if flat else np.zeros((0, 0), np.float32)
+        out, i = [], 0
+        for m in msgs:
+            faces = []
+            for df in m.faces:
+                v = np.asarray(vecs[i], dtype="<f4")
+                i += 1
+                faces.append(EmbeddedFace(**df.model_dump(), embedding=v.tobytes()))
+            out.append(EmbeddingsMsg(frame=m.frame, faces=faces))
+        return out
+
+
+class EmbedderWorker:
+    def __init__(self, settings: Settings, consumer: str, r: redis.Redis | None = None,
+                 stage: EmbedStage | None = None):
+        self.settings = settings
+        self.consumer = consumer
+        self.r = r or connect(settings)
+        self.names = StreamNames(settings.redis.key_prefix)
+        self.stage = stage or EmbedStage(settings)
+        self.emitter = ConsumingEmitter(self.r, settings.workers.done_marker_ttl_s)
+        self.metrics = StageMetrics(self.r, settings, "embedder", consumer)
+        self.heartbeat = Heartbeat(self.r, settings, "embedder", consumer)
+        self.reader = BatchReader(self.r, settings, GROUP, consumer, lambda: [self.names.faces])
+
+    def handle(self, batch: list[Entry]) -> None:
+        good: list[tuple[str, str, FacesMsg, list[np.ndarray]]] = []
+        for stream, msg_id, payload in batch:
+            try:
+                msg = FacesMsg.decode(payload)
+                crops = self.stage.crops_of(msg)
+            except ValueError as e:
+                self.metrics.errors += 1
+                dead_letter(self.r, self.settings, "embedder", stream, msg_id, str(e), payload)
+                self.r.xack(stream, GROUP, msg_id)
+                continue
+            good.append((stream, msg_id, msg, crops))
+        if not good:
+            return
+        results = self.stage.process([g[2] for g in good], [g[3] for g in good])
+        maxlen = self.settings.workers.embeddings_maxlen
+        items = []
+        for (stream, msg_id, msg, _), emb in zip(good, results):
+            cam = msg.frame.camera
+            items.append((self.names.done("embed", f"{cam}:{msg.frame.seq}"), stream, GROUP, msg_id,
+                          [(self.names.embeddings(cam), emb.encode(), maxlen)]))
+        fresh = self.emitter.emit_many(items)
+        dup = len(fresh) - sum(fresh)
+        if dup:
+            log.info("%s: %d redelivered message(s) were already done; acked without output", self.consumer, dup)
+        now = time.time()
+        lat = [now - g[2].frame.captured_at for g in good if not g[2].frame.eos]
+        self.metrics.batch(len(good), latency_ms=1000 * sum(lat) / len(lat) if lat else None)
+        self.metrics.lag = self.r.xlen(self.names.faces) if self.metrics.batches % 8 == 0 else self.metrics.lag
+
+    def run(self, stop: threading.Event) -> None:
+        run_loop("embedder", self.consumer, stop, self.reader, self.handle, self.metrics, self.heartbeat)
+
+
+def run(settings: Settings, *, consumer: str, stop: threading.Event) -> None:
+    EmbedderWorker(settings, consumer).run(stop)

@@ -1,0 +1,445 @@
+"""Grabber role: cameras (RTSP, HTTP(S) MJPEG/HLS, files, webcams) -> frames:{camera}.
+
+One process can own every camera (a thread each), but each camera has exactly one reader: a Redis lease
+per camera (SET NX PX, renewed, fencing token checked inside the frame-push Lua), so a second grabber process
+takes over only when the first one dies. Cameras come from the registry in Redis (pipeline.cameras) and are
+followed live through cameras:changes, so `facetrail camera add|remove` needs no restart.
+
+Live sources: OpenCV's FFmpeg backend with low-latency options (RTSP over TCP, no buffering), sampled to the
+camera's fps by wall clock, a watchdog on time since the last frame (status `stalled`), reconnect with
+exponential backoff capped at workers.reconnect_max_s, frames dropped oldest-first (and counted) when the
+detectors fall behind. Files: every frame (or --fps sampling by stream time), no pacing, backpressure instead
+of drops, then an EOS frame (seq one past the last)."""
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from dataclasses import dataclass, field
+
+import cv2  # noqa: E402
+import numpy as np  # noqa: E402
+import redis  # noqa: E402
+
+from pipeline.backbone import connect  # noqa: E402
+from pipeline.cameras import CameraRegistry, Lease, grabber_lease_key, is_file_source, redact_url  # noqa: E402
+from pipeline.config import CameraConfig, Settings  # noqa: E402
+from pipeline.messages import FrameMsg, FrameRef  # noqa: E402
+from pipeline.metrics import Heartbeat, StageMetrics, drops_key  # noqa: E402
+from pipeline.streams import FramePusher, StreamNames  # noqa: E402
+
+log = logging.getLogger("facetrail.grabber")
+
+LEASE_TTL_MS = 5000
+
+
+class SourceError(RuntimeError):
+    pass
+
+
+class LeaseLost(RuntimeError):
+    pass
+
+
+# OpenCV's FFmpeg backend reads its demuxer options from this variable at every open. Live sources get the
+# low-latency set; files get none: `fflags nobuffer` makes FFmpeg lose frames of a file (measured: 215 of 275).
+_ENV = "OPENCV_FFMPEG_CAPTURE_OPTIONS"
+LIVE_OPTIONS = os.environ.get(_ENV) or "rtsp_transport;tcp|fflags;nobuffer|flags;low_delay"
+FILE_OPTIONS = ""
+
+
+class _OptionsLock:
+    """Many live opens may share the live options at once; a file open waits for them and has the variable
+    to itself (a hung live open therefore delays file opens of the same process, never other live opens)."""
+
+    def __init__(self):
+        self._cond = threading.Condition()
+        self._live = 0
+        self._file = False
+
+    def open(self, live: bool, fn):
+        with self._cond:
+            if live:
+                self._cond.wait_for(lambda: not self._file)
+                self._live += 1
+                os.environ[_ENV] = LIVE_OPTIONS
+            else:
+                self._cond.wait_for(lambda: not self._file and self._live == 0)
+                self._file = True
+                os.environ[_ENV] = FILE_OPTIONS
+        try:
+            return fn()
+        finally:
+            with self._cond:
+                if live:
+                    self._live -= 1
+                else:
+                    self._file = False
+                self._cond.notify_all()
+
+
+_options = _OptionsLock()
+
+
+def open_capture(url: str, settings: Settings, *, read_timeout_s: float | None = None) -> cv2.VideoCapture:
+    """A VideoCapture that never blocks forever: open and read timeouts for network sources."""
+    w = settings.workers
+    if url.isdigit():  # webcam index
+        cap = cv2.VideoCapture(int(url))
+    else:
+        src = url[len("file://"):] if url.startswith("file://") else url
+        read_to = read_timeout_s if read_timeout_s is not None else w.watchdog_s + 2.0
+        params = [cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, int(w.open_timeout_s * 1000),
+                  cv2.CAP_PROP_READ_TIMEOUT_MSEC, int(read_to * 1000)]
+        cap = _options.open(not is_file_source(url), lambda: cv2.VideoCapture(src, cv2.CAP_FFMPEG, params))
+    if not cap.isOpened():
+        cap.release()
+        raise SourceError(f"cannot open {redact_url(url)}")
+    return cap
+
+
+def encode_jpeg(img: np.ndarray, quality: int) -> bytes:
+    ok, buf = cv2.imencode(".jpg", img, [cv2.IMWRITE_JPEG_QUALITY, int(quality)])
+    if not ok:
+        raise ValueError("JPEG encoding failed")
+    return buf.tobytes()
+
+
+class FramePublisher:
+    """Numbers frames (seq continues across runs of a camera, never reused) and pushes them bounded."""
+
+    def __init__(self, r: redis.Redis, settings: Settings, camera: str, *, token: str = ""):
+        self.r = r
+        self.settings = settings
+        self.camera = camera
+        self.token = token
+        self.names = StreamNames(settings.redis.key_prefix)
+        self.registry = CameraRegistry(r, settings)
+        self.pusher = FramePusher(r)
+        self.stream = self.names.frames(camera)
+        self.seq = self.registry.next_seq(camera)
+        self.first_seq = self.seq
+        self.frames = 0
+        self.drops = 0
+        self.size = (0, 0)
+
+    def _push(self, msg: FrameMsg, mode: str, stop: threading.Event | None) -> int:
+        payload = msg.encode()
+        delay = 0.005
+        while True:
+            res = self.pusher.push(stream=self.stream, seq_key=self.registry.seq_key(self.camera),
+                                   status_key=self.registry.status_key(self.camera),
+                                   lease_key=grabber_lease_key(self.settings, self.camera),
+                                   drops_key=drops_key(self.settings), maxlen=self.settings.workers.frames_maxlen,
+                                   payload=payload, next_seq=msg.frame.seq + 1, mode=mode, token=self.token)
+            if res == -2:
+                raise LeaseLost(f"camera {self.camera}: grabber lease taken over by another process")
+            if res >= 0:
+                if res:
+                    self.drops += res
+                    log.warning("camera %s: detectors behind, dropped %d oldest frame(s)", self.camera, res)
+                return res
+            if stop is not None and stop.is_set():
+                raise InterruptedError("stopped while waiting for room in the frames stream")
+            time.sleep(delay)  # 'wait' mode and the stream is full: backpressure
+            delay = min(delay * 2, 0.05)
+
+    def publish(self, img: np.ndarray, *, captured_at: float, pts: float | None, mode: str = "drop",
+                stop: threading.Event | None = None) -> int:
+        h, w = img.shape[:2]
+        self.size = (w, h)
+        ref = FrameRef(camera=self.camera, seq=self.seq, captured_at=captured_at, pts=pts, width=w, height=h)
+        self._push(FrameMsg(frame=ref, jpeg=encode_jpeg(img, self.settings.workers.jpeg_quality)), mode, stop)
+        self.seq += 1
+        self.frames += 1
+        return ref.seq
+
+    def publish_eos(self, stop: threading.Event | None = None) -> int:
+        w, h = self.size
+        ref = FrameRef(camera=self.camera, seq=self.seq, captured_at=time.time(), pts=None, width=w, height=h,
+                       eos=True)
+        self._push(FrameMsg(frame=ref, jpeg=b""), "wait", stop)
+        self.seq += 1
+        log.info("camera %s: EOS seq=%d after %d frame(s)", self.camera, ref.seq, self.frames)
+        return ref.seq
+
+
+@dataclass
+class FileResult:
+    camera: str
+    frames: int = 0
+    first_seq: int = 0
+    eos_seq: int = -1
+    read: int = 0
+    seconds: float = 0.0
+    extra: dict = field(default_factory=dict)
+
+
+def push_file(r: redis.Redis, settings: Settings, camera: str, path: str, *, fps: float | None = None,
+              stop: threading.Event | None = None, token: str = "", on_frame=None) -> FileResult:
+    """Every frame of a finite source into frames:{camera} (or frames at `fps` by stream time), waiting for
+    room rather than dropping, then EOS. Returns the seq range used."""
+    t0 = time.monotonic()
+    cap = open_capture(path, settings, read_timeout_s=30.0)
+    pub = FramePublisher(r, settings, camera, token=token)
+    res = FileResult(camera=camera, first_seq=pub.seq)
+    period = 1.0 / fps if fps else 0.0
+    next_t = 0.0
+    try:
+        while stop is None or not stop.is_set():
+            ok, img = cap.read()
+            if not ok:
+                break
+            res.read += 1
+            pts = cap.get(cv2.CAP_PROP_POS_MSEC) / 1000.0
+            if period:
+                if pts + 1e-6 < next_t:
+                    continue
+                next_t += period
+                while next_t <= pts:
+                    next_t += period
+            pub.publish(img, captured_at=time.time(), pts=pts, mode="wait", stop=stop)
+            if on_frame is not None:
+                on_frame(pub)
+    finally:
+        cap.release()
+    if stop is not None and stop.is_set():
+        raise InterruptedError(f"camera {camera}: stopped after {pub.frames} frame(s)")
+    if res.read == 0:
+        raise SourceError(f"{path}: no decodable video frames")
+    res.frames = pub.frames
+    res.eos_seq = pub.publish_eos(stop)
+    res.seconds = time.monotonic() - t0
+    return res
+
+
+class CameraRunner(threading.Thread):
+    """Reads one camera while this process holds its lease."""
+
+    def __init__(self, r: redis.Redis, settings: Settings, cam: CameraConfig, lease: Lease, consumer: str):
+        super().__init__(name=f"grab-{cam.name}", daemon=True)
+        self.r = r
+        self.settings = settings
+        self.cam = cam
+        self.lease = lease
+        self.consumer = consumer
+        self.stop = threading.Event()
+        self.registry = CameraRegistry(r, settings)
+        self.metrics = StageMetrics(r, settings, "grabber", f"{consumer}:{cam.name}")
+        self.ended = False
+        self.lease_lost = False
+        self._state = ""
+        self._last_frame = time.monotonic()
+        self._connected = False
+        self._lock = threading.Lock()
+
+    # -- status -----------------------------------------------------------------------------------------------
+    def _set_state(self, state: str, **fields) -> None:
+        with self._lock:
+            if self._state == "stalled" and state in ("connecting", "error"):
+                state = "stalled"  # stays stalled until frames flow again; the error text says what happens
+            self._state = state
+            try:
+                self.registry.set_status(self.cam.name, state, owner=self.consumer, **fields)
+            except redis.RedisError as e:
+                log.warning("camera %s: cannot write status: %s", self.cam.name, e)
+
+    def _watchdog(self) -> None:
+        limit = self.settings.workers.watchdog_s
+        while not self.stop.wait(0.1):
+            if not self._connected or self._state not in ("live",):
+                continue
+            idle = time.monotonic() - self._last_frame
+            if idle > limit:
+                log.warning("camera %s: no frame for %.1fs (watchdog %.1fs): stalled", self.cam.name, idle, limit)
+                self._set_state("stalled", stalled_at=time.time(), error=f"no frame for {idle:.1f}s")
+                try:
+                    self.r.hincrby(self.registry.status_key(self.cam.name), "stalls", 1)
+                except redis.RedisError:
+                    pass
+
+    # -- main -------------------------------------------------------------------------------------------------
+    def run(self) -> None:
+        try:
+            if is_file_source(self.cam.url):
+                self._run_file()
+            else:
+                self._run_live()
+        except LeaseLost as e:
+            self.lease_lost = True
+            log.warning("%s", e)
+        except Exception as e:  # a camera thread never dies silently
+            log.exception("camera %s: grabber thread failed", self.cam.name)
+            self._set_state("error", error=f"{type(e).__name__}: {e}")
+
+    def _run_file(self) -> None:
+        self._set_state("connecting", error="")
+        delay = 0.5
+        while not self.stop.is_set():
+            try:
+                res = push_file(self.r, self.settings, self.cam.name, self.cam.url, fps=self.cam.fps, stop=self.stop,
+                                token=self.lease.token or "")
+                self._set_state("ended", frames=res.frames, eos_seq=res.eos_seq, error="")
+                self.ended = True
+                return
+            except SourceError as e:
+                self._set_state("error", error=str(e))
+                self.stop.wait(delay)
+                delay = min(delay * 2, self.settings.workers.reconnect_max_s)
+            except InterruptedError:
+                return
+
+    def _backoff(self, attempt: int) -> float:
+        return min(self.settings.workers.reconnect_max_s, 0.25 * (2 ** attempt))
+
+    def _run_live(self) -> None:
+        wd = threading.Thread(target=self._watchdog, name=f"watchdog-{self.cam.name}", daemon=True)
+        wd.start()
+        pub = FramePublisher(self.r, self.settings, self.cam.name, token=self.lease.token or "")
+        attempt = 0
+        opened_before = False
+        self._set_state("connecting", error="")
+        while not self.stop.is_set():
+            try:
+                cap = open_capture(self.cam.url, self.settings)
+            except SourceError as e:
+                delay = self._backoff(attempt)
+                attempt += 1
+                log.info("camera %s: %s; retry in %.2fs", self.cam.name, e, delay)
+                self._set_state("error", error=f"{e}; retry in {delay:.2f}s")
+                self.stop.wait(delay)
+                continue
+            if opened_before:
+                self.r.hincrby(self.registry.status_key(self.cam.name), "reconnects", 1)
+            opened_before = True
+            log.info("camera %s: opened %s", self.cam.name, redact_url(self.cam.url))
+            self._last_frame = time.monotonic()
+            self._connected = True
+            try:
+                got = self._read_live(cap, pub)
+            finally:
+                self._connected = False
+                cap.release()
+            if self.stop.is_set():
+                break
+            attempt = 0 if got else attempt + 1
+            delay = self._backoff(attempt)
+            log.info("camera %s: stream ended or read failed after %d frame(s); reconnect in %.2fs",
+                     self.cam.name, got, delay)
+            self._set_state("error", error=f"read failed; reconnect in {delay:.2f}s")
+            self.stop.wait(delay)
+        self.stop.set()  # ends the watchdog
+
+    def _read_live(self, cap: cv2.VideoCapture, pub: FramePublisher) -> int:
+        period = 1.0 / self.cam.fps if self.cam.fps else 0.0
+        next_emit = 0.0
+        got = 0
+        win_start, win_frames = time.monotonic(), 0
+        last_status = 0.0
+        while not self.stop.is_set():
+            if not cap.grab():
+                return got
+            now_m = time.monotonic()
+            self._last_frame = now_m
+            got += 1
+            if got == 1 or self._state != "live":
+                log.info("camera %s: live", self.cam.name)
+                self._set_state("live", live_at=time.time(), error="")
+            if period:
+                if now_m + 0.2 * period < next_emit:
+                    continue
+                next_emit = max(next_emit, now_m - period) + period
+            ok, img = cap.retrieve()
+            if not ok or img is None:
+                continue
+            captured_at = time.time()
+            pts = cap.get(cv2.CAP_PROP_POS_MSEC) / 1000.0
+            pub.publish(img, captured_at=captured_at, pts=pts, mode="drop")
+            self.metrics.batch(1)
+            win_frames += 1
+            if now_m - last_status >= 1.0:
+                fps = win_frames / max(1e-6, now_m - win_start)
+                win_start, win_frames, last_status = now_m, 0, now_m
+                self.metrics.drops = pub.drops
+                self.registry.set_status(self.cam.name, None, last_frame_at=captured_at, fps=round(fps, 2),
+                                         frames=pub.frames, owner=self.consumer)
+        return got
+
+
+class Grabber:
+    """Owns every enabled, non-external camera whose lease it can get; follows the registry live."""
+
+    def __init__(self, settings: Settings, consumer: str, r: redis.Redis | None = None):
+        self.settings = settings
+        self.consumer = consumer
+        self.r = r or connect(settings)
+        self.registry = CameraRegistry(self.r, settings)
+        self.runners: dict[str, CameraRunner] = {}
+        self.ended: dict[str, CameraConfig] = {}
+        self.heartbeat = Heartbeat(self.r, settings, "grabber", consumer)
+
+    def _stop_runner(self, name: str, why: str) -> None:
+        runner = self.runners.pop(name)
+        log.info("camera %s: stopping reader (%s)", name, why)
+        runner.stop.set()
+        runner.join(timeout=self.settings.workers.open_timeout_s + self.settings.workers.watchdog_s + 5)
+        runner.lease.release()
+
+    def step(self) -> None:
+        cams = {c.name: c for c in self.registry.list() if c.enabled and not c.external}
+        for name in list(self.runners):
+            runner = self.runners[name]
+            if name not in cams:
+                self._stop_runner(name, "removed")
+            elif cams[name] != runner.cam:
+                self._stop_runner(name, "config changed")
+            elif runner.ended:
+                self.ended[name] = runner.cam
+                self._stop_runner(name, "file finished")
+            elif runner.lease_lost or not runner.lease.renew():
+                runner.lease_lost = True
+                self._stop_runner(name, "lease lost")
+            elif not runner.is_alive():
+                self._stop_runner(name, "thread exited")
+        for name in list(self.ended):
+            if name not in cams or cams[name] != self.ended[name]:
+                self.ended.pop(name)
+        for name, cam in cams.items():
+            if name in self.runners or self.ended.get(name) == cam:
+                continue
+            lease = Lease(self.r, grabber_lease_key(self.settings, name), self.consumer, LEASE_TTL_MS)
+            if lease.acquire():
+                log.info("camera %s: lease acquired (fence %d) by %s", name, lease.fence, self.consumer)
+                self.registry.set_status(name, None, fence=lease.fence)
+                runner = CameraRunner(self.r, self.settings, cam, lease, self.consumer)
+                self.runners[name] = runner
+                runner.start()
+
+    def run(self, stop: threading.Event) -> None:
+        last_id = self.registry.last_change_id()
+        backoff = 0.2
+        log.info("grabber %s: started", self.consumer)
+        try:
+            while not stop.is_set():
+                try:
+                    self.heartbeat.beat()
+                    self.step()
+                    last_id, cmds = self.registry.wait_change(last_id, block_ms=500)
+                    for c in cmds:
+                        if c.op == "add":
+                            self.ended.pop(c.name, None)  # re-adding a finished file reads it again
+                    backoff = 0.2
+                except (redis.ConnectionError, redis.TimeoutError) as e:
+                    log.warning("grabber %s: redis unavailable (%s); retrying in %.1fs", self.consumer, e, backoff)
+                    stop.wait(backoff)
+                    backoff = min(backoff * 2, 5.0)
+        finally:
+            for name in list(self.runners):
+                self._stop_runner(name, "shutdown")
+            self.heartbeat.clear()
+            log.info("grabber %s: stopped", self.consumer)
+
+
+def run(settings: Settings, *, consumer: str, stop: threading.Event) -> None:
+    Grabber(settings, consumer).run(stop)
