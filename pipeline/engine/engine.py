@@ -9,9 +9,13 @@ import numpy as np
 from ..config import Settings
 from ..models import model_path
 from .align import align_face
-from .detect import DETECTORS, Detector
+from .detect import DETECTOR_MODELS, DETECTORS, Detector
 from .embed import EMBEDDERS, Embedder
+from .quality import face_quality
 from .types import Face
+
+# embedder name -> model registry name of its weights file
+EMBEDDER_MODELS: dict[str, str] = {"sface": "sface", "sface-torch": "sface"}
 
 
 def cosine(a: np.ndarray, b: np.ndarray) -> float:
@@ -26,16 +30,24 @@ class FaceEngine:
     @cached_property
     def detector(self) -> Detector:
         m = self.settings.models
-        return DETECTORS.create(m.detector, model_path(m.detector, m.dir), score_threshold=m.det_score_threshold,
+        model = DETECTOR_MODELS.get(m.detector, m.detector)
+        path = model_path(model, m.dir) if model else None
+        return DETECTORS.create(m.detector, path, score_threshold=m.det_score_threshold,
                                 nms_threshold=m.nms_threshold, max_side=m.detect_max_side, min_face_px=m.min_face_px)
 
     @cached_property
     def embedder(self) -> Embedder:
         m = self.settings.models
-        return EMBEDDERS.create(m.embedder, model_path(m.embedder, m.dir), batch=m.embed_batch)
+        path = model_path(EMBEDDER_MODELS.get(m.embedder, m.embedder), m.dir)
+        return EMBEDDERS.create(m.embedder, path, batch=m.embed_batch, device=m.device)
 
     def detect(self, images: list[np.ndarray]) -> list[list[Face]]:
-        return self.detector.detect(images)
+        """Faces per image, largest first, each with .quality in [0, 1] (see quality.py)."""
+        per_image = self.detector.detect(images)
+        for img, faces in zip(images, per_image):
+            for f in faces:
+                face_quality(img, f)
+        return per_image
 
     def align(self, image: np.ndarray, faces: list[Face]) -> list[np.ndarray]:
         return [align_face(image, f.landmarks, self.embedder.input_size) for f in faces]
@@ -57,3 +69,16 @@ class FaceEngine:
         for f, v in zip(owners, self.embedder.embed(crops)):
             f.embedding = v
         return per_image
+
+    def main_face(self, image: np.ndarray) -> Face | None:
+        """The largest face of a still, embedded; None when there is none."""
+        faces = self.detect([image])[0]
+        if not faces:
+            return None
+        return self.embed_faces(image, faces[:1])[0]
+
+    def similarity(self, a: Face, b: Face) -> float:
+        return cosine(a.embedding, b.embedding)
+
+    def same(self, similarity: float) -> bool:
+        return similarity >= self.threshold
