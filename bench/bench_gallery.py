@@ -1,0 +1,156 @@
+"""Gallery index benchmark: 128-D random unit vectors, exact (IndexFlatIP) vs HNSW, through GalleryIndex.
+
+For each size (default 100k and 1M; one template per identity so template and identity top-1 coincide):
+  - add throughput (templates/s, through GalleryIndex.add: FAISS + the id/identity bookkeeping)
+  - search latency per query (p50/p99 of single-vector searches, k=5 identities) and per batch (64 queries)
+  - recall@1 of HNSW against exact search, on two query sets:
+      random  — fresh random unit vectors (the hard case: the true nearest neighbour is barely nearer than the
+                next ones, cosine ~0.4 vs ~0.39)
+      probe   — a gallery vector plus noise (cosine ~0.7 to its source), what a face probe looks like
+  - memory: RSS growth while building each index
+
+Writes bench/results/gallery.json. Usage:
+    .venv/bin/python bench/bench_gallery.py [--sizes 100000 1000000] [--queries 1000] [--ef 64 128 256]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+import faiss
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from index.faiss_index import GalleryIndex, IndexParams  # noqa: E402
+
+DIM = 128
+
+
+def rss_mb() -> float:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def unit(rng, n: int) -> np.ndarray:
+    out = np.empty((n, DIM), np.float32)
+    for s in range(0, n, 200_000):
+        v = rng.standard_normal((min(200_000, n - s), DIM), dtype=np.float32)
+        out[s:s + len(v)] = v / np.linalg.norm(v, axis=1, keepdims=True)
+    return out
+
+
+def probes(rng, base: np.ndarray, n: int, noise: float) -> tuple[np.ndarray, np.ndarray]:
+    src = rng.choice(len(base), n, replace=False)
+    v = base[src] + noise * rng.standard_normal((n, DIM), dtype=np.float32)
+    return (v / np.linalg.norm(v, axis=1, keepdims=True)).astype(np.float32), src
+
+
+def latency(ix: GalleryIndex, q: np.ndarray, n_single: int, batch: int = 64) -> dict:
+    lat = []
+    for i in range(n_single):
+        t = time.perf_counter()
+        ix.search(q[i:i + 1], 5)
+        lat.append(time.perf_counter() - t)
+    bl = []
+    for s in range(0, min(len(q), max(batch * 4, n_single)) - batch + 1, batch):
+        t = time.perf_counter()
+        ix.search(q[s:s + batch], 5)
+        bl.append(time.perf_counter() - t)
+    lat_ms, bl_ms = np.array(lat) * 1e3, np.array(bl) * 1e3
+    return {"per_query_ms": {"p50": round(float(np.percentile(lat_ms, 50)), 3),
+                             "p99": round(float(np.percentile(lat_ms, 99)), 3), "n": len(lat)},
+            "per_batch_ms": {"batch": batch, "p50": round(float(np.percentile(bl_ms, 50)), 3),
+                             "p99": round(float(np.percentile(bl_ms, 99)), 3),
+                             "per_query_in_batch_ms": round(float(np.median(bl_ms)) / batch, 4), "n": len(bl)}}
+
+
+def top1(ix: GalleryIndex, q: np.ndarray) -> np.ndarray:
+    out = []
+    for s in range(0, len(q), 256):
+        out += [int(r[0][0]) if r else -1 for r in ix.search(q[s:s + 256], 1)]
+    return np.array(out)
+
+
+def build(params: IndexParams, data: np.ndarray) -> tuple[GalleryIndex, dict]:
+    ix = GalleryIndex(params)
+    owners = [str(i) for i in range(len(data))]  # identity id = row number
+    before = rss_mb()
+    t = time.perf_counter()
+    ix.add(np.arange(len(data), dtype=np.int64), data, owners)
+    dt = time.perf_counter() - t
+    return ix, {"kind": ix.kind, "build_s": round(dt, 2), "add_per_s": round(len(data) / dt),
+                "rss_growth_mb": round(rss_mb() - before, 1)}
+
+
+def bench_size(n: int, args, rng) -> dict:
+    print(f"== {n} templates", flush=True)
+    data = unit(rng, n)
+    q_rand = unit(rng, args.queries)
+    q_probe, _ = probes(rng, data, args.queries, args.noise)
+    res: dict = {"templates": n}
+
+    exact, info = build(IndexParams(ann_above=10 ** 12), data)
+    print(f"exact build {info}", flush=True)
+    n_exact = min(args.queries, 200 if n > 200_000 else 1000)
+    info.update(latency(exact, q_rand, n_exact))
+    t = time.perf_counter()
+    gt_rand, gt_probe = top1(exact, q_rand), top1(exact, q_probe)
+    info["exact_batch_search_s_for_all_queries"] = round((time.perf_counter() - t) / 2, 2)
+    res["exact"] = info
+    print(f"exact {info}", flush=True)
+    del exact
+
+    p = IndexParams(ann_above=1, hnsw_m=args.m, hnsw_ef_construction=args.ef_construction,
+                    hnsw_ef_search=args.ef[0])
+    ann, info = build(p, data)
+    info.update({"M": args.m, "efConstruction": args.ef_construction})
+    print(f"hnsw build {info}", flush=True)
+    sweep = []
+    for ef in args.ef:
+        ann.set_ef_search(ef)
+        row = {"efSearch": ef,
+               "recall_at_1_random": round(float(np.mean(top1(ann, q_rand) == gt_rand)), 4),
+               "recall_at_1_probe": round(float(np.mean(top1(ann, q_probe) == gt_probe)), 4)}
+        row.update(latency(ann, q_rand, args.queries))
+        sweep.append(row)
+        print(f"hnsw {row}", flush=True)
+    info["sweep"] = sweep
+    res["hnsw"] = info
+    del ann, data
+    return res
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--sizes", type=int, nargs="+", default=[100_000, 1_000_000])
+    ap.add_argument("--queries", type=int, default=1000)
+    ap.add_argument("--noise", type=float, default=0.09, help="probe noise per dimension (cosine ~0.7 at 0.09)")
+    ap.add_argument("--m", type=int, default=32)
+    ap.add_argument("--ef-construction", type=int, default=80)
+    ap.add_argument("--ef", type=int, nargs="+", default=[64, 128, 256, 512])
+    ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "gallery.json"))
+    args = ap.parse_args()
+    rng = np.random.default_rng(0)
+    t0 = time.perf_counter()
+    out = {"bench": "gallery", "dim": DIM, "queries": args.queries, "k": 5,
+           "machine": {"cpus": os.cpu_count(), "faiss_threads": faiss.omp_get_max_threads(),
+                       "faiss": faiss.__version__, "python": platform.python_version()},
+           "sizes": [bench_size(n, args, rng) for n in args.sizes]}
+    out["total_s"] = round(time.perf_counter() - t0, 1)
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(out, indent=2) + "\n")
+    print(f"wrote {args.out} in {out['total_s']} s", flush=True)
+
+
+if __name__ == "__main__":
+    main()

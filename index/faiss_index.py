@@ -1,0 +1,245 @@
+"""GalleryIndex: the in-memory FAISS index of one process (templates -> identities).
+
+Exact inner product (`IndexIDMap2(IndexFlatIP)`) by default. Once the gallery holds more than `ann_above`
+templates it switches to HNSW (`IndexIDMap2(IndexHNSWFlat(d, M, METRIC_INNER_PRODUCT))`), and back to exact
+below half of that (hysteresis, so a gallery hovering at the threshold does not rebuild on every change).
+
+Removal: the flat index removes vectors in place (`remove_ids`). HNSW cannot delete graph nodes, so removed
+template ids become tombstones that searches filter out (over-fetching to make up for them); once tombstones
+exceed `tombstone_rebuild_fraction` of the index the graph is rebuilt from the live vectors. A removed
+identity is never returned by a search either way.
+
+Vectors are expected L2-normalised (cosine = inner product); `add`/`search` normalise defensively.
+Search returns, per query, the top-k *identities*, each scored by its best template.
+"""
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+
+import faiss
+import numpy as np
+
+
+SMALL_BATCH = 8  # searches of fewer queries run single-threaded
+
+
+@dataclass(frozen=True)
+class IndexParams:
+    dim: int = 128
+    ann_above: int = 200_000
+    hnsw_m: int = 32
+    hnsw_ef_construction: int = 80
+    hnsw_ef_search: int = 128
+    tombstone_rebuild_fraction: float = 0.1
+
+
+def normalize(vectors: np.ndarray) -> np.ndarray:
+    v = np.ascontiguousarray(np.asarray(vectors, dtype=np.float32))
+    if v.ndim == 1:
+        v = v[None, :]
+    n = np.linalg.norm(v, axis=1, keepdims=True)
+    return np.ascontiguousarray(v / np.maximum(n, 1e-12), dtype=np.float32)
+
+
+class GalleryIndex:
+    """Template vectors with int64 ids, each owned by an identity id (str). Thread-safe."""
+
+    def __init__(self, params: IndexParams | None = None):
+        self.params = params or IndexParams()
+        self._lock = threading.RLock()
+        self._owner: dict[int, int] = {}          # template id -> identity label
+        self._labels: dict[str, int] = {}         # identity id -> label
+        self._label_ids: list[str | None] = []    # label -> identity id (None once freed)
+        self._by_label: dict[int, set[int]] = {}  # label -> template ids
+        self._tombstones: set[int] = set()
+        self._index = self._new_flat()
+        self.kind = "flat"
+
+    # ---- construction -------------------------------------------------------------------------------
+    def _new_flat(self) -> faiss.Index:
+        return faiss.IndexIDMap2(faiss.IndexFlatIP(self.params.dim))
+
+    def _new_hnsw(self) -> faiss.Index:
+        p = self.params
+        h = faiss.IndexHNSWFlat(p.dim, p.hnsw_m, faiss.METRIC_INNER_PRODUCT)
+        h.hnsw.efConstruction = p.hnsw_ef_construction
+        h.hnsw.efSearch = p.hnsw_ef_search
+        return faiss.IndexIDMap2(h)
+
+    def _live_vectors(self) -> tuple[np.ndarray, np.ndarray]:
+        """(ids, vectors) of every live template, read back from the current index."""
+        n = self._index.ntotal
+        if n == 0:
+            return np.empty(0, np.int64), np.empty((0, self.params.dim), np.float32)
+        ids = faiss.vector_to_array(self._index.id_map).astype(np.int64)
+        vecs = self._index.index.reconstruct_n(0, n)
+        if self._tombstones:
+            keep = ~np.isin(ids, np.fromiter(self._tombstones, np.int64, len(self._tombstones)))
+            ids, vecs = ids[keep], vecs[keep]
+        return ids, np.ascontiguousarray(vecs, dtype=np.float32)
+
+    def _rebuild(self, kind: str) -> None:
+        ids, vecs = self._live_vectors()
+        self._index = self._new_hnsw() if kind == "hnsw" else self._new_flat()
+        self.kind = kind
+        self._tombstones.clear()
+        if len(ids):
+            self._index.add_with_ids(vecs, ids)
+
+    def _maybe_switch(self) -> None:
+        live = len(self._owner)
+        if self.kind == "flat" and live > self.params.ann_above:
+            self._rebuild("hnsw")
+        elif self.kind == "hnsw" and live < self.params.ann_above // 2:
+            self._rebuild("flat")
+        elif self.kind == "hnsw" and len(self._tombstones) > max(1000, self.params.tombstone_rebuild_fraction
+                                                                  * self._index.ntotal):
+            self._rebuild("hnsw")
+
+    # ---- mutation -----------------------------------------------------------------------------------
+    def _label(self, identity: str) -> int:
+        lab = self._labels.get(identity)
+        if lab is None:
+            lab = len(self._label_ids)
+            self._labels[identity] = lab
+            self._label_ids.append(identity)
+            self._by_label[lab] = set()
+        return lab
+
+    def add(self, ids, vectors: np.ndarray, identity: str | list[str]) -> None:
+        """Add templates. `identity` is one identity id for all rows or one per row. Known ids are skipped."""
+        ids = np.asarray(ids, dtype=np.int64).reshape(-1)
+        vecs = normalize(vectors)
+        if len(ids) != len(vecs):
+            raise ValueError(f"{len(ids)} ids for {len(vecs)} vectors")
+        if vecs.shape[1] != self.params.dim:
+            raise ValueError(f"vectors have dimension {vecs.shape[1]}, the index {self.params.dim}")
+        owners = [identity] * len(ids) if isinstance(identity, str) else list(identity)
+        with self._lock:
+            fresh = [i for i, t in enumerate(ids.tolist()) if t not in self._owner and t not in self._tombstones]
+            if not fresh:
+                return
+            if len(fresh) != len(ids):
+                ids, vecs, owners = ids[fresh], vecs[fresh], [owners[i] for i in fresh]
+            if self.kind == "flat" and len(self._owner) + len(ids) > self.params.ann_above:
+                self._rebuild("hnsw")  # switch before adding: a big batch goes straight into the graph
+            for t, o in zip(ids.tolist(), owners):
+                lab = self._label(o)
+                self._owner[t] = lab
+                self._by_label[lab].add(t)
+            self._index.add_with_ids(vecs, ids)
+
+    def remove(self, ids) -> int:
+        """Remove templates by id; returns how many were present."""
+        with self._lock:
+            gone = [t for t in (int(x) for x in np.asarray(ids, dtype=np.int64).reshape(-1)) if t in self._owner]
+            if not gone:
+                return 0
+            for t in gone:
+                lab = self._owner.pop(t)
+                self._by_label[lab].discard(t)
+            if self.kind == "flat":
+                self._index.remove_ids(np.asarray(gone, dtype=np.int64))
+            else:
+                self._tombstones.update(gone)
+            self._maybe_switch()
+            return len(gone)
+
+    def remove_identity(self, identity: str) -> int:
+        with self._lock:
+            lab = self._labels.get(identity)
+            if lab is None:
+                return 0
+            n = self.remove(list(self._by_label[lab]))
+            del self._labels[identity]
+            del self._by_label[lab]
+            self._label_ids[lab] = None
+            return n
+
+    def clear(self) -> None:
+        with self._lock:
+            self.__init__(self.params)
+
+    # ---- queries ------------------------------------------------------------------------------------
+    def __len__(self) -> int:
+        return len(self._owner)
+
+    @property
+    def ntotal(self) -> int:
+        return len(self._owner)
+
+    def identities(self) -> list[str]:
+        with self._lock:
+            return list(self._labels)
+
+    def template_ids(self, identity: str) -> list[int]:
+        with self._lock:
+            lab = self._labels.get(identity)
+            return sorted(self._by_label[lab]) if lab is not None else []
+
+    def search_templates(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """Raw template search: (scores, template ids), -1 ids where fewer than k live templates."""
+        q = normalize(queries)
+        with self._lock:
+            n = self._index.ntotal
+            if n == 0 or k <= 0:
+                return np.zeros((len(q), max(k, 0)), np.float32), np.full((len(q), max(k, 0)), -1, np.int64)
+            extra = len(self._tombstones)
+            kk = min(n, k + min(extra, 4 * k + 64)) if extra else min(n, k)
+            scores, ids = self._search(q, kk)
+            if not extra:
+                return scores, ids
+            out_s = np.zeros((len(q), k), np.float32)
+            out_i = np.full((len(q), k), -1, np.int64)
+            for r in range(len(q)):
+                keep = [j for j, t in enumerate(ids[r]) if t >= 0 and int(t) not in self._tombstones][:k]
+                out_s[r, :len(keep)] = scores[r, keep]
+                out_i[r, :len(keep)] = ids[r, keep]
+            return out_s, out_i
+
+    def _search(self, q: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        if len(q) >= SMALL_BATCH:
+            return self._index.search(q, k)
+        # A few queries gain nothing from OpenMP (FAISS splits work by query) but pay for waking and parking
+        # its threads, which on a busy 2-core box dominates the tail latency. The setting is per thread.
+        prev = faiss.omp_get_max_threads()
+        faiss.omp_set_num_threads(1)
+        try:
+            return self._index.search(q, k)
+        finally:
+            faiss.omp_set_num_threads(prev)
+
+    def search(self, queries: np.ndarray, k: int = 5) -> list[list[tuple[str, float]]]:
+        """Top-k identities per query, each with its best template's cosine, best first."""
+        q = normalize(queries)
+        with self._lock:
+            if not self._owner:
+                return [[] for _ in range(len(q))]
+            fetch = min(len(self._owner), max(4 * k, k + 16))
+            scores, ids = self.search_templates(q, fetch)
+            results = []
+            for r in range(len(q)):
+                seen: dict[int, float] = {}
+                for s, t in zip(scores[r].tolist(), ids[r].tolist()):
+                    if t < 0:
+                        continue
+                    lab = self._owner.get(t)
+                    if lab is None or lab in seen:
+                        continue
+                    seen[lab] = s
+                    if len(seen) == k:
+                        break
+                results.append([(self._label_ids[lab], float(s)) for lab, s in seen.items()])
+            return results
+
+    def dump(self) -> tuple[np.ndarray, list[str], np.ndarray]:
+        """(template ids, owning identity ids, vectors) of every live template."""
+        with self._lock:
+            ids, vecs = self._live_vectors()
+            return ids, [self._label_ids[self._owner[int(t)]] for t in ids], vecs
+
+    def set_ef_search(self, ef: int) -> None:
+        with self._lock:
+            if self.kind == "hnsw":
+                faiss.downcast_index(self._index.index).hnsw.efSearch = int(ef)

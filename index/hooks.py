@@ -1,0 +1,50 @@
+"""Hooks other modules register without the gallery importing them.
+
+`on_remove`: callables `(redis_client, settings, identity_id, name) -> None`, run by GalleryStore.remove after
+the person's identity, templates, vectors and thumbnails are gone (the events module registers its purge of
+that person's events here). A failing hook is logged and re-raised after the others ran, so `gallery remove`
+reports it; the gallery removal itself has already happened and is not undone.
+
+Modules named in AUTOLOAD are imported (when installed) before hooks run, so a CLI process that never imported
+the events module still gets its hook: such a module registers itself at import time, e.g.
+`index.hooks.on_remove.append(purge_identity_events)`.
+"""
+from __future__ import annotations
+
+import importlib
+import logging
+from typing import Callable
+
+log = logging.getLogger("facetrail.gallery")
+
+OnRemove = Callable[[object, object, str, str], None]
+on_remove: list[OnRemove] = []
+AUTOLOAD: list[str] = ["pipeline.events"]
+_loaded = False
+
+
+def autoload() -> None:
+    global _loaded
+    if _loaded:
+        return
+    _loaded = True
+    for mod in AUTOLOAD:
+        try:
+            importlib.import_module(mod)
+        except ModuleNotFoundError as e:
+            if e.name and mod.startswith(e.name):
+                continue  # not built / not installed
+            raise
+
+
+def run_on_remove(r, settings, identity_id: str, name: str) -> None:
+    autoload()
+    errors = []
+    for hook in list(on_remove):
+        try:
+            hook(r, settings, identity_id, name)
+        except Exception as e:  # noqa: BLE001 - every hook gets its turn
+            log.exception("gallery on_remove hook %r failed identity=%s", hook, identity_id)
+            errors.append(e)
+    if errors:
+        raise errors[0]

@@ -1,0 +1,209 @@
+"""Gallery: FAISS index, Redis truth + change log, replicas (sync, snapshot, catch-up), enrollment rules."""
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import pytest
+import redis
+
+from index import hooks
+from index.enroll import EnrollError, FaceChoice, templates_from_image
+from index.faiss_index import GalleryIndex, IndexParams
+from index.replica import GalleryReplica, Match, decide
+from index.store import GalleryError, GalleryStore, NewTemplate
+from pipeline.config import load_settings
+from pipeline.engine.engine import FaceEngine
+from pipeline.engine.imageio import load_image
+
+from conftest import RedisProc
+
+
+def unit(rng, n, d=128):
+    v = rng.standard_normal((n, d)).astype(np.float32)
+    return v / np.linalg.norm(v, axis=1, keepdims=True)
+
+
+def near(v, rng, noise=0.05):
+    w = v + noise * rng.standard_normal(v.shape).astype(np.float32)
+    return w / np.linalg.norm(w, axis=-1, keepdims=True)
+
+
+def tpls(vecs):
+    return [NewTemplate(embedding=v, sha256="ab" * 32, quality=0.9, thumbnail=b"\xff\xd8jpeg") for v in vecs]
+
+
+# ---- GalleryIndex ----------------------------------------------------------------------------------------------
+def test_index_best_template_per_identity_and_remove():
+    rng = np.random.default_rng(1)
+    a, b, c = unit(rng, 3), unit(rng, 2), unit(rng, 1)
+    ix = GalleryIndex(IndexParams())
+    ix.add([1, 2, 3], a, "A")
+    ix.add([4, 5], b, "B")
+    ix.add([6], c, "C")
+    res = ix.search(np.vstack([near(a[1], rng), near(b[0], rng)]), k=3)
+    assert [r[0][0] for r in res] == ["A", "B"]
+    assert len({iid for iid, _ in res[0]}) == 3  # identities, not templates: A appears once
+    assert res[0][0][1] == pytest.approx(float(near(a[1], np.random.default_rng(1)) @ a[1]), abs=0.2)
+    assert res[0][0][1] > res[0][1][1]
+    assert ix.remove_identity("A") == 3
+    assert len(ix) == 3 and "A" not in ix.identities()
+    assert all(iid != "A" for iid, _ in ix.search(a[1], k=5)[0])
+    ix.add([1], a[:1], "A")  # ids are never reused by the store; a known-live id is skipped
+    ix.add([4], a[:1], "Z")
+    assert ix.template_ids("B") == [4, 5] and ix.template_ids("Z") == []
+
+
+def test_index_switches_to_hnsw_and_filters_removed():
+    rng = np.random.default_rng(2)
+    ix = GalleryIndex(IndexParams(ann_above=100, hnsw_m=16, hnsw_ef_construction=40, hnsw_ef_search=64))
+    vecs = unit(rng, 300)
+    ix.add(np.arange(300), vecs, [f"p{i // 3}" for i in range(300)])
+    assert ix.kind == "hnsw"
+    assert ix.search(near(vecs[30], rng), k=2)[0][0][0] == "p10"
+    ix.remove([30, 31, 32])
+    top = ix.search(vecs[30], k=5)[0]
+    assert "p10" not in [i for i, _ in top] and len(top) == 5
+    ix.remove(np.arange(33, 285))  # below ann_above / 2: back to exact search
+    assert ix.kind == "flat" and len(ix) == 45
+    assert ix.search(vecs[290], k=1)[0][0] == ("p96", pytest.approx(1.0, abs=1e-5))
+    assert "p10" not in ix.identities() or ix.template_ids("p10") == []
+
+
+def test_decide_threshold_and_margin():
+    m = [Match("1", "ann", 0.70), Match("2", "bob", 0.60)]
+    assert tuple(decide(m, 0.45, 0.05)) == ("ann", 0.70, "bob", 0.60)
+    d = decide(m, 0.45, 0.15)  # too close to the runner-up: nobody
+    assert d.name is None and d.identity_id is None and d.score == 0.70 and d.runner_up == "bob"
+    assert decide(m, 0.75, 0.0).name is None
+    assert tuple(decide(m[:1], 0.45, 0.05)) == ("ann", 0.70, None, 0.0)
+    assert tuple(decide([], 0.45, 0.05)) == (None, 0.0, None, 0.0)
+
+
+# ---- store + replicas ------------------------------------------------------------------------------------------
+def test_replica_follows_enroll_rename_remove(settings):
+    r = redis.Redis.from_url(settings.redis.url)
+    store = GalleryStore(r, settings)
+    rng = np.random.default_rng(3)
+    ann, bob = unit(rng, 2), unit(rng, 1)
+    rep = GalleryReplica(r, settings).start()
+    assert rep.search(ann[0]) == [[]]
+    iid, tids = store.enroll("ann", tpls(ann), metadata={"team": "x"})
+    assert len(tids) == 2
+    assert store.enroll("ann", tpls(ann)) == (iid, [])  # same photos again: nothing new, no log entry
+    bid, _ = store.enroll("bob", tpls(bob))
+    got = rep.search(near(ann[0], rng))[0]
+    assert (got[0].identity_id, got[0].name) == (iid, "ann") and got[1].name == "bob"
+    store.rename("ann", "anne")
+    assert rep.search(ann[0])[0][0].name == "anne"
+    with pytest.raises(GalleryError):
+        store.rename("anne", "bob")
+    with pytest.raises(GalleryError):
+        store.remove("nobody")
+    store.remove("anne")
+    assert [m.name for m in rep.search(ann[0])[0]] == ["bob"]
+    assert r.xlen(store.log_key) == 4  # enroll, enroll, rename, remove
+    assert store.identity(bid).templates == 1 and [i.name for i in store.identities()] == ["bob"]
+
+
+def test_remove_deletes_every_key_of_the_person_and_runs_hooks(settings):
+    r = redis.Redis.from_url(settings.redis.url)
+    store = GalleryStore(r, settings)
+    rng = np.random.default_rng(4)
+    iid, tids = store.enroll("ann", tpls(unit(rng, 3)))
+    store.enroll("bob", tpls(unit(rng, 1)))
+    assert store.thumbnail(tids[0]) == b"\xff\xd8jpeg"
+    before = set(r.keys("*"))
+    calls = []
+    hooks.on_remove.append(lambda *a: calls.append(a))
+    try:
+        store.remove("ann")
+    finally:
+        hooks.on_remove.pop()
+    assert calls == [(r, settings, iid, "ann")]
+    after = set(r.keys("*"))
+    gone = {k.decode() for k in before - after}
+    assert gone == {store.k("ident", iid), store.k("ident", iid, "tpls"), store.k("ident", iid, "src"),
+                    *(store.k("tpl", t) for t in tids)}
+    assert not any(iid.encode() in k for k in after)
+    assert not r.hexists(store.k("names"), "ann")
+    # the only trace left is the removal entry in the change log (which carries no vectors)
+    last = r.xrevrange(store.log_key, count=1)[0][1]
+    assert last[b"op"] == b"remove" and b"emb" not in last
+
+
+def test_snapshot_then_catch_up_from_log(settings):
+    r = redis.Redis.from_url(settings.redis.url)
+    store = GalleryStore(r, settings)
+    rng = np.random.default_rng(5)
+    people = {n: unit(rng, 2) for n in ["a", "b", "c"]}
+    store.enroll("a", tpls(people["a"]))
+    behind = GalleryReplica(r, settings).start()  # the entries after this one get trimmed before it reads them
+    store.enroll("b", tpls(people["b"]))
+    store.rename("b", "bee")
+    assert GalleryReplica(r, settings).snapshot()
+    assert r.xlen(store.log_key) == 1  # trimmed up to (not including) the snapshot's entry
+    store.enroll("c", tpls(people["c"]))
+    store.remove("a")
+    fresh = GalleryReplica(r, settings).start()
+    assert fresh.applied == 2  # only the entries after the snapshot were replayed
+    assert behind.sync() == 2 and behind.applied == 3  # reloaded the snapshot, then the 2 entries after it
+    for rep in (fresh, behind):
+        assert sorted(rep.names.values()) == ["bee", "c"] and len(rep) == 4
+        assert rep.search(people["b"][1])[0][0].name == "bee"
+        assert rep.search(people["c"][0])[0][0].name == "c"
+    # a stale snapshot never replaces a newer one
+    assert not store.put_snapshot("1-0", np.empty(0), np.empty(0), np.empty((0, 128)), [])
+
+
+def test_background_replica_and_store_survive_redis_restart(tmp_path, models_dir):
+    rp = RedisProc(tmp_path, appendonly=True).start()
+    try:
+        s = load_settings([], env={"FACETRAIL_DATA_DIR": str(tmp_path / "d"), "FACETRAIL_REDIS_URL": rp.url,
+                                   "FACETRAIL_MODELS_DIR": str(models_dir)})
+        r = redis.Redis.from_url(rp.url)
+        store = GalleryStore(r, s)
+        rng = np.random.default_rng(6)
+        v = unit(rng, 2)
+        rep = GalleryReplica(r, s).start_background(block_ms=100)
+        iid, _ = store.enroll("ann", tpls(v[:1]), metadata={"k": "v"})
+        rp.stop()
+        rp.start()  # same port and dir: the AOF is replayed
+        assert store.identity(iid).metadata == {"k": "v"} and store.template_ids(iid)
+        assert GalleryReplica(r, s).start().search(v[0])[0][0].name == "ann"
+        store.enroll("bob", tpls(v[1:]))  # the background thread reconnects and picks this up
+        from index.replica import wait_for
+        assert wait_for(lambda: "bob" in rep.names.values(), 10)
+        rep.stop()
+    finally:
+        rp.stop()
+
+
+# ---- enrollment from photos ------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def engine_settings(models_dir):
+    return load_settings([], env={"FACETRAIL_MODELS_DIR": str(models_dir)})
+
+
+def test_enroll_rules_faces_and_quality(engine_settings, faces_dir):
+    eng = FaceEngine(engine_settings)
+    knn = faces_dir / "face_recognition" / "knn_examples"
+    two = load_image(knn / "test" / "obama_and_biden.jpg")
+    with pytest.raises(EnrollError, match=r"faces found .*--face N"):
+        templates_from_image(eng, two, engine_settings, name="two")
+    largest = templates_from_image(eng, two, engine_settings, choice=FaceChoice(largest=True))
+    second = templates_from_image(eng, two, engine_settings, choice=FaceChoice(index=1))
+    assert len(largest) == 1 and float(largest[0].embedding @ second[0].embedding) < 0.5
+    with pytest.raises(EnrollError, match="out of range"):
+        templates_from_image(eng, two, engine_settings, choice=FaceChoice(index=9))
+    with pytest.raises(EnrollError, match="no face found"):
+        templates_from_image(eng, np.full((200, 200, 3), 127, np.uint8), engine_settings)
+    one = load_image(knn / "train" / "obama" / "obama.jpg")
+    flipped = templates_from_image(eng, one, engine_settings, flip=True)
+    assert len(flipped) == 2 and float(flipped[0].embedding @ flipped[1].embedding) > 0.5
+    assert flipped[0].thumbnail[:2] == b"\xff\xd8" and 0 < flipped[0].quality <= 1
+    strict = engine_settings.model_copy(deep=True)
+    strict.thresholds.min_enroll_quality = 0.7
+    blurred = cv2.GaussianBlur(one, (0, 0), 12)
+    with pytest.raises(EnrollError, match=r"quality 0\.\d\d is below min_enroll_quality 0\.70 .*sharpness"):
+        templates_from_image(eng, blurred, strict)
+    assert templates_from_image(eng, one, strict)

@@ -1,0 +1,157 @@
+"""`facetrail gallery ...` and `facetrail identify` as a user runs them: subprocesses, real Redis, real models."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from conftest import REPO, RedisProc
+
+FACETRAIL = str(Path(sys.executable).parent / "facetrail")
+PEOPLE = ["alex_lacamoire", "biden", "kit_harington", "obama", "rose_leslie"]
+# who is in each test photo (johnsnow_test1.jpg is Kit Harington)
+EXPECTED = {"alex_lacamoire1.jpg": {"alex_lacamoire"}, "johnsnow_test1.jpg": {"kit_harington"},
+            "kit_with_rose.jpg": {"kit_harington", "rose_leslie"}, "obama1.jpg": {"obama"},
+            "obama_and_biden.jpg": {"obama", "biden"}}
+
+
+def run(env, *args, check=True):
+    p = subprocess.run([FACETRAIL, *map(str, args)], env=env, capture_output=True, text=True, timeout=120)
+    if check and p.returncode != 0:
+        raise AssertionError(f"facetrail {' '.join(map(str, args))} -> {p.returncode}\n{p.stdout}\n{p.stderr}")
+    return p
+
+
+@pytest.fixture(scope="module")
+def knn(shared_data):
+    return shared_data / "faces" / "face_recognition" / "knn_examples"
+
+
+@pytest.fixture(scope="module")
+def enrolled(tmp_path_factory, models_dir, knn):
+    """A private Redis with the five knn_examples people enrolled through the CLI."""
+    tmp = tmp_path_factory.mktemp("gallery_cli")
+    rp = RedisProc(tmp).start()
+    env = dict(os.environ, FACETRAIL_DATA_DIR=str(tmp / "data"), FACETRAIL_MODELS_DIR=str(models_dir),
+               FACETRAIL_REDIS_URL=rp.url)
+    env.pop("FACETRAIL_CONFIG", None)
+    for person in PEOPLE:
+        out = run(env, "gallery", "enroll", person, *sorted((knn / "train" / person).iterdir())).stdout
+        assert out.startswith(f"enrolled {person} (")
+    yield env
+    rp.stop()
+
+
+def test_identify_knn_test_photos(enrolled, knn, tmp_path):
+    bad = tmp_path / "broken.jpg"
+    bad.write_bytes(b"not an image")
+    photos = sorted((knn / "test").iterdir())
+    p = run(enrolled, "identify", *photos, bad, "--json", check=False)
+    assert p.returncode == 1  # an unreadable image is reported, the others still answered
+    lines = [json.loads(x) for x in p.stdout.splitlines()]
+    assert [x["image"] for x in lines] == [str(f) for f in photos] + [str(bad)]
+    assert "error" in lines[-1] and "faces" not in lines[-1]
+    for rec in lines[:-1]:
+        expected = EXPECTED[Path(rec["image"]).name]
+        names = [f["identity"] for f in rec["faces"]]
+        assert set(n for n in names if n) == expected, rec  # every enrolled person found, nobody wrong
+        assert len([n for n in names if n]) == len(expected), rec  # nobody twice
+        for f in rec["faces"]:
+            assert set(f) == {"box", "identity", "score", "runner_up", "runner_up_score"}
+            assert len(f["box"]) == 4 and isinstance(f["score"], float)
+            if f["identity"]:
+                assert f["runner_up"] in PEOPLE and f["runner_up"] != f["identity"]
+                assert f["score"] > f["runner_up_score"]
+
+
+def test_list_show_rename_remove_export_import(enrolled, knn, tmp_path):
+    rows = [json.loads(x) for x in run(enrolled, "gallery", "list", "--json").stdout.splitlines()]
+    assert [r["name"] for r in rows] == PEOPLE
+    assert all(set(r) == {"id", "name", "templates", "created", "metadata"} for r in rows)
+    assert {r["name"]: r["templates"] for r in rows} == {"alex_lacamoire": 1, "biden": 2, "kit_harington": 2,
+                                                         "obama": 2, "rose_leslie": 2}
+    show = json.loads(run(enrolled, "gallery", "show", "obama", "--json").stdout)
+    assert len(show["template_list"]) == 2 and all(t["thumbnail_bytes"] > 500 for t in show["template_list"])
+    # a two-face photo is refused unless told which face; nothing is enrolled
+    two = knn / "test" / "obama_and_biden.jpg"
+    p = run(enrolled, "gallery", "enroll", "pair", two, check=False)
+    assert p.returncode == 2 and "faces found" in p.stderr and "--face" in p.stderr
+    assert "pair" not in run(enrolled, "gallery", "list").stdout
+    # export, then import into an empty gallery under another key prefix
+    dump = tmp_path / "g.json"
+    run(enrolled, "gallery", "export", dump)
+    other = dict(enrolled, FACETRAIL_REDIS__KEY_PREFIX="copy")
+    assert run(other, "gallery", "import", dump).stdout.splitlines()[-1] == "imported 5 person(s), 9 new template(s)"
+    assert run(other, "gallery", "import", dump).stdout.splitlines()[-1] == "imported 5 person(s), 0 new template(s)"
+    copy = [json.loads(x) for x in run(other, "gallery", "list", "--json").stdout.splitlines()]
+    assert [(r["id"], r["name"], r["templates"]) for r in copy] == [(r["id"], r["name"], r["templates"]) for r in rows]
+    # rename and remove (in the copy, so the other tests keep their gallery)
+    assert run(other, "gallery", "rename", "obama", "barack").stdout.startswith("renamed obama -> barack")
+    out = json.loads(run(other, "identify", knn / "test" / "obama1.jpg", "--json").stdout)
+    assert out["faces"][0]["identity"] == "barack"
+    assert run(other, "gallery", "remove", "barack").stdout.startswith("removed barack (")
+    out = json.loads(run(other, "identify", knn / "test" / "obama1.jpg", "--json").stdout)
+    assert out["faces"][0]["identity"] is None
+    p = run(other, "gallery", "remove", "barack", check=False)
+    assert p.returncode == 2 and "no such person" in p.stderr
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"format": "facetrail-gallery", "version": 1, "identities": [{"name": "x", "templates": '
+                   '[{"embedding": "AAAA"}]}]}')
+    p = run(other, "gallery", "import", bad, check=False)
+    assert p.returncode == 2 and "malformed" in p.stderr
+    assert "x" not in [json.loads(x)["name"] for x in run(other, "gallery", "list", "--json").stdout.splitlines()]
+
+
+POLLER = textwrap.dedent("""
+    import json, sys, time
+    import redis
+    from index.replica import GalleryReplica
+    from pipeline.config import load_settings
+    from pipeline.engine.engine import FaceEngine
+    from pipeline.engine.imageio import load_image
+    s = load_settings()
+    r = redis.Redis.from_url(s.redis.url)
+    face = FaceEngine(s).analyze([load_image(sys.argv[1])])[0][0]
+    rep = GalleryReplica(r, s).start()          # a long-lived process holding the index
+    assert rep.identify(face.embedding)[0].name is None
+    print("ready", flush=True)
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        d = rep.identify(face.embedding)[0]      # each search first applies new log entries
+        if d.name:
+            seen = time.time()
+            break
+        time.sleep(0.01)
+    else:
+        sys.exit("never saw the enrollment")
+    entry = r.xrevrange(rep.store.log_key, count=1)[0][0].decode()
+    print(json.dumps({"name": d.name, "lag_s": seen - int(entry.split("-")[0]) / 1000}), flush=True)
+""")
+
+
+def test_enroll_in_one_process_is_seen_by_another_within_a_second(tmp_path, models_dir, knn):
+    rp = RedisProc(tmp_path).start()
+    try:
+        env = dict(os.environ, FACETRAIL_DATA_DIR=str(tmp_path / "data"), FACETRAIL_MODELS_DIR=str(models_dir),
+                   FACETRAIL_REDIS_URL=rp.url, PYTHONPATH=str(REPO))
+        env.pop("FACETRAIL_CONFIG", None)
+        poller = subprocess.Popen([sys.executable, "-c", POLLER, str(knn / "test" / "obama1.jpg")], env=env,
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            assert poller.stdout.readline().strip() == "ready", poller.stderr.read()
+            run(env, "gallery", "enroll", "obama", knn / "train" / "obama" / "obama.jpg")
+            out, err = poller.communicate(timeout=120)
+        finally:
+            poller.kill()
+        assert poller.returncode == 0, err
+        seen = json.loads(out)
+        assert seen["name"] == "obama"
+        # lag from the log entry's server timestamp to the other process answering with the new name
+        assert seen["lag_s"] < 1.0, seen
+    finally:
+        rp.stop()
