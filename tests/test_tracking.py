@@ -211,3 +211,47 @@ def test_stage_short_false_detection_makes_no_event_and_replay_is_identical():
     straight, resumed = run(None), run(11)
     assert [e.model_dump() for e in straight] == [e.model_dump() for e in resumed]
     assert {e.track_id for e in straight} == {"cam:0:0"}  # the one-frame face at seq 25 made no event
+
+
+def test_track_mean_names_a_track_no_single_face_could():
+    """Lacamoire's case: every face is below the per-face threshold, the track's mean embedding is not."""
+    alex = rand_unit()
+    gallery = {"alex": alex, "lin": rand_unit()}
+    # faces of alex, each with cosine exactly 0.42 to the enrolled face (below 0.48), noise orthogonal to it
+
+    def face_of(base, cos):
+        n = rand_unit()
+        n = unit(n - np.dot(n, base) * base)
+        return unit(cos * base + np.sqrt(1 - cos ** 2) * n)
+
+    faces = [face_of(alex, 0.42) for _ in range(12)]
+    single = [float(np.dot(f, alex)) for f in faces]
+    assert max(single) < 0.48
+    mean = unit(np.mean(faces, axis=0))
+    assert float(np.dot(mean, alex)) > 0.45
+
+    def run(track_match):
+        st = MatcherStage("cam", gallery_search(gallery), match=0.48, margin=0.05, track_match=track_match,
+                          track_min_faces=8, min_track_frames=3, max_age_s=1.0)
+        evs = []
+        for i, f in enumerate(faces):
+            evs += st.update(frame(i, [([100, 100, 40, 40], f, 0.3)])).events
+        evs += st.update(frame(len(faces), [], eos=True)).events
+        return evs
+
+    on = run(0.38)
+    matched = [e for e in on if e.type == "identity.matched"]
+    assert [e.identity for e in matched] == ["alex"] and matched[0].frames == 8
+    assert [e.identity for e in on if e.type == "track.ended"] == ["alex"]
+    off = run(None)  # without track-level evidence the track stays unknown
+    assert [e.identity for e in off if e.type == "track.ended"] == [None]
+    assert not [e for e in off if e.type == "identity.matched"]
+    # a stranger's track mean stays unknown
+    st = MatcherStage("cam", gallery_search(gallery), match=0.48, margin=0.05, track_match=0.38,
+                      track_min_faces=8, min_track_frames=3, max_age_s=1.0)
+    stranger = rand_unit()
+    evs = []
+    for i in range(12):
+        evs += st.update(frame(i, [([100, 100, 40, 40], face_of(stranger, 0.7), 0.3)])).events
+    evs += st.update(frame(12, [], eos=True)).events
+    assert [e.identity for e in evs if e.type == "track.ended"] == [None]

@@ -4,7 +4,8 @@ One matcher owns a camera at a time through a lease in Redis (`<p>:lease:matcher
 tracking.lease_ttl_s, renewed, fencing token from INCR). Only the owner reads the camera's stream. Per batch:
 reorder by seq (ReorderBuffer) -> MatcherStage (tracker + identity voting) -> one Lua commit that, only if the
 lease is still ours, writes the new events (each id once), the checkpoint (tracker state + next seq), the
-progress key, and acks + deletes the applied input entries. Crash anywhere: nothing or everything of a batch
+progress key, and acks the applied input entries (trimmed from the stream a minute after they were applied:
+`facetrail process` reads the stream too). Crash anywhere: nothing or everything of a batch
 is committed; the next owner (after the lease TTL) loads the checkpoint, claims the dead owner's pending
 entries (those not applied yet) and carries on — no event lost, none repeated.
 
@@ -35,6 +36,7 @@ log = logging.getLogger("facetrail.matcher")
 
 GROUP = "matchers"
 CHECKPOINT_VERSION = 1
+TRIM_AFTER_S = 60.0  # applied input entries stay this long (readers such as `facetrail process` tail the stream)
 
 
 def lease_key(settings: Settings, camera: str) -> str:
@@ -83,6 +85,7 @@ class CameraRunner:
                                                    name=camera)
         self.to_ack: list[str] = []
         self.last_renew = 0.0
+        self.last_trim = time.monotonic()
         self.frames = 0
         self.events = 0
 
@@ -111,6 +114,31 @@ class CameraRunner:
 
     def release(self) -> None:
         self.lease.release()
+
+    def trim(self, keep_s: float = TRIM_AFTER_S) -> int:
+        """Drop entries that were applied (acked) more than keep_s ago; never one still pending or unread."""
+        def sid(x) -> tuple[int, int]:
+            x = x.decode() if isinstance(x, bytes) else str(x)
+            a, _, b = x.partition("-")
+            return int(a), int(b or 0)
+
+        floor = (int((time.time() - keep_s) * 1000), 0)
+        try:
+            groups = {g["name"].decode() if isinstance(g["name"], bytes) else g["name"]: g
+                      for g in self.r.xinfo_groups(self.stream)}
+        except redis.ResponseError:
+            return 0
+        g = groups.get(GROUP)
+        if g is None:
+            return 0
+        last = sid(g["last-delivered-id"])
+        floor = min(floor, (last[0], last[1] + 1))
+        pend = self.r.xpending(self.stream, GROUP)
+        if pend["pending"]:
+            floor = min(floor, sid(pend["min"]))
+        if floor <= (0, 0):
+            return 0
+        return int(self.r.xtrim(self.stream, minid=f"{floor[0]}-{floor[1]}", approximate=False))
 
     def _load_checkpoint(self) -> None:
         raw = self.r.get(checkpoint_key(self.settings, self.camera))
@@ -198,7 +226,7 @@ class CameraRunner:
         if last_seq is not None:
             sets.append((progress_key(self.settings, self.camera), str(last_seq)))
         n = self.store.commit(out.events, fence=(self.lease.key, self.lease.token or ""), sets=sets,
-                              ack=(self.stream, GROUP, acks), delete_acked=True)
+                              ack=(self.stream, GROUP, acks))
         self.to_ack = []
         self.frames += len(ready)
         self.events += n
@@ -311,6 +339,10 @@ def run(settings: Settings, *, consumer: str, stop: threading.Event, search=None
                         log.exception("camera=%s matcher=%s: applying frames failed", cam, consumer)
                         metrics.errors += 1
                         drop(cam, "error while applying frames")
+                for cam, rn in list(runners.items()):
+                    if now - rn.last_trim >= 10.0:
+                        rn.last_trim = now
+                        rn.trim()
                 if applied:
                     metrics.batch(applied)
                 else:

@@ -110,6 +110,11 @@ class TrackingConfig(Section):
     lease_ttl_s: float = Field(5.0, gt=0)
     min_votes: int = Field(1, ge=1)
     vote_ratio: float = Field(2.0, ge=1.0, description="leading identity must outweigh the runner-up this much")
+    track_match: float | None = Field(0.38, ge=-1.0, le=1.0,
+                                      description="cosine the track's mean embedding needs to name a track no "
+                                                  "single face could (null = off)")
+    track_margin: float = Field(0.1, ge=0.0, le=1.0, description="track mean's lead over the runner-up identity")
+    track_min_faces: int = Field(8, ge=2, description="faces before the track mean counts")
 
 
 class ApiConfig(Section):

@@ -40,12 +40,13 @@ class StageOutput:
 
 class MatcherStage:
     def __init__(self, camera: str, search: SearchFn, *, match: float, margin: float, min_votes: int = 1,
-                 vote_ratio: float = 2.0, min_track_frames: int = 3, iou_threshold: float = 0.3,
+                 vote_ratio: float = 2.0, track_match: float | None = None, track_margin: float = 0.1,
+                 track_min_faces: int = 8, min_track_frames: int = 3, iou_threshold: float = 0.3,
                  appearance_threshold: float = 0.4, appearance_veto: float = 0.15, max_age_s: float = 2.0,
                  clock: Callable[[], float] = time.time):
         self.camera = camera
         self.search = search
-        self.voter = IdentityVoter(match, margin, min_votes, vote_ratio)
+        self.voter = IdentityVoter(match, margin, min_votes, vote_ratio, track_match, track_margin, track_min_faces)
         self.min_track_frames = min_track_frames
         self.tracker = FaceTracker(camera, iou_threshold=iou_threshold, appearance_threshold=appearance_threshold,
                                    appearance_veto=appearance_veto, max_age_s=max_age_s)
@@ -56,7 +57,8 @@ class MatcherStage:
     def from_settings(cls, camera: str, search: SearchFn, settings, **kw) -> "MatcherStage":
         t = settings.tracking
         return cls(camera, search, match=settings.thresholds.match, margin=settings.thresholds.margin,
-                   min_votes=t.min_votes, vote_ratio=t.vote_ratio, min_track_frames=t.min_track_frames,
+                   min_votes=t.min_votes, vote_ratio=t.vote_ratio, track_match=t.track_match,
+                   track_margin=t.track_margin, track_min_faces=t.track_min_faces, min_track_frames=t.min_track_frames,
                    iou_threshold=t.iou_threshold, appearance_threshold=t.appearance_threshold,
                    appearance_veto=t.appearance_veto, max_age_s=t.max_age_s, **kw)
 
@@ -65,8 +67,8 @@ class MatcherStage:
         d = tr.data
         iid, name, score, votes = IdentityVoter.summary(d)
         if type_ == "identity.matched":
-            v = d["votes"][identity_id]
-            iid, name, score = identity_id, v["name"], v["best"]
+            name, score = IdentityVoter.named(d, identity_id)
+            iid = identity_id
         elif type_ == "track.started":
             iid, name = None, None  # the id must not depend on a decision made later
         key = iid if type_ == "identity.matched" else None
@@ -77,8 +79,30 @@ class MatcherStage:
         return ev
 
     def _end(self, tr: Track, seq: int, out: StageOutput) -> None:
-        if tr.data.get("started"):
-            out.events.append(self._event("track.ended", tr, seq))
+        d = tr.data
+        if not d.get("started"):
+            return
+        if d.get("en", 0) != d.get("mean_at"):
+            self._search_mean(d)  # the final track mean: the whole track's evidence
+            self._announce(tr, seq, out)
+        out.events.append(self._event("track.ended", tr, seq))
+
+    def _search_mean(self, d: dict) -> None:
+        mean = self.voter.mean_embedding(d)
+        if mean is None:
+            return
+        d["mean_at"] = d.get("en", 0)
+        self.voter.add_mean(d, list(self.search(mean[None, :])[0]))
+
+    def _announce(self, tr: Track, seq: int, out: StageOutput) -> None:
+        d = tr.data
+        iid = self.voter.decide(d)
+        if d.get("started") and iid is not None and iid not in d["emitted"]:
+            d["emitted"].append(iid)
+            out.events.append(self._event("identity.matched", tr, seq, iid))
+            name, score = IdentityVoter.named(d, iid)
+            log.info("camera=%s track=%s matched %s (score %.3f, frame %d, by %s)", self.camera, tr.track_id,
+                     name, score, seq, d.get("by"))
 
     # ---- frames ---------------------------------------------------------------------------------------
     def update(self, msg: EmbeddingsMsg) -> StageOutput:
@@ -118,6 +142,8 @@ class MatcherStage:
         d["last_cap"] = cap
         d["frames"] = d.get("frames", 0) + 1
         self.voter.add(d, cands, det.quality, det.score)
+        if self.voter.accumulate(d, det.embedding, det.quality, det.score):
+            self._search_mean(d)
         # snapshot: the best face so far (quality, then size), replaced only on a clear improvement
         side = math.sqrt(max(det.box[2] * det.box[3], 1.0))
         key = round(face_weight(det.quality, det.score) * min(1.0, side / 112.0), 6)
@@ -130,12 +156,7 @@ class MatcherStage:
         if not d.get("started") and d["frames"] >= self.min_track_frames:
             d["started"] = True
             out.events.append(self._event("track.started", tr, seq))
-        iid = self.voter.decide(d)
-        if d.get("started") and iid is not None and iid not in d["emitted"]:
-            d["emitted"].append(iid)
-            out.events.append(self._event("identity.matched", tr, seq, iid))
-            log.info("camera=%s track=%s matched %s (score %.3f, frame %d)", self.camera, tr.track_id,
-                     d["votes"][iid]["name"], d["votes"][iid]["best"], seq)
+        self._announce(tr, seq, out)
 
     # ---- checkpoint -----------------------------------------------------------------------------------
     def to_state(self) -> dict:

@@ -1,0 +1,169 @@
+"""`facetrail events`: query the event store, or follow new events live.
+
+    facetrail events [--camera C] [--identity NAME] [--unknown] [--since T] [--until T] [--min-score S]
+                     [--type TYPE] [--limit N] [--json] [--follow]
+
+Times: unix seconds, ISO 8601 (2026-01-31T12:00:00Z; no zone = UTC) or an age like 30s, 10m, 2h, 7d.
+Without --since the newest --limit events are shown; with it, the first --limit events from then on.
+Either way they are printed oldest first. --json prints one event per line (a contract: the fields id, type,
+camera, track_id, identity (null = unknown), identity_id, score, first_seen, last_seen, frames, snapshot_id,
+seq, votes, created_at, v). --follow then keeps printing new matching events until Ctrl-C.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import re
+import sys
+import time
+
+from .common import print_json, settings_from
+
+_REL = re.compile(r"^(\d+(?:\.\d+)?)\s*([smhdw])$")
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+
+
+def parse_time(value: str | None, now: float | None = None) -> float | None:
+    """unix seconds | ISO 8601 | an age ('10m' = ten minutes before now). ValueError with a clear message."""
+    if value is None or value == "":
+        return None
+    v = value.strip()
+    try:
+        f = float(v)
+        if f == f and f not in (float("inf"), float("-inf")):
+            return f
+    except ValueError:
+        pass
+    m = _REL.match(v)
+    if m:
+        return (time.time() if now is None else now) - float(m.group(1)) * _UNITS[m.group(2)]
+    try:
+        t = dt.datetime.fromisoformat(v.replace("Z", "+00:00"))
+    except ValueError:
+        raise ValueError(f"{value!r} is not a time (unix seconds, ISO 8601, or an age like 10m, 2h, 7d)") from None
+    if t.tzinfo is None:
+        t = t.replace(tzinfo=dt.timezone.utc)
+    return t.timestamp()
+
+
+def register(sub) -> None:
+    p = sub.add_parser("events", help="list match events (filters, --json, --follow)",
+                       description=__doc__.split("\n\n", 1)[1], formatter_class=_Fmt)
+    p.add_argument("--camera", metavar="C", help="only this camera")
+    p.add_argument("--identity", metavar="NAME", help="only events naming this person (gallery name or id)")
+    p.add_argument("--unknown", action="store_true", help="only tracks that ended without an identity")
+    p.add_argument("--since", metavar="T", help="events seen at or after T")
+    p.add_argument("--until", metavar="T", help="events seen at or before T")
+    p.add_argument("--min-score", type=float, metavar="S", help="only events with score >= S")
+    p.add_argument("--type", action="append", choices=["track.started", "identity.matched", "track.ended"],
+                   help="only these event types (repeatable)")
+    p.add_argument("--limit", type=int, default=100, metavar="N", help="at most N events (default 100)")
+    p.add_argument("--json", action="store_true", help="one JSON object per line")
+    p.add_argument("--follow", "-f", action="store_true", help="then keep printing new events until Ctrl-C")
+    p.set_defaults(func=cmd_events)
+
+
+class _Fmt(__import__("argparse").RawDescriptionHelpFormatter):
+    pass
+
+
+def _iso(t: float | None) -> str:
+    if t is None:
+        return "-"
+    return dt.datetime.fromtimestamp(t, dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+
+
+def format_line(ev) -> str:
+    """The human line (stable column order): time, type, camera, identity, score, frames, span, track, id."""
+    who = ev.identity if ev.identity is not None else "(unknown)"
+    score = "-" if ev.score is None else f"{ev.score:.3f}"
+    span = max(0.0, ev.last_seen - ev.first_seen)
+    return (f"{_iso(ev.last_seen)}  {ev.type:<16}  {ev.camera}  {who}  score={score}  frames={ev.frames}  "
+            f"span={span:.1f}s  track={ev.track_id}  id={ev.id}")
+
+
+def cmd_events(args) -> int:
+    from ..backbone import connect
+    from ..events.model import Event
+    from ..events.store import EventStore
+    from ..streams import StreamNames
+    from . import UserError
+
+    if args.limit < 1:
+        raise UserError("--limit must be >= 1")
+    if args.identity and args.unknown:
+        raise UserError("--identity and --unknown exclude each other")
+    try:
+        since, until = parse_time(args.since), parse_time(args.until)
+    except ValueError as e:
+        raise UserError(f"--since/--until: {e}") from None
+    settings = settings_from(args)
+    r = connect(settings)
+    store = EventStore(r, settings)
+    identity_id = None
+    if args.identity:
+        try:
+            from index.store import GalleryStore
+
+            identity_id = GalleryStore(r, settings).resolve(args.identity)
+        except ImportError:
+            identity_id = None
+    stream = StreamNames(settings.redis.key_prefix).events
+    tail_from = "$"
+    if args.follow:
+        last = r.xrevrange(stream, count=1)
+        tail_from = (last[0][0].decode() if isinstance(last[0][0], bytes) else last[0][0]) if last else "0-0"
+    filters = dict(camera=args.camera, identity=None if identity_id else args.identity, identity_id=identity_id,
+                   unknown=args.unknown, since=since, until=until, min_score=args.min_score, types=args.type)
+    order = "asc" if since is not None else "desc"
+    page = store.query(limit=args.limit, order=order, **filters)
+    events = page.events if order == "asc" else list(reversed(page.events))
+    shown = set()
+    for ev in events:
+        _emit(ev, args.json)
+        shown.add(ev.id)
+    if not args.follow:
+        if not events and not args.json:
+            print("no events match", file=sys.stderr)
+        return 0
+
+    def wanted(ev: Event) -> bool:
+        if args.camera and ev.camera != args.camera:
+            return False
+        if identity_id and ev.identity_id != identity_id:
+            return False
+        if args.identity and not identity_id and (ev.identity or "").lower() != args.identity.lower():
+            return False
+        if args.unknown and (ev.identity_id or ev.type != "track.ended"):
+            return False
+        if args.type and ev.type not in args.type:
+            return False
+        if args.min_score is not None and (ev.score is None or ev.score < args.min_score):
+            return False
+        if since is not None and ev.last_seen < since:
+            return False
+        return until is None or ev.last_seen <= until
+
+    try:
+        while True:
+            resp = r.xread({stream: tail_from}, count=200, block=1000)
+            for _s, rows in resp or []:
+                for mid, fields in rows:
+                    tail_from = mid.decode() if isinstance(mid, bytes) else mid
+                    try:
+                        ev = Event.decode(fields[b"m"])
+                    except ValueError as e:
+                        print(f"warning: skipped an unreadable event ({e})", file=sys.stderr)
+                        continue
+                    if ev.id not in shown and wanted(ev):
+                        shown.add(ev.id)
+                        _emit(ev, args.json)
+    except KeyboardInterrupt:
+        return 0
+
+
+def _emit(ev, as_json: bool) -> None:
+    if as_json:
+        print_json(ev.public())
+    else:
+        sys.stdout.write(format_line(ev) + "\n")
+        sys.stdout.flush()
