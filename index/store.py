@@ -224,7 +224,10 @@ class GalleryStore:
         pipe = self.r.pipeline(transaction=False)
         pipe.hgetall(self.k("ident", iid))
         pipe.scard(self.k("ident", iid, "tpls"))
-        h, n = pipe.execute()
+        return self._ident(*pipe.execute())
+
+    @staticmethod
+    def _ident(h: dict, n: int) -> Identity | None:
         if not h:
             return None
         h = {_s(a): b for a, b in h.items()}
@@ -237,7 +240,14 @@ class GalleryStore:
 
     def identities(self) -> list[Identity]:
         ids = [_s(v) for v in self.r.hvals(self.k("names"))]
-        out = [i for i in (self.identity(x) for x in ids) if i is not None]
+        out = []
+        for s in range(0, len(ids), 1000):  # one round trip per 1000 people
+            pipe = self.r.pipeline(transaction=False)
+            for iid in ids[s:s + 1000]:
+                pipe.hgetall(self.k("ident", iid))
+                pipe.scard(self.k("ident", iid, "tpls"))
+            res = pipe.execute()
+            out += [i for i in (self._ident(h, n) for h, n in zip(res[0::2], res[1::2])) if i is not None]
         return sorted(out, key=lambda i: (i.name.lower(), i.name))
 
     def template_ids(self, iid: str) -> list[int]:

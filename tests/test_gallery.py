@@ -131,7 +131,8 @@ def test_remove_deletes_every_key_of_the_person_and_runs_hooks(settings):
     assert last[b"op"] == b"remove" and b"emb" not in last
 
 
-def test_snapshot_then_catch_up_from_log(settings):
+def test_snapshot_then_catch_up_from_log(settings, monkeypatch):
+    monkeypatch.setattr("index.store.SNAP_CHUNK", 3)  # several chunks even for a tiny gallery
     r = redis.Redis.from_url(settings.redis.url)
     store = GalleryStore(r, settings)
     rng = np.random.default_rng(5)
