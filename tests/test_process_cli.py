@@ -65,3 +65,56 @@ def test_process_bad_input_is_one_line_error(tmp_path, cli_env):
     bad.write_bytes(b"not a video at all")
     p = run_cli(["process", str(bad), "--no-matcher"], cli_env, timeout=120)
     assert p.returncode == 2 and "error:" in p.stderr and "Traceback" not in p.stderr
+
+
+def _wait(cond, timeout, what, proc=None):
+    import time
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        v = cond()
+        if v:
+            return v
+        if proc is not None and proc.poll() is not None:
+            raise AssertionError(f"supervisor exited {proc.returncode}: {proc.stderr.read()[-3000:]}")
+        time.sleep(0.1)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def test_up_supervises_roles_and_follows_runtime_cameras(tmp_path, clip30, cli_env, redis_url):
+    import os
+    import signal
+
+    import yaml
+
+    cfg = tmp_path / "cams.yaml"
+    cfg.write_text(yaml.safe_dump({"cameras": [{"name": "yamlcam", "url": str(clip30)}]}))
+    r = redis.Redis.from_url(redis_url)
+
+    def eos_reached(cam):
+        return any(EmbeddingsMsg.decode(f[b"m"]).frame.eos for _, f in r.xrange(f"ft:embeddings:{cam}"))
+
+    up = subprocess.Popen(CLI + ["-c", str(cfg), "up", "--role", "grabber", "--role", "detector", "--role",
+                                 "embedder"], env=cli_env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                          text=True)
+    try:
+        _wait(lambda: eos_reached("yamlcam"), 180, "the YAML camera's frames at embeddings", up)
+        # a camera added at runtime is picked up without restarting anything
+        p = run_cli(["camera", "add", "late", str(clip30)], cli_env, timeout=60)
+        assert p.returncode == 0, p.stderr
+        _wait(lambda: eos_reached("late"), 180, "the runtime camera's frames at embeddings", up)
+        p = run_cli(["camera", "list", "--json"], cli_env, timeout=60)
+        rows = {json.loads(line)["name"]: json.loads(line) for line in p.stdout.splitlines()}
+        assert rows["yamlcam"]["state"] == rows["late"]["state"] == "ended"
+        # a crashed worker is restarted by the supervisor
+        hb = json.loads(r.get(next(iter(r.scan_iter("ft:hb:detector:*")))))
+        os.kill(hb["pid"], signal.SIGKILL)
+        _wait(lambda: any(json.loads(r.get(k) or "{}").get("pid") not in (None, hb["pid"])
+                          for k in r.scan_iter("ft:hb:detector:*")), 60, "a restarted detector", up)
+        up.send_signal(signal.SIGTERM)
+        assert up.wait(60) == 0
+    finally:
+        if up.poll() is None:
+            up.kill()
+    left = [json.loads(v) for v in (r.get(k) for k in r.scan_iter("ft:hb:*")) if v]
+    assert all(h["pid"] == hb["pid"] for h in left), "every live worker stopped and cleared its heartbeat"

@@ -26,6 +26,14 @@ def default_consumer(role: str) -> str:
     return f"{role}-{socket.gethostname()}-{os.getpid()}"
 
 
+def apply_cv_threads(settings: Settings) -> None:
+    """workers.cv_threads > 0 pins OpenCV's thread pool of this process (several workers on few cores)."""
+    if settings.workers.cv_threads:
+        import cv2
+
+        cv2.setNumThreads(settings.workers.cv_threads)
+
+
 def deadletter_key(settings: Settings) -> str:
     return key(settings, "deadletter")
 
@@ -128,10 +136,15 @@ class BatchReader:
 
 
 def dead_letter(r: redis.Redis, settings: Settings, stage: str, stream: str, msg_id: str, error: str,
-                payload: bytes | None = None) -> None:
-    """A message that can never be processed: keep it (bounded) with the reason, so nothing is lost silently."""
-    log.error("%s: dead-lettering %s %s: %s", stage, stream, msg_id, error)
+                payload: bytes | None = None, *, camera: str | None = None, seq: int | None = None) -> None:
+    """A message that can never be processed: keep it (bounded) with the reason, so nothing is lost silently.
+    camera/seq are recorded when the message could be read that far (`facetrail process` counts them)."""
+    log.error("%s: dead-lettering %s %s (camera=%s seq=%s): %s", stage, stream, msg_id, camera, seq, error)
     fields = {"stage": stage, "stream": stream, "id": msg_id, "error": error[:2000], "at": time.time()}
+    if camera is not None:
+        fields["camera"] = camera
+    if seq is not None:
+        fields["seq"] = seq
     if payload is not None and len(payload) < 4_000_000:
         fields["m"] = payload
     r.xadd(deadletter_key(settings), fields, maxlen=10_000, approximate=True)

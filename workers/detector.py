@@ -22,7 +22,7 @@ from pipeline.messages import DetectedFace, FacesMsg, FrameMsg
 from pipeline.metrics import Heartbeat, StageMetrics
 from pipeline.streams import ConsumingEmitter, StreamNames
 
-from .base import BatchReader, Entry, dead_letter, run_loop
+from .base import BatchReader, Entry, apply_cv_threads, dead_letter, run_loop
 
 log = logging.getLogger("facetrail.detector")
 
@@ -109,6 +109,7 @@ class DetectorWorker:
     def handle(self, batch: list[Entry]) -> None:
         decoded: list[tuple[str, str, FrameMsg, np.ndarray | None]] = []
         for stream, msg_id, payload in batch:
+            msg = None
             try:
                 msg = FrameMsg.decode(payload)
                 img = None
@@ -118,7 +119,8 @@ class DetectorWorker:
                         raise ValueError("frame JPEG does not decode")
             except ValueError as e:
                 self.metrics.errors += 1
-                dead_letter(self.r, self.settings, "detector", stream, msg_id, str(e), payload)
+                dead_letter(self.r, self.settings, "detector", stream, msg_id, str(e), payload,
+                            camera=msg.frame.camera if msg else None, seq=msg.frame.seq if msg else None)
                 self.r.xack(stream, GROUP, msg_id)
                 continue
             decoded.append((stream, msg_id, msg, img))
@@ -145,4 +147,5 @@ class DetectorWorker:
 
 
 def run(settings: Settings, *, consumer: str, stop: threading.Event) -> None:
+    apply_cv_threads(settings)
     DetectorWorker(settings, consumer).run(stop)

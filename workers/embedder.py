@@ -19,7 +19,7 @@ from pipeline.messages import EmbeddedFace, EmbeddingsMsg, FacesMsg
 from pipeline.metrics import Heartbeat, StageMetrics
 from pipeline.streams import ConsumingEmitter, StreamNames
 
-from .base import BatchReader, Entry, dead_letter, run_loop
+from .base import BatchReader, Entry, apply_cv_threads, dead_letter, run_loop
 
 log = logging.getLogger("facetrail.embedder")
 
@@ -76,12 +76,14 @@ class EmbedderWorker:
     def handle(self, batch: list[Entry]) -> None:
         good: list[tuple[str, str, FacesMsg, list[np.ndarray]]] = []
         for stream, msg_id, payload in batch:
+            msg = None
             try:
                 msg = FacesMsg.decode(payload)
                 crops = self.stage.crops_of(msg)
             except ValueError as e:
                 self.metrics.errors += 1
-                dead_letter(self.r, self.settings, "embedder", stream, msg_id, str(e), payload)
+                dead_letter(self.r, self.settings, "embedder", stream, msg_id, str(e), payload,
+                            camera=msg.frame.camera if msg else None, seq=msg.frame.seq if msg else None)
                 self.r.xack(stream, GROUP, msg_id)
                 continue
             good.append((stream, msg_id, msg, crops))
@@ -108,4 +110,5 @@ class EmbedderWorker:
 
 
 def run(settings: Settings, *, consumer: str, stop: threading.Event) -> None:
+    apply_cv_threads(settings)
     EmbedderWorker(settings, consumer).run(stop)

@@ -380,11 +380,14 @@ class Grabber:
         self.heartbeat = Heartbeat(self.r, settings, "grabber", consumer)
 
     def _stop_runner(self, name: str, why: str) -> None:
-        runner = self.runners.pop(name)
+        runner = self.runners[name]
         log.info("camera %s: stopping reader (%s)", name, why)
         runner.stop.set()
         runner.join(timeout=self.settings.workers.open_timeout_s + self.settings.workers.watchdog_s + 5)
+        if runner.is_alive():  # stuck in a read: the released lease fences off any frame it still pushes
+            log.warning("camera %s: reader thread did not stop in time", name)
         runner.lease.release()
+        del self.runners[name]
 
     def step(self) -> None:
         cams = {c.name: c for c in self.registry.list() if c.enabled and not c.external}

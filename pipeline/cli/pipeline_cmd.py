@@ -195,6 +195,7 @@ def cmd_process(args) -> int:
     from ..streams import StreamNames
     from workers import role_available
     from workers.grabber import LEASE_TTL_MS, SourceError, push_file
+    from workers.base import deadletter_key
     from workers.supervisor import start_children, stop_children
 
     settings = settings_from(args)
@@ -257,6 +258,7 @@ def cmd_process(args) -> int:
                 stop.set()
 
     renewer = threading.Thread(target=_renew, daemon=True, name="process-lease")
+    dl_start = _last_id(r, deadletter_key(settings))
     watcher = _EmbeddingsWatcher(connect(settings), names.embeddings(name), _last_id(r, names.embeddings(name)))
     try:
         reg.add(cam)
@@ -272,10 +274,22 @@ def cmd_process(args) -> int:
         log.info("camera %s: %d frame(s) pushed (seq %d..%d); waiting for the pipeline", name, res.frames,
                  res.first_seq, res.eos_seq - 1)
         deadline = t0 + args.timeout if args.timeout else None
-        while not watcher.done.wait(0.2) and res.eos_seq not in watcher.eos_seen:
+        wanted = set(range(res.first_seq, res.eos_seq))
+        # With several workers the EOS can overtake the last frames: done = EOS + every seq (or dead-lettered).
+        while True:
+            if watcher.error:
+                raise watcher.error
+            if res.eos_seq in watcher.eos_seen:
+                missing = wanted - watcher.seen
+                if not missing:
+                    break
+                failed = _dead_lettered(r, deadletter_key(settings), dl_start, name)
+                if missing <= failed:
+                    log.error("camera %s: %d frame(s) could not be processed (see %s)", name, len(missing),
+                              deadletter_key(settings))
+                    break
             _check(procs, deadline, "embeddings")
-        if watcher.error:
-            raise watcher.error
+            time.sleep(0.1)
         matched = None
         if wait_matcher:
             pk = progress_key(settings, name)
@@ -296,7 +310,6 @@ def cmd_process(args) -> int:
         if procs:
             stop_children(procs)
     elapsed = time.monotonic() - t0
-    wanted = set(range(res.first_seq, res.eos_seq))
     missing = sorted(wanted - watcher.seen)
     lat = sorted(watcher.latencies)
     summary = {"camera": name, "source": redact_url(src), "frames": res.frames, "frames_read": res.read,
@@ -311,6 +324,15 @@ def cmd_process(args) -> int:
         print(f"{name}: {res.frames} frame(s), {watcher.faces} face(s) in {elapsed:.1f}s "
               f"({summary['fps']} fps)" + (f"; {len(missing)} frame(s) missing" if missing else ""))
     return 0
+
+
+def _dead_lettered(r, stream: str, start_id: str, camera: str) -> set[int]:
+    """seqs of `camera` dead-lettered after start_id."""
+    out = set()
+    for _id, f in r.xrange(stream, min=f"({start_id}" if start_id != "0-0" else "-"):
+        if f.get(b"camera", b"").decode() == camera and f.get(b"seq"):
+            out.add(int(f[b"seq"]))
+    return out
 
 
 def _last_id(r, stream: str) -> str:

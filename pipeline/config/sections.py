@@ -96,6 +96,8 @@ class WorkersConfig(Section):
     done_marker_ttl_s: int = Field(900, ge=10, description="how long a processed frame's idempotency marker lives")
     thumb_px: int = Field(96, ge=16, le=512, description="long side of the per-face thumbnail JPEG")
     heartbeat_s: float = Field(2.0, gt=0)
+    cv_threads: int = Field(0, ge=0, le=256, description="OpenCV threads per detector/embedder process "
+                                                         "(0 = OpenCV's default: one per core)")
 
 
 class TrackingConfig(Section):

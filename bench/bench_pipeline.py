@@ -1,0 +1,287 @@
+"""Pipeline benchmark on the shared clip, in one run (~3-5 min on 2 cores):
+
+- in-process loop: decode frame -> YuNet -> align -> SFace, one process (FaceEngine.analyze per frame);
+- face_recognition-style loop (dlib HOG + 68-point landmarks + ResNet), if bench/bench_engine.py provides it or
+  dlib + face_recognition_models are installed (`pip install -e '.[bench]'`); otherwise reported as skipped;
+- the streaming pipeline through Redis with 1 and 2 worker processes per stage (detector, embedder):
+  `facetrail process`'s file path (push every frame, backpressure) -> frames:{cam} -> detectors -> faces ->
+  embedders -> embeddings:{cam}; throughput = frames / (first push -> EOS at embeddings);
+- capture->embedding latency p50/p99 with 1 worker per stage, frames paced like a live camera at 70 % of the
+  measured 1-worker throughput (a saturated run's latency is only queueing in the bounded frames stream;
+  that one is reported too).
+
+Writes bench/results/pipeline.json.   Run: .venv/bin/python bench/bench_pipeline.py [--frames N]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+import redis
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from pipeline.backbone import redis_server_binary  # noqa: E402
+from pipeline.cameras import CameraRegistry  # noqa: E402
+from pipeline.config import CameraConfig, load_settings  # noqa: E402
+from pipeline.engine.engine import FaceEngine  # noqa: E402
+from pipeline.messages import EmbeddingsMsg  # noqa: E402
+from pipeline.streams import StreamNames  # noqa: E402
+from workers.grabber import FramePublisher, push_file  # noqa: E402
+
+SHARED = Path(os.environ.get("FACETRAIL_SHARED_DATA", REPO.parent / "shared" / "data"))
+CLIP = SHARED / "faces" / "face_recognition" / "short_hamilton_clip.mp4"
+OUT = REPO / "bench" / "results" / "pipeline.json"
+CLI = [sys.executable, "-c", "import sys; from pipeline.cli import main; sys.exit(main())"]
+
+
+def pct(xs: list[float], q: float) -> float | None:
+    return round(float(np.percentile(xs, q)) * 1000, 1) if xs else None
+
+
+def read_frames(path: Path, n: int | None) -> list[np.ndarray]:
+    cap = cv2.VideoCapture(str(path))
+    out = []
+    while n is None or len(out) < n:
+        ok, img = cap.read()
+        if not ok:
+            break
+        out.append(img)
+    return out
+
+
+def bench_inprocess(settings, path: Path, n: int | None) -> dict:
+    eng = FaceEngine(settings)
+    eng.analyze(read_frames(path, 2))  # load models, warm up
+    cap = cv2.VideoCapture(str(path))
+    t0 = time.perf_counter()
+    frames = faces = 0
+    while n is None or frames < n:
+        ok, img = cap.read()
+        if not ok:
+            break
+        faces += sum(1 for f in eng.analyze([img])[0] if f.embedding is not None)
+        frames += 1
+    dt = time.perf_counter() - t0
+    return {"frames": frames, "faces": faces, "seconds": round(dt, 2), "fps": round(frames / dt, 2)}
+
+
+def bench_face_recognition(path: Path, n: int) -> dict:
+    try:
+        from bench.bench_engine import face_recognition_loop  # written by the engine benchmarks, if present
+
+        res = face_recognition_loop(read_frames(path, n))
+        res["source"] = "bench/bench_engine.py:face_recognition_loop"
+        return res
+    except ImportError:
+        pass
+    import importlib.util
+
+    spec = importlib.util.find_spec("face_recognition_models")
+    try:
+        import dlib
+    except ImportError:
+        spec = None
+    if spec is None:
+        return {"skipped": "dlib / face_recognition_models not installed; pip install -e '.[bench]'"}
+    # the model files' location without importing face_recognition_models (it needs pkg_resources)
+    mdir = Path(list(spec.submodule_search_locations)[0]) / "models"
+    det = dlib.get_frontal_face_detector()
+    sp = dlib.shape_predictor(str(mdir / "shape_predictor_68_face_landmarks.dat"))
+    rec = dlib.face_recognition_model_v1(str(mdir / "dlib_face_recognition_resnet_model_v1.dat"))
+    frames = read_frames(path, n)
+    t0 = time.perf_counter()
+    faces = 0
+    for img in frames:  # what face_recognition.face_encodings(img) does: HOG upsample 1, 68 landmarks, ResNet
+        rgb = cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
+        for box in det(rgb, 1):
+            np.array(rec.compute_face_descriptor(rgb, sp(rgb, box), 1))
+            faces += 1
+    dt = time.perf_counter() - t0
+    return {"frames": len(frames), "faces": faces, "seconds": round(dt, 2), "fps": round(len(frames) / dt, 2),
+            "source": "dlib HOG + shape_predictor_68 + ResNet (face_recognition's defaults)"}
+
+
+class Watch(threading.Thread):
+    def __init__(self, r, stream: str, start_id="0-0", first_seq: int = 0):
+        super().__init__(daemon=True)
+        self.r, self.stream, self.start_id, self.first = r, stream, start_id, first_seq
+        self.lat: list[float] = []
+        self.seqs: list[int] = []
+        self.eos_at = None
+        self.eos_seq = None
+        self.done_at = None
+        self.stop = threading.Event()
+
+    def complete(self) -> bool:  # EOS may overtake the last frames when several workers run
+        return self.eos_seq is not None and len(set(self.seqs)) >= self.eos_seq - self.first
+
+    def run(self):
+        last = self.start_id
+        while not self.stop.is_set() and not self.complete():
+            for _s, entries in self.r.xread({self.stream: last}, count=500, block=100) or []:
+                now = time.time()
+                for mid, f in entries:
+                    last = mid
+                    m = EmbeddingsMsg.decode(f[b"m"])
+                    if m.frame.eos:
+                        self.eos_seq = m.frame.seq
+                    else:
+                        self.seqs.append(m.frame.seq)
+                        self.lat.append(now - m.frame.captured_at)
+                if self.complete():
+                    self.done_at = time.perf_counter()
+
+
+def start_workers(env: dict, k: int) -> list[subprocess.Popen]:
+    return [subprocess.Popen(CLI + ["worker", role, "--consumer", f"{role}-{i}"], env=env, stdin=subprocess.DEVNULL,
+                             stderr=subprocess.DEVNULL)
+            for role in ("detector", "embedder") for i in range(k)]
+
+
+def stop_workers(procs) -> None:
+    for p in procs:
+        p.terminate()
+    for p in procs:
+        try:
+            p.wait(30)
+        except subprocess.TimeoutExpired:
+            p.kill()
+
+
+def wait_ready(r, prefix: str, k: int, timeout=120) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if len(list(r.scan_iter(match=f"{prefix}:hb:*"))) >= 2 * k:
+            return
+        time.sleep(0.1)
+    raise RuntimeError("workers did not start")
+
+
+def warmup(r, settings, cam: str, img) -> None:
+    """One frame through, so model loading is not counted."""
+    names = StreamNames(settings.redis.key_prefix)
+    pub = FramePublisher(r, settings, cam)
+    w = Watch(r, names.embeddings(cam))
+    w.start()
+    pub.publish(img, captured_at=time.time(), pts=0.0, mode="wait")
+    pub.publish_eos()
+    w.join(120)
+
+
+def run_pipeline(settings, env, r, k: int, path: Path, n_frames: int, paced_fps: float | None = None,
+                 cv_threads: int = 0) -> dict:
+    names = StreamNames(settings.redis.key_prefix)
+    cam = f"bench-{k}w-{cv_threads}t-{'paced' if paced_fps else 'max'}"
+    CameraRegistry(r, settings).add(CameraConfig(name=cam, url=str(path), external=True))
+    procs = start_workers(dict(env, FACETRAIL_WORKERS__CV_THREADS=str(cv_threads)), k)
+    try:
+        wait_ready(r, settings.redis.key_prefix, k)
+        warmup(r, settings, cam, read_frames(path, 1)[0])
+        last = r.xrevrange(names.embeddings(cam), count=1)
+        w = Watch(r, names.embeddings(cam), last[0][0] if last else "0-0",  # after the warm-up frame
+                  CameraRegistry(r, settings).next_seq(cam))
+        w.start()
+        t0 = time.perf_counter()
+        if paced_fps:
+            pub = FramePublisher(r, settings, cam)
+            frames = read_frames(path, n_frames)
+            period = 1.0 / paced_fps
+            for i, img in enumerate(frames):
+                target = t0 + i * period
+                time.sleep(max(0.0, target - time.perf_counter()))
+                pub.publish(img, captured_at=time.time(), pts=i / 29.97, mode="drop")
+            pub.publish_eos()
+            n = len(frames)
+        else:
+            res = push_file(r, settings, cam, str(path))
+            n = res.frames
+        w.join(600)
+        dt = w.done_at - t0
+        seqs = w.seqs
+        return {"workers_per_stage": k, "cv_threads": cv_threads or "default", "frames": n, "embedded": len(seqs), "duplicates": len(seqs) - len(set(seqs)),
+                "seconds": round(dt, 2), "fps": round(n / dt, 2), "paced_fps": paced_fps,
+                "latency_p50_ms": pct(w.lat[1:], 50), "latency_p99_ms": pct(w.lat[1:], 99)}
+    finally:
+        stop_workers(procs)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--frames", type=int, default=None, help="frames of the clip (default: all 275)")
+    ap.add_argument("--fr-frames", type=int, default=40, help="frames for the slow face_recognition loop")
+    args = ap.parse_args()
+    if not CLIP.is_file():
+        print(f"missing {CLIP}", file=sys.stderr)
+        return 2
+    tmp = Path(tempfile.mkdtemp(prefix="ft-bench-"))
+    sock = tmp / "redis.sock"
+    rs = subprocess.Popen([redis_server_binary(), "--port", "0", "--unixsocket", str(sock), "--save", "",
+                           "--appendonly", "no", "--dir", str(tmp)], stdout=subprocess.DEVNULL)
+    try:
+        url = f"unix://{sock}"
+        for _ in range(200):
+            if sock.exists():
+                break
+            time.sleep(0.05)
+        env = dict(os.environ, FACETRAIL_REDIS_URL=url, FACETRAIL_DATA_DIR=str(tmp / "data"))
+        env.pop("FACETRAIL_CONFIG", None)
+        settings = load_settings([], env=env)
+        r = redis.Redis.from_url(url)
+        clip = CLIP
+        if args.frames:
+            clip = tmp / "clip.mp4"
+            frames = read_frames(CLIP, args.frames)
+            vw = cv2.VideoWriter(str(clip), cv2.VideoWriter_fourcc(*"mp4v"), 29.97, frames[0].shape[1::-1])
+            for f in frames:
+                vw.write(f)
+            vw.release()
+        n = len(read_frames(clip, None))
+        results: dict = {"clip": CLIP.name, "frames": n, "cpus": os.cpu_count(), "machine": platform.machine(),
+                         "python": platform.python_version(), "opencv": cv2.__version__,
+                         "load_avg_start": os.getloadavg()}
+        print(f"in-process loop on {n} frames ...", flush=True)
+        results["inprocess"] = bench_inprocess(settings, clip, None)
+        print(json.dumps(results["inprocess"]), flush=True)
+        results["pipeline"] = []
+        for k, threads in ((1, 0), (1, 1), (2, 0), (2, 1)):
+            print(f"pipeline, {k} worker(s) per stage, cv_threads={threads or 'default'} ...", flush=True)
+            results["pipeline"].append(run_pipeline(settings, env, r, k, clip, n, cv_threads=threads))
+            print(json.dumps(results["pipeline"][-1]), flush=True)
+        pace = round(0.7 * results["pipeline"][0]["fps"], 2)
+        print(f"pipeline latency, 1 worker per stage, paced at {pace} fps ...", flush=True)
+        results["latency_paced"] = run_pipeline(settings, env, r, 1, clip, min(n, int(pace * 25) + 1), pace)
+        print(json.dumps(results["latency_paced"]), flush=True)
+        print("face_recognition-style loop ...", flush=True)
+        results["face_recognition"] = bench_face_recognition(clip, args.fr_frames)
+        print(json.dumps(results["face_recognition"]), flush=True)
+        best = max(p["fps"] for p in results["pipeline"])
+        results["ratios"] = {
+            "pipeline_best_vs_inprocess": round(best / results["inprocess"]["fps"], 3),
+            "pipeline_1w_vs_inprocess": round(results["pipeline"][0]["fps"] / results["inprocess"]["fps"], 3),
+        }
+        if "fps" in results["face_recognition"]:
+            results["ratios"]["pipeline_best_vs_face_recognition"] = round(best / results["face_recognition"]["fps"], 2)
+        results["load_avg_end"] = os.getloadavg()
+        OUT.parent.mkdir(parents=True, exist_ok=True)
+        OUT.write_text(json.dumps(results, indent=2) + "\n")
+        print(json.dumps(results["ratios"]), f"-> {OUT}", flush=True)
+    finally:
+        rs.terminate()
+        rs.wait(10)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
