@@ -69,6 +69,15 @@ return n
 """
 
 
+_TYPE_RANK = {"track.started": 0, "identity.matched": 1, "track.ended": 2}
+
+
+def index_score(ev: Event) -> float:
+    """Index time: last_seen, nudged by a microsecond per lifecycle step so events of one frame list in
+    lifecycle order (started, matched, ended) instead of by id."""
+    return float(ev.ts) + 1e-6 * _TYPE_RANK.get(ev.type, 0)
+
+
 class FencedError(RuntimeError):
     """The lease this write was fenced by is no longer ours."""
 
@@ -138,7 +147,7 @@ class EventStore:
                         "camera": ev.camera, "type": ev.type, "identity_id": ev.identity_id or "",
                         "name": ev.identity or "", "track": ev.track_id, "snap": ev.snapshot_id or "",
                         "snap_key": self.snapshot_key(ev.snapshot_id) if ev.snapshot_id else "",
-                        "ts": repr(float(ev.ts)), "zsets": self._zsets(ev),
+                        "ts": repr(index_score(ev)), "zsets": self._zsets(ev),
                         "track_key": self.k("evidx", "track", ev.track_id)})
         return {"fence": list(fence) if fence else None, "events": evs,
                 "done_ttl": max(DONE_MARKER_MIN_TTL_S, self.retention_s), "retention_s": self.retention_s,
@@ -191,7 +200,7 @@ class EventStore:
         else:
             idx = self.k("evidx", "all")
         lo = "-inf" if since is None else repr(float(since))
-        hi = "+inf" if until is None else repr(float(until))
+        hi = "+inf" if until is None else repr(float(until) + 3e-6)  # index_score nudges by <= 2 us
         after: tuple[float, str] | None = None
         if cursor:
             after = _dec_cursor(cursor)
@@ -227,6 +236,8 @@ class EventStore:
                 ev = Event.decode(raw)
                 last = (s, m)
                 if camera and ev.camera != camera:
+                    continue
+                if until is not None and ev.last_seen > until:
                     continue
                 if identity and (ev.identity or "").lower() != identity.lower():
                     continue

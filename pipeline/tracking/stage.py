@@ -70,7 +70,7 @@ class MatcherStage:
             name, score = IdentityVoter.named(d, identity_id)
             iid = identity_id
         elif type_ == "track.started":
-            iid, name = None, None  # the id must not depend on a decision made later
+            iid, name, score = None, None, None  # announced before any decision
         key = iid if type_ == "identity.matched" else None
         ev = Event.make(type_, self.camera, tr.track_id, key, identity=name, score=score,
                         first_seen=d["first_cap"], last_seen=d["last_cap"], frames=d["frames"], seq=seq,

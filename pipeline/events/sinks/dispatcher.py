@@ -109,6 +109,13 @@ class SinkDispatcher:
                     continue
                 try:
                     ev = Event.decode(raw)
+                except ValueError as e:  # a newer schema or garbage: never deliverable by this build
+                    log.error("sink=%s stream=%s id=%s: unreadable event, skipped: %s", sink.name, self.stream,
+                              msg_id, e)
+                    self.dropped[sink.name] += 1
+                    self.r.xack(self.stream, group, msg_id)
+                    continue
+                try:
                     sink.deliver(ev, raw if isinstance(raw, bytes) else raw.encode())
                 except PermanentSinkError as e:
                     log.error("sink=%s event id=%s refused for good, dropped: %s", sink.name, msg_id, e)
