@@ -3,6 +3,7 @@ subprocesses; the lease owner is killed with SIGKILL mid-stream, the other match
 the events in the store are exactly those an uninterrupted in-process run produces: none lost, none twice."""
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -156,3 +157,39 @@ def test_kill9_failover_no_event_lost_or_duplicated(settings, cli_env, world, tm
     for e in got:
         if e.snapshot_id:
             assert store.snapshot(e.snapshot_id) == b"\xff\xd8thumb"
+
+
+def test_bad_messages_are_dead_lettered_and_the_camera_goes_on(settings, world):
+    """In-process worker: garbage and a future schema version are kept in the dead-letter stream with the
+    reason; every good frame is applied; a clean stop releases the lease at once."""
+    import threading
+
+    from workers.base import deadletter_key
+    from workers.matcher import run
+
+    r = redis.Redis.from_url(settings.redis.url)
+    stream = StreamNames(settings.redis.key_prefix).embeddings(CAM)
+    r.xadd(stream, {"m": b"not json"})
+    future = json.loads(world[0].encode())
+    future["v"] = 2
+    r.xadd(stream, {"m": json.dumps(future).encode()})
+    for m in world:
+        r.xadd(stream, {"m": m.encode()})
+    rep = GalleryReplica(r, settings).start()
+    stop = threading.Event()
+    t = threading.Thread(target=run, args=(settings,), kwargs=dict(consumer="m1", stop=stop,
+                                                                   search=lambda v: rep.search(v, 5)))
+    t.start()
+    try:
+        assert wait_until(lambda: int(r.get(progress_key(settings, CAM)) or -1) == N)
+    finally:
+        stop.set()
+        t.join(30)
+    assert not t.is_alive()
+    assert r.get(lease_key(settings, CAM)) is None  # released on a clean stop
+    dead = r.xrange(deadletter_key(settings))
+    assert len(dead) == 2 and all(f[b"stage"] == b"matcher" for _, f in dead)
+    assert b"version" in dead[1][1][b"error"]
+    assert r.xpending(stream, "matchers")["pending"] == 0
+    names = {e.identity for e in EventStore(r, settings).query(camera=CAM, limit=1000).events}
+    assert names == {"ann", "bob", None}

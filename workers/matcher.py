@@ -209,7 +209,16 @@ class CameraRunner:
         acks = list(self.to_ack)
         last_seq = None
         for seq, (mid, msg) in ready:
-            out.extend(self.stage.update(msg))
+            try:
+                out.extend(self.stage.update(msg))
+            except (redis.ConnectionError, redis.TimeoutError):
+                raise
+            except Exception as e:  # noqa: BLE001 - a frame the stage cannot apply: keep it, skip it, go on
+                from .base import dead_letter
+
+                log.exception("camera=%s seq=%d id=%s: matcher stage failed", self.camera, seq, mid)
+                dead_letter(self.r, self.settings, "matcher", self.stream, mid, f"{type(e).__name__}: {e}",
+                            msg.encode())
             acks.append(mid)
             last_seq = seq
             if msg.frame.eos:
