@@ -95,7 +95,9 @@ class TorchSFaceEmbedder(Embedder):
     name = "sface-torch"
     dim = 128
 
-    def __init__(self, model_path: Path, *, batch: int = 32, device: str = "cpu"):
+    def __init__(self, model_path: Path, *, batch: int = 32, device: str = "cpu", threads: int | None = None):
+        """threads: torch CPU threads (process-wide, torch.set_num_threads); on a busy CPU 1 avoids OpenMP
+        threads waiting on each other, which can make a batch-1 call 10x slower."""
         from .onnx_torch import ConversionError, convert
         try:
             import torch
@@ -105,6 +107,8 @@ class TorchSFaceEmbedder(Embedder):
             module = convert(model_path)
         except ConversionError as e:
             raise ModelError(f"cannot convert {model_path} to torch: {e}") from None
+        if threads:
+            torch.set_num_threads(threads)
         self._torch = torch
         self.batch = batch
         self.device = device
