@@ -193,3 +193,30 @@ def test_bad_messages_are_dead_lettered_and_the_camera_goes_on(settings, world):
     assert r.xpending(stream, "matchers")["pending"] == 0
     names = {e.identity for e in EventStore(r, settings).query(camera=CAM, limit=1000).events}
     assert names == {"ann", "bob", None}
+
+
+def test_unregistered_camera_without_eos_gets_its_tracks_ended(settings, world, monkeypatch):
+    """A live camera that went away (no EOS, not registered any more): once idle, its open tracks end."""
+    import threading
+
+    import workers.matcher as wm
+
+    monkeypatch.setattr(wm, "IDLE_RELEASE_S", 0.5)
+    r = redis.Redis.from_url(settings.redis.url)
+    stream = StreamNames(settings.redis.key_prefix).embeddings(CAM)
+    for m in world[:50]:  # ann's track is open at seq 49; no EOS ever comes
+        r.xadd(stream, {"m": m.encode()})
+    rep = GalleryReplica(r, settings).start()
+    stop = threading.Event()
+    t = threading.Thread(target=wm.run, args=(settings,), kwargs=dict(consumer="m1", stop=stop,
+                                                                      search=lambda v: rep.search(v, 5)))
+    t.start()
+    store = EventStore(r, settings)
+    try:
+        assert wait_until(lambda: [e.identity for e in store.query(camera=CAM, types=["track.ended"]).events]
+                          == ["ann"])
+    finally:
+        stop.set()
+        t.join(30)
+    assert [e.type for e in store.query(camera=CAM).events] == ["track.started", "identity.matched",
+                                                                 "track.ended"]

@@ -255,3 +255,35 @@ def test_track_mean_names_a_track_no_single_face_could():
         evs += st.update(frame(i, [([100, 100, 40, 40], face_of(stranger, 0.7), 0.3)])).events
     evs += st.update(frame(12, [], eos=True)).events
     assert [e.identity for e in evs if e.type == "track.ended"] == [None]
+
+
+def test_removed_identity_no_longer_names_a_live_track_and_renames_apply():
+    ann = rand_unit()
+    gallery = {"ann": near(ann, 0.2)}
+    current = {"ann": "ann"}
+    st = MatcherStage("cam", gallery_search(gallery), match=0.45, margin=0.05, min_track_frames=3, max_age_s=1.0,
+                      name_of=current.get)
+    evs = []
+    for i in range(5):
+        evs += st.update(frame(i, [([100, 100, 80, 80], near(ann), 0.8)])).events
+    assert [e.identity for e in evs if e.type == "identity.matched"] == ["ann"]
+    current["ann"] = "ann-marie"  # renamed: later events carry the new name
+    evs += st.update(frame(5, [([100, 100, 80, 80], near(ann), 0.8)])).events
+    del gallery["ann"], current["ann"]  # removed from the gallery while the track is still on screen
+    for i in range(6, 10):
+        evs += st.update(frame(i, [([100, 100, 80, 80], near(ann), 0.8)])).events
+    evs += st.update(frame(10, [], eos=True)).events
+    ended = [e for e in evs if e.type == "track.ended"]
+    assert len(ended) == 1 and ended[0].identity is None and ended[0].identity_id is None
+
+
+def test_rename_reaches_the_end_event():
+    ann = rand_unit()
+    current = {"ann": "ann"}
+    st = MatcherStage("cam", gallery_search({"ann": near(ann, 0.2)}), match=0.45, margin=0.05, min_track_frames=3,
+                      max_age_s=1.0, name_of=current.get)
+    for i in range(5):
+        st.update(frame(i, [([100, 100, 80, 80], near(ann), 0.8)]))
+    current["ann"] = "ann-marie"
+    ended = [e for e in st.update(frame(5, [], eos=True)).events if e.type == "track.ended"]
+    assert [(e.identity, e.identity_id) for e in ended] == [("ann-marie", "ann")]

@@ -36,6 +36,8 @@ log = logging.getLogger("facetrail.matcher")
 
 GROUP = "matchers"
 CHECKPOINT_VERSION = 1
+SCAN_EVERY_S = 15.0   # how often to look for embeddings streams of cameras that are not registered
+IDLE_RELEASE_S = 30.0  # an unregistered camera without frames for this long is released
 TRIM_AFTER_S = 60.0  # applied input entries stay this long (readers such as `facetrail process` tail the stream)
 
 
@@ -65,6 +67,7 @@ def make_searcher(r: redis.Redis, settings: Settings):
         return replica.search(vectors, max(2, settings.gallery.top_k))
 
     search.replica = replica  # type: ignore[attr-defined]
+    search.name_of = lambda iid: replica.names.get(iid)  # type: ignore[attr-defined]  # (names is replaced on reload)
     return search
 
 
@@ -80,12 +83,12 @@ class CameraRunner:
         self.names = StreamNames(settings.redis.key_prefix)
         self.stream = self.names.embeddings(camera)
         self.lease = Lease(r, lease_key(settings, camera), consumer, int(settings.tracking.lease_ttl_s * 1000))
-        self.stage = MatcherStage.from_settings(camera, search, settings)
+        self.stage = MatcherStage.from_settings(camera, search, settings, name_of=getattr(search, "name_of", None))
         self.buffer: ReorderBuffer = ReorderBuffer(None, settings.tracking.reorder_timeout_ms / 1000.0,
                                                    name=camera)
         self.to_ack: list[str] = []
         self.last_renew = 0.0
-        self.last_trim = time.monotonic()
+        self.last_trim = self.last_frame = time.monotonic()
         self.frames = 0
         self.events = 0
 
@@ -179,6 +182,7 @@ class CameraRunner:
 
     # ---- frames ---------------------------------------------------------------------------------------
     def feed(self, msg_id: str, payload: bytes | None) -> None:
+        self.last_frame = time.monotonic()
         if payload is None:  # deleted under us: nothing to apply
             self.to_ack.append(msg_id)
             return
@@ -199,6 +203,13 @@ class CameraRunner:
             log.info("camera=%s seq=%d id=%s: late or duplicate frame (next seq %s); acked without applying",
                      self.camera, msg.frame.seq, msg_id, self.buffer.next_seq)
             self.to_ack.append(msg_id)
+
+    def close(self) -> int:
+        """End the open tracks of a camera that went away (track.ended events), commit. Returns events."""
+        out = self.stage.end_all()
+        if not out.events:
+            return 0
+        return self._commit(out, [], None)
 
     def flush(self) -> int:
         """Apply every frame that is ready, commit. Returns frames applied."""
@@ -224,6 +235,11 @@ class CameraRunner:
             if msg.frame.eos:
                 self.buffer.restart(seq + 1)
                 log.info("camera=%s: end of stream at seq %d", self.camera, seq)
+        self._commit(out, acks, last_seq)
+        self.frames += len(ready)
+        return len(ready)
+
+    def _commit(self, out: StageOutput, acks: list[str], last_seq: int | None) -> int:
         if out.snapshots:
             pipe = self.r.pipeline(transaction=False)
             for sid, jpeg in out.snapshots.items():
@@ -235,28 +251,34 @@ class CameraRunner:
         if last_seq is not None:
             sets.append((progress_key(self.settings, self.camera), str(last_seq)))
         n = self.store.commit(out.events, fence=(self.lease.key, self.lease.token or ""), sets=sets,
-                              ack=(self.stream, GROUP, acks))
+                              ack=(self.stream, GROUP, acks) if acks else None)
         self.to_ack = []
-        self.frames += len(ready)
         self.events += n
         for ev in out.events:
             log.debug("camera=%s event %s %s track=%s identity=%s", self.camera, ev.type, ev.id, ev.track_id,
                       ev.identity)
-        return len(ready)
+        return n
 
 
-def _discover(r: redis.Redis, settings: Settings, registry: CameraRegistry) -> list[str]:
-    names = StreamNames(settings.redis.key_prefix)
+def _configured(settings: Settings, registry: CameraRegistry) -> set[str]:
     cams = {c.name for c in settings.cameras}
     try:
         cams.update(registry.names())
     except redis.RedisError:
         pass
-    pre = names.embeddings("")
+    return cams
+
+
+def _scan_streams(r: redis.Redis, settings: Settings) -> set[str]:
+    """Cameras with a non-empty embeddings stream (e.g. one left with work after its camera was removed).
+    A full SCAN: done rarely (SCAN_EVERY_S), the registry is read every second."""
+    pre = StreamNames(settings.redis.key_prefix).embeddings("")
+    found = set()
     for k in r.scan_iter(match=pre + "*", count=1000, _type="stream"):
         k = k.decode() if isinstance(k, bytes) else k
-        cams.add(k[len(pre):])
-    return sorted(c for c in cams if c)
+        if r.xlen(k) > 0:
+            found.add(k[len(pre):])
+    return found
 
 
 def _fair_share(r: redis.Redis, settings: Settings, n_cams: int) -> int:
@@ -279,17 +301,18 @@ def run(settings: Settings, *, consumer: str, stop: threading.Event, search=None
         if sinks:
             dispatcher = SinkDispatcher(r, settings, sinks, consumer=consumer, stop=stop).start()
     runners: dict[str, CameraRunner] = {}
-    last_discover = 0.0
+    last_discover = last_scan = 0.0
+    scanned: set[str] = set()
     cams: list[str] = []
     last_sweep = 0.0
     backoff = 0.1
     heartbeat.beat(force=True)
     log.info("matcher %s: started", consumer)
 
-    def drop(cam: str, why: str) -> None:
+    def drop(cam: str, why: str, level: int = logging.WARNING) -> None:
         runner = runners.pop(cam, None)
         if runner is not None:
-            log.warning("camera=%s matcher=%s: giving up the camera (%s)", cam, consumer, why)
+            log.log(level, "camera=%s matcher=%s: giving up the camera (%s)", cam, consumer, why)
             runner.release()
 
     try:
@@ -299,7 +322,19 @@ def run(settings: Settings, *, consumer: str, stop: threading.Event, search=None
                 now = time.monotonic()
                 if now - last_discover >= 1.0:
                     last_discover = now
-                    cams = _discover(r, settings, registry)
+                    if last_scan == 0.0 or now - last_scan >= SCAN_EVERY_S:
+                        last_scan = now
+                        scanned = _scan_streams(r, settings)
+                    configured = _configured(settings, registry)
+                    cams = sorted(c for c in configured | scanned if c)
+                    for cam, rn in list(runners.items()):  # a finished, unregistered camera: let it go
+                        if cam not in configured and not len(rn.buffer) and now - rn.last_frame > IDLE_RELEASE_S:
+                            scanned.discard(cam)
+                            try:
+                                rn.close()
+                            except FencedError as e:
+                                log.warning("camera=%s: %s", cam, e)
+                            drop(cam, "idle and no longer registered", logging.INFO)
                     share = _fair_share(r, settings, len(cams))
                     for cam in cams:
                         if cam in runners or len(runners) >= share:

@@ -43,7 +43,7 @@ class MatcherStage:
                  vote_ratio: float = 2.0, track_match: float | None = None, track_margin: float = 0.1,
                  track_min_faces: int = 8, min_track_frames: int = 3, iou_threshold: float = 0.3,
                  appearance_threshold: float = 0.4, appearance_veto: float = 0.15, max_age_s: float = 2.0,
-                 clock: Callable[[], float] = time.time):
+                 clock: Callable[[], float] = time.time, name_of: Callable[[str], str | None] | None = None):
         self.camera = camera
         self.search = search
         self.voter = IdentityVoter(match, margin, min_votes, vote_ratio, track_match, track_margin, track_min_faces)
@@ -51,6 +51,8 @@ class MatcherStage:
         self.tracker = FaceTracker(camera, iou_threshold=iou_threshold, appearance_threshold=appearance_threshold,
                                    appearance_veto=appearance_veto, max_age_s=max_age_s)
         self.clock = clock
+        # identity id -> its current gallery name, None once removed (renames and removals reach live tracks)
+        self.name_of = name_of
         self.last_seq: int | None = None
 
     @classmethod
@@ -61,6 +63,28 @@ class MatcherStage:
                    track_margin=t.track_margin, track_min_faces=t.track_min_faces, min_track_frames=t.min_track_frames,
                    iou_threshold=t.iou_threshold, appearance_threshold=t.appearance_threshold,
                    appearance_veto=t.appearance_veto, max_age_s=t.max_age_s, **kw)
+
+    def _refresh_names(self, d: dict) -> None:
+        """Drop votes for identities removed from the gallery meanwhile; pick up renames."""
+        if self.name_of is None:
+            return
+        for iid in list(d.get("votes", {})):
+            name = self.name_of(iid)
+            if name is None:
+                del d["votes"][iid]
+            else:
+                d["votes"][iid]["name"] = name
+        for k in ("mean", "named"):
+            m = d.get(k)
+            if m:
+                name = self.name_of(m["id"])
+                if name is None:
+                    d[k] = None
+                else:
+                    m["name"] = name
+        iid = d.get("identity_id")
+        if iid is not None and iid not in d.get("votes", {}) and not (d.get("named") or {}).get("id") == iid:
+            d["identity_id"], d["by"] = None, None
 
     # ---- events ---------------------------------------------------------------------------------------
     def _event(self, type_: str, tr: Track, seq: int, identity_id: str | None = None) -> Event:
@@ -82,6 +106,7 @@ class MatcherStage:
         d = tr.data
         if not d.get("started"):
             return
+        self._refresh_names(d)
         if d.get("en", 0) != d.get("mean_at"):
             self._search_mean(d)  # the final track mean: the whole track's evidence
             self._announce(tr, seq, out)
@@ -96,6 +121,7 @@ class MatcherStage:
 
     def _announce(self, tr: Track, seq: int, out: StageOutput) -> None:
         d = tr.data
+        self._refresh_names(d)
         iid = self.voter.decide(d)
         if d.get("started") and iid is not None and iid not in d["emitted"]:
             d["emitted"].append(iid)
@@ -157,6 +183,13 @@ class MatcherStage:
             d["started"] = True
             out.events.append(self._event("track.started", tr, seq))
         self._announce(tr, seq, out)
+
+    def end_all(self) -> StageOutput:
+        """End every open track now (a camera that went away without an end of stream)."""
+        out = StageOutput()
+        for tr in self.tracker.end_all():
+            self._end(tr, self.last_seq or 0, out)
+        return out
 
     # ---- checkpoint -----------------------------------------------------------------------------------
     def to_state(self) -> dict:
