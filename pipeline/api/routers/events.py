@@ -136,7 +136,10 @@ async def stream_events(
             if await request.is_disconnected():
                 return
             try:
-                resp = await run_in_threadpool(st.redis.xread, {stream: cursor}, 100, 1000)
+                block = 1000
+                if idle_timeout:
+                    block = int(max(10, min(1000, (idle_timeout - (time.monotonic() - idle_since)) * 1000)))
+                resp = await run_in_threadpool(st.redis.xread, {stream: cursor}, 100, block)
             except Exception as e:  # noqa: BLE001 - tell the client and close, do not crash the worker
                 log.warning("events stream: read failed: %s", e)
                 yield f"event: error\ndata: {json.dumps({'error': 'events stream unavailable'})}\n\n"
