@@ -99,7 +99,7 @@ def bench_size(n: int, args, rng) -> dict:
     q_probe, _ = probes(rng, data, args.queries, args.noise)
     res: dict = {"templates": n}
 
-    exact, info = build(IndexParams(ann_above=10 ** 12), data)
+    exact, info = build(IndexParams(ann_above=10 ** 12, background_build=False), data)
     print(f"exact build {info}", flush=True)
     n_exact = min(args.queries, 200 if n > 200_000 else 1000)
     info.update(latency(exact, q_rand, n_exact))
@@ -111,7 +111,7 @@ def bench_size(n: int, args, rng) -> dict:
     del exact
 
     p = IndexParams(ann_above=1, hnsw_m=args.m, hnsw_ef_construction=args.ef_construction,
-                    hnsw_ef_search=args.ef[0])
+                    hnsw_ef_search=args.ef[0], background_build=False)
     ann, info = build(p, data)
     info.update({"M": args.m, "efConstruction": args.ef_construction})
     print(f"hnsw build {info}", flush=True)
@@ -144,9 +144,11 @@ def main() -> None:
     t0 = time.perf_counter()
     out = {"bench": "gallery", "dim": DIM, "queries": args.queries, "k": 5,
            "machine": {"cpus": os.cpu_count(), "faiss_threads": faiss.omp_get_max_threads(),
+                       "loadavg_1_5_15_at_start": [round(x, 2) for x in os.getloadavg()],
                        "faiss": faiss.__version__, "python": platform.python_version()},
            "sizes": [bench_size(n, args, rng) for n in args.sizes]}
     out["total_s"] = round(time.perf_counter() - t0, 1)
+    out["machine"]["loadavg_1_5_15_at_end"] = [round(x, 2) for x in os.getloadavg()]
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(out, indent=2) + "\n")
     print(f"wrote {args.out} in {out['total_s']} s", flush=True)

@@ -4,6 +4,11 @@ Exact inner product (`IndexIDMap2(IndexFlatIP)`) by default. Once the gallery ho
 templates it switches to HNSW (`IndexIDMap2(IndexHNSWFlat(d, M, METRIC_INNER_PRODUCT))`), and back to exact
 below half of that (hysteresis, so a gallery hovering at the threshold does not rebuild on every change).
 
+Building HNSW takes minutes at a million vectors on 2 cores, so (background_build, the default) the graph is
+built on a thread from a copy of the live vectors while searches keep using the current index (exact search
+stays correct, just slower); changes made meanwhile are applied to both, and the new graph is swapped in when
+ready. A process starting from a large snapshot therefore serves at once.
+
 Removal: the flat index removes vectors in place (`remove_ids`). HNSW cannot delete graph nodes, so removed
 template ids become tombstones that searches filter out (over-fetching to make up for them); once tombstones
 exceed `tombstone_rebuild_fraction` of the index the graph is rebuilt from the live vectors. A removed
@@ -14,12 +19,16 @@ Search returns, per query, the top-k *identities*, each scored by its best templ
 """
 from __future__ import annotations
 
+import logging
 import threading
+import time
 from dataclasses import dataclass
 
 import faiss
 import numpy as np
 
+
+log = logging.getLogger("facetrail.gallery")
 
 SMALL_BATCH = 8  # searches of fewer queries run single-threaded
 
@@ -32,6 +41,7 @@ class IndexParams:
     hnsw_ef_construction: int = 80
     hnsw_ef_search: int = 128
     tombstone_rebuild_fraction: float = 0.1
+    background_build: bool = True
 
 
 def normalize(vectors: np.ndarray) -> np.ndarray:
@@ -55,6 +65,10 @@ class GalleryIndex:
         self._tombstones: set[int] = set()
         self._index = self._new_flat()
         self.kind = "flat"
+        self._gen = 0                              # bumped by clear(): a build for an older state is dropped
+        self._builder: threading.Thread | None = None
+        self._pend_add: list[tuple[np.ndarray, np.ndarray]] = []
+        self._pend_rm: set[int] = set()
 
     # ---- construction -------------------------------------------------------------------------------
     def _new_flat(self) -> faiss.Index:
@@ -80,14 +94,65 @@ class GalleryIndex:
         return ids, np.ascontiguousarray(vecs, dtype=np.float32)
 
     def _rebuild(self, kind: str) -> None:
+        if kind == "hnsw" and self.params.background_build:
+            self._start_build()
+            return
         ids, vecs = self._live_vectors()
-        self._index = self._new_hnsw() if kind == "hnsw" else self._new_flat()
-        self.kind = kind
-        self._tombstones.clear()
+        t = time.monotonic()
+        index = self._new_hnsw() if kind == "hnsw" else self._new_flat()
         if len(ids):
-            self._index.add_with_ids(vecs, ids)
+            index.add_with_ids(vecs, ids)
+        self._index, self.kind = index, kind
+        self._tombstones.clear()
+        log.info("gallery index rebuilt as %s: %d templates in %.1fs", kind, len(ids), time.monotonic() - t)
+
+    @property
+    def building(self) -> bool:
+        return self._builder is not None
+
+    def _start_build(self) -> None:
+        ids, vecs = self._live_vectors()
+        self._pend_add, self._pend_rm = [], set()
+        self._builder = threading.Thread(target=self._build, args=(ids, vecs, self._gen), daemon=True,
+                                         name="gallery-hnsw-build")
+        self._builder.start()
+
+    def _build(self, ids: np.ndarray, vecs: np.ndarray, gen: int) -> None:
+        t = time.monotonic()
+        log.info("gallery index: building HNSW over %d templates in the background", len(ids))
+        try:
+            index = self._new_hnsw()
+            if len(ids):
+                index.add_with_ids(vecs, ids)
+        except Exception:  # noqa: BLE001 - keep serving from the current index
+            log.exception("gallery index: HNSW build failed; staying on %s", self.kind)
+            with self._lock:
+                if gen == self._gen:
+                    self._builder = None
+            return
+        with self._lock:
+            if gen != self._gen:
+                return
+            for a_ids, a_vecs in self._pend_add:  # added while we built
+                index.add_with_ids(a_vecs, a_ids)
+            present = set(ids.tolist()).union(*(a.tolist() for a, _ in self._pend_add))
+            self._tombstones = {t for t in self._pend_rm if t in present}
+            self._index, self.kind = index, "hnsw"
+            self._pend_add, self._pend_rm, self._builder = [], set(), None
+            log.info("gallery index switched to HNSW: %d templates, built in %.1fs", len(self._owner),
+                     time.monotonic() - t)
+            self._maybe_switch()
+
+    def wait_ready(self, timeout: float | None = None) -> bool:
+        """Wait for a background HNSW build to finish; True when none is running."""
+        b = self._builder
+        if b is not None:
+            b.join(timeout)
+        return self._builder is None
 
     def _maybe_switch(self) -> None:
+        if self._builder is not None:
+            return
         live = len(self._owner)
         if self.kind == "flat" and live > self.params.ann_above:
             self._rebuild("hnsw")
@@ -122,13 +187,17 @@ class GalleryIndex:
                 return
             if len(fresh) != len(ids):
                 ids, vecs, owners = ids[fresh], vecs[fresh], [owners[i] for i in fresh]
-            if self.kind == "flat" and len(self._owner) + len(ids) > self.params.ann_above:
+            big = self.kind == "flat" and len(self._owner) + len(ids) > self.params.ann_above
+            if big and not self.params.background_build:
                 self._rebuild("hnsw")  # switch before adding: a big batch goes straight into the graph
             for t, o in zip(ids.tolist(), owners):
                 lab = self._label(o)
                 self._owner[t] = lab
                 self._by_label[lab].add(t)
             self._index.add_with_ids(vecs, ids)
+            if self._builder is not None:
+                self._pend_add.append((ids, vecs))
+            self._maybe_switch()
 
     def remove(self, ids) -> int:
         """Remove templates by id; returns how many were present."""
@@ -143,6 +212,8 @@ class GalleryIndex:
                 self._index.remove_ids(np.asarray(gone, dtype=np.int64))
             else:
                 self._tombstones.update(gone)
+            if self._builder is not None:
+                self._pend_rm.update(gone)
             self._maybe_switch()
             return len(gone)
 
@@ -159,7 +230,9 @@ class GalleryIndex:
 
     def clear(self) -> None:
         with self._lock:
+            gen = self._gen + 1
             self.__init__(self.params)
+            self._gen = gen
 
     # ---- queries ------------------------------------------------------------------------------------
     def __len__(self) -> int:

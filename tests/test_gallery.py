@@ -1,6 +1,8 @@
 """Gallery: FAISS index, Redis truth + change log, replicas (sync, snapshot, catch-up), enrollment rules."""
 from __future__ import annotations
 
+import threading
+
 import cv2
 import numpy as np
 import pytest
@@ -55,10 +57,11 @@ def test_index_best_template_per_identity_and_remove():
 
 def test_index_switches_to_hnsw_and_filters_removed():
     rng = np.random.default_rng(2)
-    ix = GalleryIndex(IndexParams(ann_above=100, hnsw_m=16, hnsw_ef_construction=40, hnsw_ef_search=64))
+    ix = GalleryIndex(IndexParams(ann_above=100, hnsw_m=16, hnsw_ef_construction=40, hnsw_ef_search=64,
+                                  background_build=False))
     vecs = unit(rng, 300)
     ix.add(np.arange(300), vecs, [f"p{i // 3}" for i in range(300)])
-    assert ix.kind == "hnsw"
+    assert ix.kind == "hnsw" and not ix.building
     assert ix.search(near(vecs[30], rng), k=2)[0][0][0] == "p10"
     ix.remove([30, 31, 32])
     top = ix.search(vecs[30], k=5)[0]
@@ -67,6 +70,27 @@ def test_index_switches_to_hnsw_and_filters_removed():
     assert ix.kind == "flat" and len(ix) == 45
     assert ix.search(vecs[290], k=1)[0][0] == ("p96", pytest.approx(1.0, abs=1e-5))
     assert "p10" not in ix.identities() or ix.template_ids("p10") == []
+
+
+def test_background_hnsw_build_serves_exact_meanwhile_and_keeps_changes(monkeypatch):
+    rng = np.random.default_rng(7)
+    vecs = unit(rng, 260)
+    ix = GalleryIndex(IndexParams(ann_above=100, hnsw_m=16, hnsw_ef_construction=40, hnsw_ef_search=64))
+    gate = threading.Event()
+    new_hnsw = ix._new_hnsw
+    monkeypatch.setattr(ix, "_new_hnsw", lambda: (gate.wait(30), new_hnsw())[1])
+    ix.add(np.arange(200), vecs[:200], [f"p{i // 2}" for i in range(200)])
+    assert ix.building and ix.kind == "flat"  # the graph is being built; exact search serves meanwhile
+    assert ix.search(vecs[10], k=1)[0][0][0] == "p5"
+    ix.add(np.arange(200, 260), vecs[200:], [f"q{i}" for i in range(60)])  # changes during the build
+    ix.remove_identity("p5")
+    ix.remove([250])
+    gate.set()
+    assert ix.wait_ready(30) and ix.kind == "hnsw" and len(ix) == 257
+    assert ix.search(vecs[230], k=1)[0][0][0] == "q30"
+    assert "p5" not in [i for i, _ in ix.search(vecs[10], k=5)[0]]
+    assert "q50" not in [i for i, _ in ix.search(vecs[250], k=5)[0]]
+    assert all(i != "p5" for row in ix.search(vecs[:20], k=3) for i, _ in row)
 
 
 def test_decide_threshold_and_margin():
