@@ -530,6 +530,14 @@ def test_worker_role_serves_until_stopped(settings):
     assert status == 200
     assert httpx.get(url.replace("/healthz", "/docs"), timeout=5).status_code == 200
     assert "/v1/events" in httpx.get(url.replace("/healthz", "/openapi.json"), timeout=5).json()["paths"]
+    # it reports itself as a live `api` worker
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and "api" not in httpx.get(url, timeout=5).json()["workers"]:
+        time.sleep(0.1)
+    assert httpx.get(url, timeout=5).json()["workers"]["api"]["consumers"] == ["api-test"]
+    # a second server on the same port fails loudly instead of pretending to serve
+    with pytest.raises(RuntimeError, match="could not start"):
+        run(settings, consumer="api-dup", stop=threading.Event())
     stop.set()
     t.join(30)
     assert not t.is_alive() and not errors

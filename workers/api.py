@@ -1,5 +1,5 @@
-"""The API as a role: `run(settings, consumer=..., stop=...)` serves until `stop` is set (used by
-`facetrail up`); `serve_forever(settings)` is `facetrail api`."""
+"""The API as a role: `run(settings, consumer=..., stop=...)` serves until `stop` is set (`facetrail up` runs it
+as `facetrail worker api`); `serve_forever(settings)` is `facetrail api`."""
 from __future__ import annotations
 
 import logging
@@ -21,26 +21,56 @@ def _server(settings: Settings) -> uvicorn.Server:
     return uvicorn.Server(config)
 
 
+def _heartbeat(server: uvicorn.Server, settings: Settings, consumer: str, stop: threading.Event) -> None:
+    """Beat as role `api` (seen in /healthz and /metrics) while the server is up."""
+    from pipeline.metrics import Heartbeat
+
+    hb = Heartbeat(server.config.app.state.ft.redis, settings, "api", consumer)
+    while not stop.wait(min(1.0, settings.workers.heartbeat_s)):
+        if server.started:
+            hb.beat()
+    hb.clear()
+
+
 def run(settings: Settings, *, consumer: str = "api", stop: threading.Event) -> None:
-    """Serve the API until stop is set. Safe to call from a non-main thread (no signal handlers there)."""
+    """Serve the API until stop is set. Safe to call from a non-main thread (uvicorn then installs no signal
+    handlers). Raises RuntimeError when the server cannot start (e.g. the port is taken)."""
     server = _server(settings)
+    done = threading.Event()
 
     def _watch() -> None:
-        stop.wait()
+        while not (stop.wait(0.2) or done.is_set()):
+            pass
         server.should_exit = True
 
     threading.Thread(target=_watch, name=f"{consumer}-stop", daemon=True).start()
+    hb_stop = threading.Event()
+    threading.Thread(target=_heartbeat, args=(server, settings, consumer, hb_stop), name=f"{consumer}-hb",
+                     daemon=True).start()
     log.info("api %s listening on %s:%s", consumer, settings.api.host, settings.api.port)
     try:
         server.run()
     except SystemExit:  # uvicorn exits when it cannot bind
-        server.started = False
+        if server.started or stop.is_set():
+            raise
+    finally:
+        done.set()
+        hb_stop.set()
     if not server.started and not stop.is_set():
-        raise RuntimeError(f"API server could not start on {settings.api.host}:{settings.api.port}")
+        raise RuntimeError(f"API server could not start on {settings.api.host}:{settings.api.port} "
+                           f"(port in use or address not available?)")
 
 
 def serve_forever(settings: Settings) -> int:
     server = _server(settings)
     print(f"facetrail API on http://{settings.api.host}:{settings.api.port} (docs at /docs)", flush=True)
-    server.run()
-    return 0 if server.started else 1
+    try:
+        server.run()
+    except SystemExit:
+        pass
+    if not server.started:
+        from pipeline.cli import UserError
+
+        raise UserError(f"cannot serve on {settings.api.host}:{settings.api.port} (port in use or address not "
+                        f"available?)")
+    return 0
