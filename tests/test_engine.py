@@ -181,3 +181,17 @@ def test_registries_and_device_resolution(models_dir):
 def test_face_type_is_unchanged():
     f = Face(box=np.array([1.0, 2.0, 3.0, 4.0]), landmarks=np.zeros((5, 2)), score=0.9)
     assert f.quality == 0.0 and f.embedding is None and f.box_list() == [1.0, 2.0, 3.0, 4.0]
+
+
+def test_concurrent_callers_get_the_same_results(engine, faces_dir):
+    """The API and workers share one engine across threads: cv2 objects keep per-call state behind locks."""
+    from concurrent.futures import ThreadPoolExecutor
+    fr = faces_dir / "face_recognition"
+    imgs = [load_image(fr / n) for n in ("two_people.jpg", "obama.jpg", "biden.jpg", "obama_small.jpg")]
+    want = [[f.embedding for f in faces] for faces in engine.analyze(imgs)]
+    with ThreadPoolExecutor(4) as pool:
+        got = list(pool.map(lambda i: engine.analyze([imgs[i % 4]])[0], range(12)))
+    for i, faces in enumerate(got):
+        assert len(faces) == len(want[i % 4])
+        for f, w in zip(faces, want[i % 4]):
+            assert float(f.embedding @ w) > 0.9999

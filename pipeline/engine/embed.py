@@ -7,6 +7,7 @@ cpu. Both backends give the same vectors (cosine >= 0.9999, tested on CPU). "sfa
 """
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 
 import cv2
@@ -51,6 +52,7 @@ class SFaceEmbedder(Embedder):
         self.batch = batch
         with quiet_cv2():
             self._net = cv2.dnn.readNetFromONNX(str(model_path))
+        self._lock = threading.Lock()  # a cv2.dnn.Net holds its input as state: one forward at a time
 
     def embed(self, crops: list[np.ndarray]) -> np.ndarray:
         if not len(crops):
@@ -60,8 +62,9 @@ class SFaceEmbedder(Embedder):
         for i in range(0, len(crops), self.batch):
             chunk = list(crops[i:i + self.batch])
             blob = cv2.dnn.blobFromImages(chunk, 1.0, (112, 112), (0, 0, 0), swapRB=True, crop=False)
-            self._net.setInput(blob)
-            out.append(self._net.forward().reshape(len(chunk), -1))
+            with self._lock:
+                self._net.setInput(blob)
+                out.append(self._net.forward().reshape(len(chunk), -1).copy())
         return l2_normalize(np.concatenate(out))
 
 
