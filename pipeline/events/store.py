@@ -154,13 +154,15 @@ class EventStore:
                 "stream": self.names.events, "maxlen": self.settings.sinks.events_maxlen,
                 "channel": self.names.events if self.settings.sinks.pubsub else "",
                 "sets": [list(kv) for kv in sets],
-                "ack": {"stream": ack[0], "group": ack[1], "ids": list(ack[2]), "delete": delete_acked} if ack else None}
+                "ack": ({"stream": ack[0], "group": ack[1], "ids": list(ack[2]), "delete": delete_acked}
+                        if ack else None)}
 
     def commit(self, events: list[Event], *, fence: tuple[str, str] | None = None,
                sets: list[tuple[str, str]] = (), ack: tuple[str, str, list[str]] | None = None,
                delete_acked: bool = False) -> int:
-        """Write events (each id once), then `sets`, then ack (and XDEL with delete_acked) — atomically. Returns how many events were new;
-        raises FencedError when `fence` = (lease key, our value) no longer holds."""
+        """Write events (each id once), then `sets`, then ack (and XDEL with delete_acked), atomically.
+        Returns how many events were new; raises FencedError when `fence` = (lease key, our value) no longer
+        holds (then nothing at all was written)."""
         op = self.commit_op(events, fence=fence, sets=sets, ack=ack, delete_acked=delete_acked)
         n = int(self._commit(keys=[], args=[json.dumps(op)]))
         if n < 0:
