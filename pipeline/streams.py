@@ -154,9 +154,13 @@ class ConsumingEmitter(Emitter):
 
 
 # KEYS: 1 frames stream, 2 seq counter, 3 camera status hash, 4 grabber lease key, 5 global drops counter
-# ARGV: 1 maxlen, 2 payload, 3 next seq (stored after the add), 4 mode ('drop' | 'wait'), 5 lease token ('' = none)
+# ARGV: 1 maxlen, 2 payload, 3 next seq (stored after the add), 4 mode ('drop' | 'wait'), 5 lease token ('' = none),
+#       6 consumer group of the stream
 # Returns: >= 0 number of frames dropped (oldest first) to make room; -1 full in 'wait' mode (nothing written);
 #          -2 the lease is held by someone else (fenced off, nothing written).
+# Only frames no detector has taken yet (after the group's last-delivered-id) are dropped, so every counted drop
+# is a frame that is never processed; frames in flight are left alone (the stream may then exceed maxlen by the
+# in-flight count, itself bounded by batch_max x detectors).
 _PUSH_FRAME = """
 if ARGV[5] ~= '' and redis.call('GET', KEYS[4]) ~= ARGV[5] then return -2 end
 local maxlen = tonumber(ARGV[1])
@@ -164,10 +168,23 @@ local n = redis.call('XLEN', KEYS[1])
 local dropped = 0
 if n >= maxlen then
   if ARGV[4] == 'wait' then return -1 end
-  dropped = n - maxlen + 1
-  redis.call('XTRIM', KEYS[1], 'MAXLEN', maxlen - 1)
-  redis.call('HINCRBY', KEYS[3], 'drops', dropped)
-  redis.call('INCRBY', KEYS[5], dropped)
+  local from = '-'
+  if redis.call('EXISTS', KEYS[1]) == 1 then
+    for _, g in ipairs(redis.call('XINFO', 'GROUPS', KEYS[1])) do
+      local info = {}
+      for i = 1, #g, 2 do info[g[i]] = g[i + 1] end
+      if info['name'] == ARGV[6] then from = '(' .. info['last-delivered-id'] end
+    end
+  end
+  local old = redis.call('XRANGE', KEYS[1], from, '+', 'COUNT', n - maxlen + 1)
+  for _, e in ipairs(old) do
+    redis.call('XDEL', KEYS[1], e[1])
+    dropped = dropped + 1
+  end
+  if dropped > 0 then
+    redis.call('HINCRBY', KEYS[3], 'drops', dropped)
+    redis.call('INCRBY', KEYS[5], dropped)
+  end
 end
 redis.call('XADD', KEYS[1], '*', 'm', ARGV[2])
 redis.call('SET', KEYS[2], ARGV[3])
@@ -178,17 +195,18 @@ return dropped
 class FramePusher:
     """Bounded XADD to frames:{camera}: at most maxlen entries (backlog not yet finished by a detector).
 
-    mode 'drop' (live sources): when full, the oldest waiting frames are trimmed and every one is counted
-    (camera status `drops` and the global drops counter). mode 'wait' (files): returns -1 and the caller waits."""
+    mode 'drop' (live sources): when full, the oldest frames no detector has taken yet are deleted and every one
+    is counted (camera status `drops` and the global drops counter). mode 'wait' (files): returns -1 and the
+    caller waits."""
 
     def __init__(self, r: redis.Redis):
         self.r = r
         self._script = r.register_script(_PUSH_FRAME)
 
     def push(self, *, stream: str, seq_key: str, status_key: str, lease_key: str, drops_key: str, maxlen: int,
-             payload: bytes, next_seq: int, mode: str = "drop", token: str = "") -> int:
+             payload: bytes, next_seq: int, mode: str = "drop", token: str = "", group: str = "detectors") -> int:
         return int(self._script(keys=[stream, seq_key, status_key, lease_key, drops_key],
-                                args=[maxlen, payload, next_seq, mode, token]))
+                                args=[maxlen, payload, next_seq, mode, token, group]))
 
 
 def reclaim_entries(r: redis.Redis, stream: str, group: str, consumer: str, min_idle_ms: int,

@@ -16,7 +16,7 @@ from pipeline.backbone import connect
 from pipeline.cameras import CameraRegistry, Lease, grabber_lease_key
 from pipeline.config import CameraConfig, Settings
 from pipeline.messages import EmbeddingsMsg, FacesMsg, FrameMsg
-from pipeline.metrics import drops_key, metrics_key
+from pipeline.metrics import drops_key, metrics_key, read_metrics
 from pipeline.streams import StreamNames
 from workers.detector import DetectorWorker
 from workers.embedder import EmbedderWorker
@@ -94,6 +94,14 @@ def test_detector_and_embedder_redelivery_never_duplicates(settings, faces_dir):
             assert v.shape == (128,) and abs(float((v * v).sum()) - 1.0) < 1e-3
             assert ef.thumb_jpeg and cv2.imdecode(np.frombuffer(ef.thumb_jpeg, np.uint8), 1) is not None
     assert r.xpending(names.faces, "embedders")["pending"] == 0
+
+    for w in (a, b, ea, eb):
+        w.metrics.maybe_flush(force=True)
+    m = read_metrics(r, s)
+    assert m["stages"]["detector"]["total"]["frames"] == 8 and m["stages"]["embedder"]["total"]["frames"] == 8
+    assert m["stages"]["detector"]["total"]["reclaimed"] == 0  # set by the run loop, not by handle()
+    assert m["queues"][names.frames("door")] == {"length": 0, "pending": 0, "consumers": 2}
+    assert m["queues"][names.faces]["length"] == 0
 
 
 def _worker(role, env, consumer):
@@ -225,3 +233,25 @@ def test_frame_push_is_fenced_by_the_camera_lease(settings, faces_dir):
     first = lease.fence
     lease.release()
     assert other.acquire() and other.fence == first + 1
+
+
+def test_drops_never_touch_frames_in_flight(settings, faces_dir):
+    """Only frames no detector has taken are dropped: a counted drop is a frame that is never processed."""
+    s = with_workers(settings, frames_maxlen=4)
+    r = connect(s)
+    names = StreamNames(s.redis.key_prefix)
+    img = clip_frames(faces_dir, 1)[0]
+    CameraRegistry(r, s).add(CameraConfig(name="yard", url="test://pushed", external=True))
+    pub = FramePublisher(r, s, "yard")
+    from pipeline.streams import ensure_group
+
+    ensure_group(r, names.frames("yard"), "detectors")
+    for _ in range(3):
+        pub.publish(img, captured_at=time.time(), pts=None)
+    taken = r.xreadgroup("detectors", "slow", {names.frames("yard"): ">"}, count=2)  # seq 0, 1 in flight
+    assert len(taken[0][1]) == 2
+    for _ in range(5):
+        pub.publish(img, captured_at=time.time(), pts=None)
+    left = [FrameMsg.decode(f[b"m"]).frame.seq for _, f in r.xrange(names.frames("yard"))]
+    assert left == [0, 1, 6, 7]
+    assert CameraRegistry(r, s).status("yard")["drops"] == 4 == pub.drops

@@ -60,6 +60,7 @@ class BatchReader:
         self._known: set[str] = set()
         self._last_refresh = 0.0
         self._last_reclaim = 0.0
+        self._last_forget = time.monotonic()
         self.reclaimed = 0
 
     def refresh(self, force: bool = False) -> list[str]:
@@ -78,11 +79,28 @@ class BatchReader:
             self.streams = streams
         return self.streams
 
+    def _forget_dead_consumers(self) -> None:
+        """Consumers that hold nothing and have been silent for long (crashed and restarted under a new name)
+        are removed from the group, so XINFO and metrics do not fill up with them. Nothing pending is lost."""
+        idle_limit = max(10 * self.reclaim_idle_ms, 120_000)
+        for s in self.streams:
+            try:
+                for c in self.r.xinfo_consumers(s, self.group):
+                    name = c["name"].decode() if isinstance(c["name"], bytes) else c["name"]
+                    if name != self.consumer and int(c["pending"]) == 0 and int(c["idle"]) > idle_limit:
+                        self.r.xgroup_delconsumer(s, self.group, name)
+                        log.info("%s: removed idle consumer %s from %s/%s", self.consumer, name, s, self.group)
+            except redis.ResponseError:
+                continue
+
     def _reclaim(self) -> list[Entry]:
         now = time.monotonic()
         if now - self._last_reclaim < self.reclaim_every_s:
             return []
         self._last_reclaim = now
+        if now - self._last_forget > 60:
+            self._last_forget = now
+            self._forget_dead_consumers()
         out: list[Entry] = []
         for s in self.streams:
             got = reclaim_entries(self.r, s, self.group, self.consumer, self.reclaim_idle_ms,
