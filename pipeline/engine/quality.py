@@ -4,8 +4,8 @@
 
 - size      = clip((min(w, h) - 20) / (80 - 20), 0, 1): a face 20 px or smaller is useless for recognition, 80 px and
               up is as good as the 112 px aligned crop needs.
-- sharpness = 1 - exp(-v / 200), v = variance of the Laplacian of the face box resized to 64x64 grey: texture left
-              at about the scale the embedder sees. Sharp shared photos measure v 600..2500 (score >= 0.95); a
+- sharpness = 1 - exp(-v / 200), v = variance of the Laplacian of the face box resized to 64x64 grey (or to
+              its own size when smaller, never upscaled past 24 px): texture left at about the scale the embedder sees. Sharp shared photos measure v 600..2500 (score >= 0.95); a
               Gaussian blur of sigma 1 / 2 / 3 px at that scale brings v to ~100-400 / 25-130 / 10-65.
 - frontal   = clip(1 - (yaw + pitch), 0, 1) from the 5 landmarks in the eye-line frame (roll does not matter:
               alignment removes it): yaw = 2 * |nose - eye-midpoint| / eye distance along the eye line, beyond
@@ -37,8 +37,10 @@ def sharpness_value(image: np.ndarray, face: Face) -> float:
         return 0.0
     crop = image[y0:y1, x0:x1]
     grey = cv2.cvtColor(crop, cv2.COLOR_BGR2GRAY) if crop.ndim == 3 else crop
-    interp = cv2.INTER_AREA if min(grey.shape) >= 64 else cv2.INTER_LINEAR
-    small = cv2.resize(grey, (64, 64), interpolation=interp)
+    # 64x64, or the face's own size when smaller: upscaling a small face would blur it and count it twice
+    side = int(np.clip(min(grey.shape), 24, 64))
+    interp = cv2.INTER_AREA if min(grey.shape) >= side else cv2.INTER_LINEAR
+    small = cv2.resize(grey, (side, side), interpolation=interp)
     return float(cv2.Laplacian(small, cv2.CV_64F).var())
 
 
