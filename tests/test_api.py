@@ -15,6 +15,7 @@ import redis
 from fastapi.testclient import TestClient
 
 from pipeline.api import create_app
+from pipeline.api.keys import ApiKeyError
 from pipeline.events.model import Event
 from pipeline.events.store import EventStore
 
@@ -109,18 +110,18 @@ def test_apikey_cli_create_list_revoke(settings, cli_env):
     raw = created["key"]
     assert raw.startswith("ftk_")
     assert cli("create", "grafana").returncode == 2  # a second active key with that name is refused
-    rows = [json.loads(x) for x in cli("list", "--json").stdout.splitlines()]
-    assert [(k["name"], k["active"]) for k in rows] == [("grafana", True)]
-    assert all("key" not in k and "sha256" not in k for k in rows)
     with _client(settings, require_keys="always") as c:
+        keys = c.app.state.ft.keys
+        assert [(k.name, k.active) for k in keys.list()] == [("grafana", True)]
         assert c.get("/v1/cameras", headers={"X-API-Key": raw}).status_code == 200
         r = cli("revoke", "grafana")
         assert r.returncode == 0, r.stderr
         _err(c.get("/v1/cameras", headers={"X-API-Key": raw}), 401, "invalid_api_key")
+        with pytest.raises(ApiKeyError, match="no active API key"):
+            keys.revoke("grafana")
     rows = [json.loads(x) for x in cli("list", "--json").stdout.splitlines()]
-    assert rows[0]["active"] is False and rows[0]["revoked"]
-    r = cli("revoke", "nobody")
-    assert r.returncode == 2 and "no active API key" in r.stderr
+    assert [(k["name"], k["active"], k["id"]) for k in rows] == [("grafana", False, created["id"])]
+    assert rows[0]["revoked"] and all("key" not in k and "sha256" not in k for k in rows)
 
 
 # ------------------------------------------------------------------------------------------------- uploads
