@@ -161,7 +161,7 @@ def run_demo(models_dir: Path, *, synthetic: bool = False, keep: bool = False,
     """Returns {"scenario", "events": [...], "matched": {name: n}, "unknown_tracks": n, "snapshots": dir}."""
     base = demo_dir()
     if base.exists() and not keep:
-        if not (base / MARKER).exists() and any(base.iterdir()):
+        if not (base / MARKER).exists() and any(p.name != "cache" for p in base.iterdir()):
             raise DemoError(f"{base} exists and is not a facetrail demo dir; set FACETRAIL_DEMO_DIR elsewhere")
         for p in base.iterdir():
             if p.name != "cache":
