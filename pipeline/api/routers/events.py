@@ -2,10 +2,8 @@
 from __future__ import annotations
 
 import asyncio
-import datetime as dt
 import json
 import logging
-import re
 import time
 from typing import Literal
 
@@ -25,9 +23,6 @@ router = APIRouter(prefix="/events", tags=["events"])
 
 EVENT_ID = r"^[0-9a-f]{1,64}$"
 CAMERA = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
-_REL = re.compile(r"^(\d+(?:\.\d+)?)\s*([smhdw])$")
-_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
-
 TIME_HELP = "unix seconds, ISO 8601 (2026-01-31T12:00:00Z) or an age like 15m, 2h, 7d"
 
 
@@ -36,28 +31,26 @@ class EventPage(BaseModel):
     next_cursor: str | None = Field(None, description="pass as ?cursor= for the next page; null at the end")
 
 
-def parse_time(value: str | None, field: str, now: float | None = None) -> float | None:
-    """unix seconds | ISO 8601 | relative age ('15m', '2h', '7d' = that long before now)."""
-    if value is None or value == "":
+def parse_time(value: str | None, field: str) -> float | None:
+    """The CLI's time syntax (pipeline.cli.events_cmd.parse_time); a bad value is a 422."""
+    from ...cli.events_cmd import parse_time as _parse
+
+    try:
+        return _parse(value)
+    except ValueError as e:
+        raise ApiError(422, "invalid_request", f"{field}: {e}") from None
+
+
+def resolve_identity(st, identity: str | None) -> str | None:
+    """As `facetrail events --identity`: a gallery name or id resolves to the person's id (so events from before
+    a rename are found); anything else is matched as a name."""
+    if not identity:
         return None
-    v = value.strip()
     try:
-        f = float(v)
-        if f != f or f in (float("inf"), float("-inf")):
-            raise ValueError
-        return f
-    except ValueError:
-        pass
-    m = _REL.match(v)
-    if m:
-        return (time.time() if now is None else now) - float(m.group(1)) * _UNITS[m.group(2)]
-    try:
-        t = dt.datetime.fromisoformat(v.replace("Z", "+00:00"))
-    except ValueError:
-        raise ApiError(422, "invalid_request", f"{field}: {value[:64]!r} is not a time ({TIME_HELP})") from None
-    if t.tzinfo is None:
-        t = t.replace(tzinfo=dt.timezone.utc)
-    return t.timestamp()
+        from index.store import GalleryStore
+    except ImportError:
+        return None
+    return GalleryStore(st.redis, st.settings).resolve(identity)
 
 
 def _store(request: Request):
@@ -71,7 +64,8 @@ def _store(request: Request):
 async def query_events(
         request: Request,
         camera: str | None = Query(None, pattern=CAMERA),
-        identity: str | None = Query(None, min_length=1, max_length=128, description="gallery name (any case)"),
+        identity: str | None = Query(None, min_length=1, max_length=200,
+                                     description="gallery name (any case) or identity id"),
         identity_id: str | None = Query(None, min_length=1, max_length=64),
         unknown: bool = Query(False, description="only tracks that ended without a match"),
         type: list[Literal["track.started", "identity.matched", "track.ended"]] | None = Query(  # noqa: A002
@@ -83,11 +77,15 @@ async def query_events(
         cursor: str | None = Query(None, max_length=512),
         order: Literal["asc", "desc"] = Query("desc")):
     t0, t1 = parse_time(since, "since"), parse_time(until, "until")
+    if identity and unknown:
+        raise ApiError(422, "invalid_request", "identity and unknown exclude each other")
     store = _store(request)
 
     def work():
+        iid = identity_id or resolve_identity(state(request), identity)
         try:
-            return store.query(camera=camera, identity=identity, identity_id=identity_id, unknown=unknown,
+            return store.query(camera=camera, identity=None if iid else identity, identity_id=iid,
+                               unknown=unknown,
                                since=t0, until=t1, min_score=min_score, types=list(type) if type else None,
                                limit=limit, cursor=cursor, order=order)
         except ValueError as e:
@@ -97,12 +95,19 @@ async def query_events(
     return EventPage(events=page.events, next_cursor=page.cursor)
 
 
-def _matches(ev: Event, camera, identity, types) -> bool:
+def _matches(ev: Event, camera, identity, identity_id, unknown, types, min_score) -> bool:
+    """The filters of `facetrail events --follow`."""
     if camera and ev.camera != camera:
         return False
-    if identity and (ev.identity or "").lower() != identity.lower():
+    if identity_id and ev.identity_id != identity_id:
         return False
-    return not types or ev.type in types
+    if identity and not identity_id and (ev.identity or "").lower() != identity.lower():
+        return False
+    if unknown and (ev.identity_id or ev.type != "track.ended"):
+        return False
+    if types and ev.type not in types:
+        return False
+    return min_score is None or (ev.score is not None and ev.score >= min_score)
 
 
 @router.get("/stream", summary="live tail as server-sent events (text/event-stream)",
@@ -112,8 +117,11 @@ def _matches(ev: Event, camera, identity, types) -> bool:
 async def stream_events(
         request: Request,
         camera: str | None = Query(None, pattern=CAMERA),
-        identity: str | None = Query(None, min_length=1, max_length=128),
+        identity: str | None = Query(None, min_length=1, max_length=200,
+                                     description="gallery name (any case) or identity id"),
+        unknown: bool = Query(False, description="only tracks that ended without a match"),
         type: list[Literal["track.started", "identity.matched", "track.ended"]] | None = Query(None),  # noqa: A002
+        min_score: float | None = Query(None, ge=-1.0, le=1.0),
         after: str | None = Query(None, pattern=r"^(\$|0|\d{1,20}-\d{1,20})$",
                                   description="stream id to resume after ($ = only new events, 0 = from the start)"),
         limit: int | None = Query(None, ge=1, le=100_000, description="close after this many events"),
@@ -128,6 +136,7 @@ async def stream_events(
         last = await run_in_threadpool(st.redis.xrevrange, stream, "+", "-", 1)
         start = last[0][0].decode() if last else "0-0"
     types = set(type or ())
+    iid = await run_in_threadpool(resolve_identity, st, identity)
 
     async def gen():
         cursor, sent, idle_since, ka = start, 0, time.monotonic(), time.monotonic()
@@ -154,7 +163,7 @@ async def stream_events(
                     except Exception:  # noqa: BLE001 - an unreadable entry is skipped, not fatal
                         log.warning("events stream: unreadable entry %s skipped", cursor)
                         continue
-                    if not _matches(ev, camera, identity, types):
+                    if not _matches(ev, camera, identity, iid, unknown, types, min_score):
                         continue
                     yield f"id: {cursor}\nevent: {ev.type}\ndata: {ev.encode()}\n\n"
                     sent += 1
