@@ -220,3 +220,41 @@ def test_unregistered_camera_without_eos_gets_its_tracks_ended(settings, world, 
         t.join(30)
     assert [e.type for e in store.query(camera=CAM).events] == ["track.started", "identity.matched",
                                                                  "track.ended"]
+
+
+def test_entries_left_pending_by_a_stale_reader_are_taken_over(settings, world):
+    """A matcher that lost the camera may read a few entries before it notices; they stay pending under its
+    name. The owner takes them over after lease_ttl_s instead of skipping those frames."""
+    import threading
+
+    from workers.matcher import run
+
+    settings.tracking.lease_ttl_s = 1.0
+    settings.tracking.reorder_timeout_ms = 600_000  # a skipped frame would change the events: never skip here
+    r = redis.Redis.from_url(settings.redis.url)
+    stream = StreamNames(settings.redis.key_prefix).embeddings(CAM)
+    for m in world[:50]:
+        r.xadd(stream, {"m": m.encode()})
+    rep = GalleryReplica(r, settings).start()
+    expected = reference_events(r, settings, world)
+    stop = threading.Event()
+    t = threading.Thread(target=run, args=(settings,), kwargs=dict(consumer="owner", stop=stop,
+                                                                   search=lambda v: rep.search(v, 5)))
+    t.start()
+    try:
+        assert wait_until(lambda: int(r.get(progress_key(settings, CAM)) or -1) == 49)
+        pipe = r.pipeline(transaction=True)  # frames 50..79 land straight in the stale reader's hands
+        for m in world[50:80]:
+            pipe.xadd(stream, {"m": m.encode()})
+        pipe.xreadgroup("matchers", "stale", {stream: ">"}, count=100)
+        stale = pipe.execute()[-1]
+        assert len(stale[0][1]) == 30
+        for m in world[80:]:
+            r.xadd(stream, {"m": m.encode()})
+        assert wait_until(lambda: int(r.get(progress_key(settings, CAM)) or -1) == N)
+    finally:
+        stop.set()
+        t.join(30)
+    got = EventStore(r, settings).query(camera=CAM, limit=10_000).events
+    assert sorted(map(key_of, got)) == sorted(map(key_of, expected))
+    assert r.xpending(stream, "matchers")["pending"] == 0

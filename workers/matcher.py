@@ -88,7 +88,7 @@ class CameraRunner:
                                                    name=camera)
         self.to_ack: list[str] = []
         self.last_renew = 0.0
-        self.last_trim = self.last_frame = time.monotonic()
+        self.last_trim = self.last_frame = self.last_reclaim = time.monotonic()
         self.frames = 0
         self.events = 0
 
@@ -199,10 +199,29 @@ class CameraRunner:
                       msg_id, msg.frame.camera)
             self.to_ack.append(msg_id)
             return
+        held = self.buffer.get(msg.frame.seq)
+        if held is not None and held[0] == msg_id:
+            return  # the entry we already hold, delivered again (reclaimed): nothing to do
         if not self.buffer.push(msg.frame.seq, (msg_id, msg)):
             log.info("camera=%s seq=%d id=%s: late or duplicate frame (next seq %s); acked without applying",
                      self.camera, msg.frame.seq, msg_id, self.buffer.next_seq)
             self.to_ack.append(msg_id)
+
+    def reclaim_orphans(self) -> int:
+        """Entries delivered to another consumer that went silent (a matcher that lost this camera but read
+        on for a moment before noticing): take them over and feed them. Returns how many."""
+        start, n = "0-0", 0
+        idle = int(self.settings.tracking.lease_ttl_s * 1000)
+        while True:
+            res = self.r.xautoclaim(self.stream, GROUP, self.consumer, min_idle_time=idle, start_id=start,
+                                    count=200)
+            for mid, fields in res[1]:
+                if fields:
+                    self.feed(mid.decode() if isinstance(mid, bytes) else mid, fields.get(b"m"))
+                    n += 1
+            start = res[0].decode() if isinstance(res[0], bytes) else res[0]
+            if start in ("0-0", "0"):
+                return n
 
     def close(self) -> int:
         """End the open tracks of a camera that went away (track.ended events), commit. Returns events."""
@@ -384,6 +403,11 @@ def run(settings: Settings, *, consumer: str, stop: threading.Event, search=None
                         metrics.errors += 1
                         drop(cam, "error while applying frames")
                 for cam, rn in list(runners.items()):
+                    if now - rn.last_reclaim >= 1.0:
+                        rn.last_reclaim = now
+                        if rn.reclaim_orphans():
+                            log.warning("camera=%s matcher=%s: took over entries a previous owner left pending",
+                                        cam, consumer)
                     if now - rn.last_trim >= 10.0:
                         rn.last_trim = now
                         rn.trim()

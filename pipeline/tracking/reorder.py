@@ -83,5 +83,8 @@ class ReorderBuffer(Generic[T]):
         self.floor = floor
         self._waiting_since = None
 
+    def get(self, seq: int) -> T | None:
+        return self._items.get(seq)
+
     def held(self) -> list[int]:
         return sorted(self._items)
