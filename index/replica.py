@@ -166,7 +166,10 @@ class GalleryReplica:
                     continue
                 entries = res[0][1] if res else []
                 for eid, fields in entries:
-                    self._apply(_s(eid), {_s(k): v for k, v in fields.items()})
+                    eid = _s(eid)
+                    if _sid(eid) <= _sid(self.last_id):
+                        continue  # a concurrent sync() applied it already: never apply out of order
+                    self._apply(eid, {_s(k): v for k, v in fields.items()})
                 total += len(entries)
             if len(entries) < batch:
                 return total

@@ -232,3 +232,31 @@ def test_enroll_rules_faces_and_quality(engine_settings, faces_dir):
     with pytest.raises(EnrollError, match=r"quality 0\.\d\d is below min_enroll_quality 0\.70 .*sharpness"):
         templates_from_image(eng, blurred, strict)
     assert templates_from_image(eng, one, strict)
+
+
+def test_concurrent_syncs_of_one_replica_converge(settings):
+    r = redis.Redis.from_url(settings.redis.url)
+    store = GalleryStore(r, settings)
+    rng = np.random.default_rng(8)
+    rep = GalleryReplica(r, settings).start()
+    stop = threading.Event()
+
+    def hammer():
+        while not stop.is_set():
+            rep.search(unit(rng, 1))
+
+    threads = [threading.Thread(target=hammer) for _ in range(3)]
+    for t in threads:
+        t.start()
+    try:
+        for i in range(30):
+            store.enroll(f"p{i}", tpls(unit(rng, 1)))
+            if i % 3 == 0:
+                store.remove(f"p{i}")
+    finally:
+        stop.set()
+        for t in threads:
+            t.join()
+    rep.sync()
+    assert sorted(rep.names.values()) == sorted(i.name for i in store.identities())
+    assert sorted(rep.index.identities()) == sorted(rep.names)
