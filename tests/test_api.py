@@ -11,7 +11,6 @@ import cv2
 import httpx
 import numpy as np
 import pytest
-import redis
 from fastapi.testclient import TestClient
 
 from pipeline.api import create_app
@@ -122,6 +121,7 @@ def test_apikey_cli_create_list_revoke(settings, cli_env):
     rows = [json.loads(x) for x in cli("list", "--json").stdout.splitlines()]
     assert [(k["name"], k["active"], k["id"]) for k in rows] == [("grafana", False, created["id"])]
     assert rows[0]["revoked"] and all("key" not in k and "sha256" not in k for k in rows)
+    assert rows[0]["last_used"] >= rows[0]["created"]
 
 
 # ------------------------------------------------------------------------------------------------- uploads
@@ -238,7 +238,8 @@ def test_redis_down_gives_503(tmp_path, models_dir):
 def test_enroll_identify_same_as_cli(client, settings, cli_env, faces_dir):
     train = faces_dir / "face_recognition" / "knn_examples" / "train"
     for person in ("obama", "biden"):
-        files = [("images", (p.name, p.read_bytes(), "image/jpeg")) for p in sorted((train / person).glob("*.jp*g"))[:2]]
+        photos = sorted((train / person).glob("*.jp*g"))[:2]
+        files = [("images", (p.name, p.read_bytes(), "image/jpeg")) for p in photos]
         r = client.post("/v1/gallery", data={"name": person, "metadata": json.dumps({"team": "x"})}, files=files)
         assert r.status_code == 201, r.text
         assert r.json()["added"] >= 1 and r.json()["refused"] == []

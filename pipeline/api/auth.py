@@ -35,9 +35,9 @@ def require_api_key(request: Request, x_api_key: str | None = Depends(_header),
     raw = x_api_key or (bearer.credentials if bearer else None)
     challenge = {"WWW-Authenticate": 'Bearer realm="facetrail"'}
     if not raw:
-        raise ApiError(401, "missing_api_key", "an API key is required: send `X-API-Key: <key>` or "
-                                               "`Authorization: Bearer <key>` (create one with `facetrail apikey create NAME`)",
-                       headers=challenge)
+        raise ApiError(401, "missing_api_key",
+                       "an API key is required: send `X-API-Key: <key>` or `Authorization: Bearer <key>` "
+                       "(create one with `facetrail apikey create NAME`)", headers=challenge)
     rec = st.keys.verify(raw)
     if rec is None:
         raise ApiError(401, "invalid_api_key", "the API key is wrong or revoked", headers=challenge)

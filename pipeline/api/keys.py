@@ -53,16 +53,21 @@ class ApiKeys:
     def __init__(self, r: redis.Redis, settings: Settings):
         self.r = r
         self.hkey = rkey(settings, "apikeys")
+        self.used_key = rkey(settings, "apikeys", "last_used")  # id -> unix time (kept apart: never races revoke)
+        self._touched: dict[str, float] = {}
 
     def _load(self, kid: str) -> dict | None:
         raw = self.r.hget(self.hkey, kid)
         return json.loads(raw) if raw else None
 
     def list(self) -> list[ApiKey]:
+        used = {(k.decode() if isinstance(k, bytes) else k): float(v) for k, v in self.r.hgetall(self.used_key).items()}
         out = []
         for raw in self.r.hvals(self.hkey):
             rec = json.loads(raw)
-            out.append(ApiKey(**{k: rec.get(k) for k in ("id", "name", "created", "revoked", "last_used")}))
+            k = ApiKey(**{f: rec.get(f) for f in ("id", "name", "created", "revoked")})
+            k.last_used = used.get(k.id)
+            out.append(k)
         return sorted(out, key=lambda k: (k.created, k.id))
 
     def create(self, name: str) -> tuple[ApiKey, str]:
@@ -104,4 +109,8 @@ class ApiKeys:
             return None
         if doc.get("revoked") is not None:
             return None
-        return ApiKey(**{k: doc.get(k) for k in ("id", "name", "created", "revoked", "last_used")})
+        now = time.time()
+        if now - self._touched.get(doc["id"], 0.0) >= 60:  # at most one write a minute per key and process
+            self._touched[doc["id"]] = now
+            self.r.hset(self.used_key, doc["id"], round(now, 3))
+        return ApiKey(**{k: doc.get(k) for k in ("id", "name", "created", "revoked")})

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import sys
+import time
 
 from . import UserError
 from .common import print_json, settings_from
@@ -90,7 +91,8 @@ def key_list(args) -> int:
             print_json(k.public())
         else:
             state = "active" if k.active else "revoked"
-            print(f"{k.id}  {k.name:<24} {state}")
+            used = time.strftime("%Y-%m-%d %H:%M", time.gmtime(k.last_used)) + "Z" if k.last_used else "never"
+            print(f"{k.id}  {k.name:<24} {state:<8} last used {used}")
     if not rows and not args.json:
         print("no API keys (create one with `facetrail apikey create NAME`)", file=sys.stderr)
     return 0

@@ -63,7 +63,8 @@ class VerifyResult(BaseModel):
 async def verify(request: Request, a: UploadFile = File(description="first photo"),
                  b: UploadFile = File(description="second photo"),
                  threshold: float | None = Form(None, ge=-1.0, le=1.0,
-                                                description="same-person cosine threshold (default: thresholds.match)")):
+                                                description="same-person cosine threshold "
+                                                            "(default: thresholds.match)")):
     """`facetrail verify A B --json`: the same engine calls (FaceEngine.main_face, then the cosine of the two
     unit embeddings, decided at thresholds.match) and the same JSON."""
     st = state(request)
