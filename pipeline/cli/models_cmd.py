@@ -39,5 +39,5 @@ def list_(args) -> int:
             print_json(r)
         else:
             state = "verified" if r["verified"] else ("HASH MISMATCH" if r["present"] else "missing")
-            print(f"{r['name']:<8} {r['kind']:<9} {state:<14} {r['file']}")
+            print(f"{r['name']:<10} {r['kind']:<9} {state:<14} {r['file']}")
     return 0 if all(r["verified"] for r in rows) else 1
