@@ -279,8 +279,8 @@ def main() -> int:
         inproc = max(results["inprocess"]["fps"], results["inprocess_again"]["fps"])
         results["ratios"] = {"pipeline_best_vs_inprocess": round(best / inproc, 3)}
         for p in results["pipeline"]:
-            results["ratios"][f"pipeline_{p['workers_per_stage']}w_{p['cv_threads']}t_vs_inprocess"] = \
-                round(p["fps"] / inproc, 3)
+            threads = "cvdefault" if p["cv_threads"] == "default" else f"cv{p['cv_threads']}"
+            results["ratios"][f"pipeline_{p['workers_per_stage']}w_{threads}_vs_inprocess"] = round(p["fps"] / inproc, 3)
         if "fps" in results["face_recognition"]:
             results["ratios"]["pipeline_best_vs_face_recognition"] = round(best / results["face_recognition"]["fps"], 2)
         results["load_avg_end"] = os.getloadavg()
