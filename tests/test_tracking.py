@@ -177,7 +177,7 @@ def test_stage_one_match_per_track_unknown_track_and_end_of_stream():
     events += st.update(frame(40, [], eos=True)).events
     kinds = [(e.type, e.track_id, e.identity) for e in events]
     assert kinds.count(("identity.matched", "cam:0:0", "ann")) == 1  # no spam: once per track
-    assert ("track.started", "cam:0:0", None) in kinds
+    assert ("track.started", "cam:0:0", "ann") in kinds  # already known when the track is announced
     assert ("track.ended", "cam:0:0", "ann") in kinds
     # the stranger: started, ended unknown after max_age_s of stream time (before EOS), never matched
     stranger_ev = [e for e in events if e.track_id == "cam:10:1"]

@@ -93,8 +93,8 @@ class MatcherStage:
         if type_ == "identity.matched":
             name, score = IdentityVoter.named(d, identity_id)
             iid = identity_id
-        elif type_ == "track.started":
-            iid, name, score = None, None, None  # announced before any decision
+        elif type_ == "track.started" and iid is None:
+            score = None  # no closest-similarity on a start: nothing has been decided yet
         key = iid if type_ == "identity.matched" else None
         ev = Event.make(type_, self.camera, tr.track_id, key, identity=name, score=score,
                         first_seen=d["first_cap"], last_seen=d["last_cap"], frames=d["frames"], seq=seq,
@@ -181,6 +181,8 @@ class MatcherStage:
             out.snapshots[sid] = thumb
         if not d.get("started") and d["frames"] >= self.min_track_frames:
             d["started"] = True
+            self._refresh_names(d)
+            self.voter.decide(d)  # track.started names the person when that is already known
             out.events.append(self._event("track.started", tr, seq))
         self._announce(tr, seq, out)
 
