@@ -480,6 +480,8 @@ def test_healthz_and_metrics(client, settings):
     r = client.app.state.ft.redis
     h = client.get("/healthz")
     assert h.status_code == 200 and h.json()["status"] == "ok" and h.json()["redis"]["ok"] is True
+    assert h.headers["x-content-type-options"] == "nosniff"
+    assert client.head("/healthz").status_code == 200
     CameraRegistry(r, settings).set_status("door", "live", fps=7.5, frames=10, drops=3)
     from pipeline.config import CameraConfig
 

@@ -147,7 +147,8 @@ class RequestContextMiddleware:
             if msg["type"] == "http.response.start":
                 started = True
                 msg.setdefault("headers", [])
-                msg["headers"] = list(msg["headers"]) + [(b"x-request-id", rid.encode())]
+                msg["headers"] = list(msg["headers"]) + [(b"x-request-id", rid.encode()),
+                                                         (b"x-content-type-options", b"nosniff")]
             await send(msg)
 
         try:
