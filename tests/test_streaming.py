@@ -255,3 +255,44 @@ def test_drops_never_touch_frames_in_flight(settings, faces_dir):
     left = [FrameMsg.decode(f[b"m"]).frame.seq for _, f in r.xrange(names.frames("yard"))]
     assert left == [0, 1, 6, 7]
     assert CameraRegistry(r, s).status("yard")["drops"] == 4 == pub.drops
+
+
+def test_stages_without_redis(settings, faces_dir):
+    """The stages are plain classes: frames in, one FacesMsg per frame (EOS passed through), then embeddings."""
+    from pipeline.messages import FrameRef
+    from workers.detector import DetectStage
+    from workers.embedder import EmbedStage
+
+    imgs = clip_frames(faces_dir, 2)
+    frames = [(FrameMsg(frame=FrameRef(camera="c", seq=i, captured_at=0.0, width=640, height=360), jpeg=b"x"), img)
+              for i, img in enumerate(imgs)]
+    frames.append((FrameMsg(frame=FrameRef(camera="c", seq=2, captured_at=0.0, width=640, height=360, eos=True),
+                            jpeg=b""), None))
+    det = DetectStage(settings)
+    faces = det.process(frames)
+    assert [m.frame.seq for m in faces] == [0, 1, 2] and faces[2].frame.eos and not faces[2].faces
+    assert faces[0].faces and len(faces[0].crops) == len(faces[0].faces)
+    assert all(len(c) == 112 * 112 * 3 for m in faces for c in m.crops)
+    embs = EmbedStage(settings, det.engine).process(faces)
+    assert [len(e.faces) for e in embs] == [len(f.faces) for f in faces]
+    v = embs[0].faces[0].vector()
+    assert v.shape == (128,) and abs(float(np.linalg.norm(v)) - 1) < 1e-3
+
+
+def test_unreadable_messages_are_dead_lettered_not_lost(settings, faces_dir):
+    r = connect(settings)
+    names = StreamNames(settings.redis.key_prefix)
+    CameraRegistry(r, settings).add(CameraConfig(name="bad", url="test://pushed", external=True))
+    stream = names.frames("bad")
+    from pipeline.messages import FrameRef
+
+    broken = FrameMsg(frame=FrameRef(camera="bad", seq=7, captured_at=time.time(), width=4, height=4), jpeg=b"nope")
+    r.xadd(stream, {"m": broken.encode()})
+    r.xadd(stream, {"m": b'{"v": 99, "frame": {}}'})  # a future schema version: refused loudly
+    w = DetectorWorker(settings, "det-dl", r=r)
+    w.handle(w.reader.next_batch())
+    dl = [f for _, f in r.xrange(f"{settings.redis.key_prefix}:deadletter")]
+    assert len(dl) == 2 and r.xpending(stream, "detectors")["pending"] == 0
+    assert dl[0][b"camera"] == b"bad" and dl[0][b"seq"] == b"7" and b"does not decode" in dl[0][b"error"]
+    assert b"unsupported schema version 99" in dl[1][b"error"] and dl[1][b"m"]
+    assert r.xlen(names.faces) == 0 and r.xlen(stream) == 0

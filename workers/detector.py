@@ -122,6 +122,7 @@ class DetectorWorker:
                 dead_letter(self.r, self.settings, "detector", stream, msg_id, str(e), payload,
                             camera=msg.frame.camera if msg else None, seq=msg.frame.seq if msg else None)
                 self.r.xack(stream, GROUP, msg_id)
+                self.r.xdel(stream, msg_id)  # kept in the dead-letter stream; no longer counts as backlog
                 continue
             decoded.append((stream, msg_id, msg, img))
         if not decoded:

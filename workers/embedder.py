@@ -85,6 +85,7 @@ class EmbedderWorker:
                 dead_letter(self.r, self.settings, "embedder", stream, msg_id, str(e), payload,
                             camera=msg.frame.camera if msg else None, seq=msg.frame.seq if msg else None)
                 self.r.xack(stream, GROUP, msg_id)
+                self.r.xdel(stream, msg_id)  # kept in the dead-letter stream; no longer counts as backlog
                 continue
             good.append((stream, msg_id, msg, crops))
         if not good:

@@ -276,10 +276,19 @@ class CameraRunner(threading.Thread):
     def _run_file(self) -> None:
         self._set_state("connecting", error="")
         delay = 0.5
+        progress = {"t": 0.0, "n": 0, "at": time.monotonic()}
+
+        def on_frame(pub: FramePublisher) -> None:  # status once a second while a file is read
+            now = time.monotonic()
+            if now - progress["t"] >= 1.0:
+                fps = (pub.frames - progress["n"]) / max(1e-6, now - progress["at"])
+                progress.update(t=now, n=pub.frames, at=now)
+                self._set_state("live", last_frame_at=time.time(), fps=round(fps, 2), frames=pub.frames)
+
         while not self.stop.is_set():
             try:
                 res = push_file(self.r, self.settings, self.cam.name, self.cam.url, fps=self.cam.fps, stop=self.stop,
-                                token=self.lease.token or "")
+                                token=self.lease.token or "", on_frame=on_frame)
                 self._set_state("ended", frames=res.frames, eos_seq=res.eos_seq, error="")
                 self.ended = True
                 return
