@@ -296,3 +296,17 @@ def test_unreadable_messages_are_dead_lettered_not_lost(settings, faces_dir):
     assert dl[0][b"camera"] == b"bad" and dl[0][b"seq"] == b"7" and b"does not decode" in dl[0][b"error"]
     assert b"unsupported schema version 99" in dl[1][b"error"] and dl[1][b"m"]
     assert r.xlen(names.faces) == 0 and r.xlen(stream) == 0
+
+
+def test_batches_span_cameras_and_a_busy_one_does_not_starve_others(settings, faces_dir):
+    s = with_workers(settings, batch_max=6, batch_wait_ms=50, frames_maxlen=64)
+    r = connect(s)
+    img = clip_frames(faces_dir, 1)[0]
+    push(r, s, "busy", [img] * 20, eos=False)
+    push(r, s, "quiet", [img] * 2, eos=False)
+    names = StreamNames(s.redis.key_prefix)
+    w = DetectorWorker(s, "det-fair", r=r, stage=object())  # the stage is not called here
+    batch = w.reader.next_batch()
+    cams = [e[0] for e in batch]
+    assert cams.count(names.frames("quiet")) == 2, "the quiet camera's frames ride in the first batch"
+    assert 6 <= len(batch) <= 8 and cams.count(names.frames("busy")) >= 4

@@ -85,7 +85,7 @@ class WorkersConfig(Section):
     jpeg_quality: int = Field(85, ge=10, le=100)
     watchdog_s: float = Field(3.0, gt=0)
     # capped so a camera that comes back is picked up within ~this long (plus connect time)
-    reconnect_max_s: float = Field(4.0, gt=0)
+    reconnect_max_s: float = Field(2.0, gt=0)
     detectors: int = Field(1, ge=0, description="detector workers started by `facetrail up`")
     embedders: int = Field(1, ge=0)
     matchers: int = Field(1, ge=0)
