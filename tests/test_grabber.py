@@ -188,3 +188,64 @@ def test_camera_remove_stops_its_grabber(settings, rtsp):
         time.sleep(0.6)
         assert r.xlen(names.frames("temp")) == n, "no frames after removal"
         assert not r.exists(f"{settings.redis.key_prefix}:lease:grabber:temp")
+
+
+class MjpegServer:
+    """HTTP multipart/x-mixed-replace JPEG stream (what IP cameras' /video.mjpg serve), 20 frames/s."""
+
+    def __init__(self, jpegs: list[bytes]):
+        import http.server
+        import socketserver
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self):
+                self.send_response(200)
+                self.send_header("Content-Type", "multipart/x-mixed-replace; boundary=frame")
+                self.end_headers()
+                i = 0
+                try:
+                    while not srv.stopped:
+                        j = jpegs[i % len(jpegs)]
+                        i += 1
+                        self.wfile.write(b"--frame\r\nContent-Type: image/jpeg\r\nContent-Length: %d\r\n\r\n" % len(j)
+                                         + j + b"\r\n")
+                        time.sleep(0.05)
+                except (BrokenPipeError, ConnectionResetError):
+                    pass
+
+            def log_message(self, *args):
+                pass
+
+        srv = self
+        self.stopped = False
+        self.httpd = socketserver.ThreadingTCPServer(("127.0.0.1", 0), Handler)
+        self.httpd.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/video.mjpg"
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.stopped = True
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+def test_http_mjpeg_camera_goes_live_and_is_sampled(settings, faces_dir):
+    cap = cv2.VideoCapture(str(faces_dir / CLIP))
+    jpegs = [cv2.imencode(".jpg", cap.read()[1])[1].tobytes() for _ in range(10)]
+    srv = MjpegServer(jpegs)
+    r = connect(settings)
+    reg = CameraRegistry(r, settings)
+    names = StreamNames(settings.redis.key_prefix)
+    try:
+        with GrabberThread(settings):
+            reg.add(CameraConfig(name="ipcam", url=srv.url, fps=4))
+            wait_for(lambda: reg.status("ipcam").get("state") == "live", 20, "live")
+            wait_for(lambda: r.xlen(names.frames("ipcam")) >= 4, 20, "frames")
+    finally:
+        srv.close()
+    msgs = [FrameMsg.decode(f[b"m"]) for _, f in r.xrange(names.frames("ipcam"))]
+    assert [m.frame.seq for m in msgs] == list(range(len(msgs)))
+    assert all((m.frame.width, m.frame.height) == (640, 360) and not m.frame.eos for m in msgs)
+    stamps = [m.frame.captured_at for m in msgs]
+    # sampled to the camera's 4 fps out of a 20 fps source (wall-clock sampling; loose bound, not a timing test)
+    assert min(b - a for a, b in zip(stamps, stamps[1:])) > 0.1

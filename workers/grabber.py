@@ -358,7 +358,7 @@ class CameraRunner(threading.Thread):
             if period:
                 if now_m + 0.2 * period < next_emit:
                     continue
-                next_emit = max(next_emit, now_m - period) + period
+                next_emit = next_emit + period if next_emit and now_m - next_emit < period else now_m + period
             ok, img = cap.retrieve()
             if not ok or img is None:
                 continue

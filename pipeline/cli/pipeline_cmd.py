@@ -372,7 +372,7 @@ def _push_stream(r, settings, name, url, fps, stop, token):
             if period:
                 if now + 0.2 * period < next_emit:
                     continue
-                next_emit = max(next_emit, now - period) + period
+                next_emit = next_emit + period if next_emit and now - next_emit < period else now + period
             ok, img = cap.retrieve()
             if ok:
                 pub.publish(img, captured_at=time.time(), pts=cap.get(cv2.CAP_PROP_POS_MSEC) / 1000.0, mode="wait",
