@@ -61,7 +61,7 @@ class GalleryIndex:
         self._owner: dict[int, int] = {}          # template id -> identity label
         self._labels: dict[str, int] = {}         # identity id -> label
         self._label_ids: list[str | None] = []    # label -> identity id (None once freed)
-        self._by_label: dict[int, set[int]] = {}  # label -> template ids
+        self._by_label: dict[int, list[int]] = {}  # label -> template ids (lists: a few per person, small)
         self._tombstones: set[int] = set()
         self._index = self._new_flat()
         self.kind = "flat"
@@ -169,7 +169,7 @@ class GalleryIndex:
             lab = len(self._label_ids)
             self._labels[identity] = lab
             self._label_ids.append(identity)
-            self._by_label[lab] = set()
+            self._by_label[lab] = []
         return lab
 
     def add(self, ids, vectors: np.ndarray, identity: str | list[str]) -> None:
@@ -193,7 +193,7 @@ class GalleryIndex:
             for t, o in zip(ids.tolist(), owners):
                 lab = self._label(o)
                 self._owner[t] = lab
-                self._by_label[lab].add(t)
+                self._by_label[lab].append(t)
             self._index.add_with_ids(vecs, ids)
             if self._builder is not None:
                 self._pend_add.append((ids, vecs))
@@ -207,7 +207,9 @@ class GalleryIndex:
                 return 0
             for t in gone:
                 lab = self._owner.pop(t)
-                self._by_label[lab].discard(t)
+                owned = self._by_label[lab]
+                if t in owned:
+                    owned.remove(t)
             if self.kind == "flat":
                 self._index.remove_ids(np.asarray(gone, dtype=np.int64))
             else:
