@@ -77,9 +77,9 @@ def rtsp(faces_dir):
 
 
 class GrabberThread:
-    def __init__(self, settings):
+    def __init__(self, settings, consumer: str = "grab-test"):
         self.stop = threading.Event()
-        self.grabber = Grabber(settings, "grab-test")
+        self.grabber = Grabber(settings, consumer)
         self.thread = threading.Thread(target=self.grabber.run, args=(self.stop,), daemon=True)
 
     def __enter__(self):
@@ -249,3 +249,34 @@ def test_http_mjpeg_camera_goes_live_and_is_sampled(settings, faces_dir):
     stamps = [m.frame.captured_at for m in msgs]
     # sampled to the camera's 4 fps out of a 20 fps source (wall-clock sampling; loose bound, not a timing test)
     assert min(b - a for a, b in zip(stamps, stamps[1:])) > 0.1
+
+
+def test_one_grabber_per_camera_and_takeover(settings, faces_dir):
+    """Two grabber processes' worth of grabbers: only the lease holder reads the camera; when it stops, the
+    other takes over and the camera's seq numbering continues (no seq is reused)."""
+    cap = cv2.VideoCapture(str(faces_dir / CLIP))
+    srv = MjpegServer([cv2.imencode(".jpg", cap.read()[1])[1].tobytes() for _ in range(5)])
+    r = connect(settings)
+    reg = CameraRegistry(r, settings)
+    names = StreamNames(settings.redis.key_prefix)
+    reg.add(CameraConfig(name="shared", url=srv.url, fps=5))
+    a, b = GrabberThread(settings, "grab-a"), GrabberThread(settings, "grab-b")
+    a.__enter__()
+    try:
+        wait_for(lambda: reg.status("shared").get("state") == "live", 20, "live")
+        assert reg.status("shared")["owner"] == "grab-a"
+        b.__enter__()  # a second grabber: the camera is taken, so it only keeps trying for the lease
+        wait_for(lambda: r.xlen(names.frames("shared")) >= 3, 20, "frames from grab-a")
+        assert a.grabber.runners and not b.grabber.runners
+        a.__exit__(None, None, None)  # grab-a stops and releases its lease
+        wait_for(lambda: reg.status("shared").get("owner") == "grab-b", 20, "takeover by grab-b")
+        n = r.xlen(names.frames("shared"))
+        wait_for(lambda: r.xlen(names.frames("shared")) >= n + 3, 20, "frames from grab-b")
+    finally:
+        for g in (a, b):
+            if g.thread.is_alive():
+                g.__exit__(None, None, None)
+        srv.close()
+    seqs = [FrameMsg.decode(f[b"m"]).frame.seq for _, f in r.xrange(names.frames("shared"))]
+    assert seqs == list(range(len(seqs))), "one numbering across both owners, no seq reused"
+    assert reg.status("shared")["fence"] == 2

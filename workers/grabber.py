@@ -392,8 +392,8 @@ class Grabber:
         runner = self.runners[name]
         log.info("camera %s: stopping reader (%s)", name, why)
         runner.stop.set()
-        runner.join(timeout=self.settings.workers.open_timeout_s + self.settings.workers.watchdog_s + 5)
-        if runner.is_alive():  # stuck in a read: the released lease fences off any frame it still pushes
+        runner.join(timeout=3.0)
+        if runner.is_alive():  # stuck in an open/read: the released lease fences off any frame it still pushes
             log.warning("camera %s: reader thread did not stop in time", name)
         runner.lease.release()
         del self.runners[name]
@@ -409,8 +409,7 @@ class Grabber:
             elif runner.ended:
                 self.ended[name] = runner.cam
                 self._stop_runner(name, "file finished")
-            elif runner.lease_lost or not runner.lease.renew():
-                runner.lease_lost = True
+            elif runner.lease_lost:
                 self._stop_runner(name, "lease lost")
             elif not runner.is_alive():
                 self._stop_runner(name, "thread exited")
@@ -428,10 +427,29 @@ class Grabber:
                 self.runners[name] = runner
                 runner.start()
 
+    def _renew_leases(self, stop: threading.Event) -> None:
+        """Renew every held camera lease on its own clock, so a slow step (a reader that takes long to stop)
+        never lets the others expire."""
+        while not stop.wait(LEASE_TTL_MS / 4000):
+            for runner in list(self.runners.values()):
+                if runner.lease_lost or runner.stop.is_set():
+                    continue
+                try:
+                    if not runner.lease.renew():
+                        log.warning("camera %s: lease lost (taken over or expired)", runner.cam.name)
+                        runner.lease_lost = True
+                        runner.stop.set()
+                except redis.RedisError as e:
+                    log.warning("camera %s: cannot renew lease: %s", runner.cam.name, e)
+
     def run(self, stop: threading.Event) -> None:
         last_id = self.registry.last_change_id()
         backoff = 0.2
         log.info("grabber %s: started", self.consumer)
+        renewer_stop = threading.Event()
+        renewer = threading.Thread(target=self._renew_leases, args=(renewer_stop,), daemon=True,
+                                   name=f"{self.consumer}-leases")
+        renewer.start()
         try:
             while not stop.is_set():
                 try:
@@ -449,6 +467,7 @@ class Grabber:
         finally:
             for name in list(self.runners):
                 self._stop_runner(name, "shutdown")
+            renewer_stop.set()
             self.heartbeat.clear()
             log.info("grabber %s: stopped", self.consumer)
 
