@@ -193,7 +193,7 @@ def test_camera_remove_stops_its_grabber(settings, rtsp):
 class MjpegServer:
     """HTTP multipart/x-mixed-replace JPEG stream (what IP cameras' /video.mjpg serve), 20 frames/s."""
 
-    def __init__(self, jpegs: list[bytes]):
+    def __init__(self, jpegs: list[bytes], limit: int | None = None):
         import http.server
         import socketserver
 
@@ -204,7 +204,7 @@ class MjpegServer:
                 self.end_headers()
                 i = 0
                 try:
-                    while not srv.stopped:
+                    while not srv.stopped and (limit is None or i < limit):
                         j = jpegs[i % len(jpegs)]
                         i += 1
                         self.wfile.write(b"--frame\r\nContent-Type: image/jpeg\r\nContent-Length: %d\r\n\r\n" % len(j)

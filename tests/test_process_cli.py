@@ -118,3 +118,23 @@ def test_up_supervises_roles_and_follows_runtime_cameras(tmp_path, clip30, cli_e
             up.kill()
     left = [json.loads(v) for v in (r.get(k) for k in r.scan_iter("ft:hb:*")) if v]
     assert all(h["pid"] == hb["pid"] for h in left), "every live worker stopped and cleared its heartbeat"
+
+
+def test_process_a_stream_url_until_it_ends(faces_dir, cli_env, redis_url):
+    """`facetrail process URL`: a live source is read until it ends (here an MJPEG stream of 24 frames at
+    20 frames/s), sampled to --fps, then EOS; the command returns once all of it is embedded."""
+    from test_grabber import MjpegServer
+
+    cap = cv2.VideoCapture(str(faces_dir / CLIP))
+    srv = MjpegServer([cv2.imencode(".jpg", cap.read()[1])[1].tobytes() for _ in range(6)], limit=24)
+    try:
+        p = run_cli(["process", srv.url, "--json", "--no-matcher"], cli_env)
+        assert p.returncode == 2 and "--camera NAME is required" in p.stderr
+        p = run_cli(["process", srv.url, "--camera", "ipcam", "--fps", "10", "--json", "--no-matcher"], cli_env)
+    finally:
+        srv.close()
+    assert p.returncode == 0, p.stderr[-3000:]
+    s = json.loads(p.stdout.strip().splitlines()[-1])
+    assert s["missing"] == 0 and s["duplicates"] == 0
+    assert 2 <= s["frames"] < 24, "sampled to --fps 10 out of a 20 frames/s stream"
+    assert s["frames_read"] >= 20
