@@ -215,7 +215,8 @@ def run_pipeline(settings, env, r, k: int, path: Path, n_frames: int, paced_fps:
         w.join(600)
         dt = w.done_at - t0
         seqs = w.seqs
-        return {"workers_per_stage": k, "cv_threads": cv_threads or "default", "frames": n, "embedded": len(seqs), "duplicates": len(seqs) - len(set(seqs)),
+        return {"workers_per_stage": k, "cv_threads": cv_threads or "default", "frames": n, "embedded": len(seqs),
+                "duplicates": len(seqs) - len(set(seqs)),
                 "seconds": round(dt, 2), "fps": round(n / dt, 2), "paced_fps": paced_fps,
                 "latency_p50_ms": pct(w.lat[1:], 50), "latency_p99_ms": pct(w.lat[1:], 99)}
     finally:
@@ -280,7 +281,8 @@ def main() -> int:
         results["ratios"] = {"pipeline_best_vs_inprocess": round(best / inproc, 3)}
         for p in results["pipeline"]:
             threads = "cvdefault" if p["cv_threads"] == "default" else f"cv{p['cv_threads']}"
-            results["ratios"][f"pipeline_{p['workers_per_stage']}w_{threads}_vs_inprocess"] = round(p["fps"] / inproc, 3)
+            key = f"pipeline_{p['workers_per_stage']}w_{threads}_vs_inprocess"
+            results["ratios"][key] = round(p["fps"] / inproc, 3)
         if "fps" in results["face_recognition"]:
             results["ratios"]["pipeline_best_vs_face_recognition"] = round(best / results["face_recognition"]["fps"], 2)
         results["load_avg_end"] = os.getloadavg()

@@ -50,9 +50,13 @@ def test_process_returns_after_every_frame_is_embedded(clip30, cli_env, redis_ur
     assert not r.hexists("ft:cameras", "stage"), "the run's camera is unregistered afterwards"
     assert not r.keys("ft:hb:*"), "the embedded workers were stopped"
 
-    # a second run on the same camera continues the seq numbering: nothing is mistaken for already done
+    # a second run on the same camera continues the seq numbering: nothing is mistaken for already done;
+    # a configured camera of that name is borrowed for the run and put back afterwards
+    configured = '{"name":"stage","url":"rtsp://10.0.0.9/s","fps":2.0,"enabled":false,"external":false}'
+    r.hset("ft:cameras", "stage", configured)
     p = run_cli(["process", str(clip30), "--camera", "stage", "--json", "--no-matcher", "--fps", "10"], cli_env)
     assert p.returncode == 0, p.stderr[-3000:]
+    assert json.loads(r.hget("ft:cameras", "stage")) == json.loads(configured)
     again = json.loads(p.stdout.strip().splitlines()[-1])
     assert again["first_seq"] == 31 and again["missing"] == 0
     assert 9 <= again["frames"] <= 11, "--fps 10 samples a 1 s clip to about 10 frames"

@@ -87,6 +87,8 @@ def open_capture(url: str, settings: Settings, *, read_timeout_s: float | None =
     w = settings.workers
     if url.isdigit():  # webcam index
         cap = cv2.VideoCapture(int(url))
+    elif url.startswith("/dev/video"):  # webcam device node: V4L2, not FFmpeg
+        cap = cv2.VideoCapture(url, cv2.CAP_V4L2)
     else:
         src = url[len("file://"):] if url.startswith("file://") else url
         read_to = read_timeout_s if read_timeout_s is not None else w.watchdog_s + 2.0

@@ -260,6 +260,7 @@ def cmd_process(args) -> int:
     renewer = threading.Thread(target=_renew, daemon=True, name="process-lease")
     dl_start = _last_id(r, deadletter_key(settings))
     watcher = _EmbeddingsWatcher(connect(settings), names.embeddings(name), _last_id(r, names.embeddings(name)))
+    previous = reg.get(name)  # a configured camera borrowed by name is put back afterwards
     try:
         reg.add(cam)
         reg.set_status(name, "live", error="", owner=f"process-{os.getpid()}", live_at=time.time())
@@ -304,7 +305,9 @@ def cmd_process(args) -> int:
     finally:
         stop.set()
         watcher.stop.set()
-        if not args.keep_camera:
+        if previous is not None and not args.keep_camera:
+            reg.add(previous)
+        elif not args.keep_camera:
             reg.remove(name)
         lease.release()
         if procs:
@@ -314,7 +317,8 @@ def cmd_process(args) -> int:
     lat = sorted(watcher.latencies)
     summary = {"camera": name, "source": redact_url(src), "frames": res.frames, "frames_read": res.read,
                "first_seq": res.first_seq, "eos_seq": res.eos_seq, "embedded_frames": len(wanted & watcher.seen),
-               "missing": len(missing), "duplicates": watcher.duplicates, "faces": watcher.faces, "seconds": round(elapsed, 3),
+               "missing": len(missing), "duplicates": watcher.duplicates, "faces": watcher.faces,
+               "seconds": round(elapsed, 3),
                "fps": round(res.frames / elapsed, 2) if elapsed > 0 else None,
                "latency_p50_ms": round(1000 * lat[len(lat) // 2], 1) if lat else None,
                "matcher_done": matched, "embedded_pipeline": need}
