@@ -93,12 +93,19 @@ class DetectorWorker:
         self.heartbeat = Heartbeat(self.r, settings, "detector", consumer)
         self.reader = BatchReader(self.r, settings, GROUP, consumer, frame_streams(self.registry, self.names))
         self._faces_full_logged = 0.0
+        self._lag_at = 0.0
 
     def faces_has_room(self) -> bool:
         """Backpressure: while the embedders are behind, stop taking frames (they back up and drop at the
         source, counted there) instead of growing the faces stream without bound."""
+        now = time.monotonic()
+        if now - self._lag_at >= 1.0:  # lag = frames waiting in every camera's stream
+            self._lag_at = now
+            pipe = self.r.pipeline(transaction=False)
+            for s in self.reader.streams:
+                pipe.xlen(s)
+            self.metrics.lag = sum(pipe.execute()) if self.reader.streams else 0
         n = self.r.xlen(self.names.faces)
-        self.metrics.lag = n
         if n < self.settings.workers.faces_maxlen:
             return True
         if time.monotonic() - self._faces_full_logged > 10:
