@@ -5,7 +5,15 @@ set -euo pipefail
 pkgs=()
 command -v redis-server >/dev/null || pkgs+=(redis-server)
 command -v mosquitto >/dev/null || [ -x /usr/sbin/mosquitto ] || pkgs+=(mosquitto)
-if ! /usr/bin/python3 -c 'import gi; gi.require_version("GstRtspServer", "1.0"); from gi.repository import GstRtspServer' 2>/dev/null; then
+# tests/rtsp_server.py also needs these elements: x264enc (ugly), intervideosrc/sink + h264parse (bad),
+# qtdemux (good), avdec_h264 (libav)
+gst_elements_ok() {
+  for e in x264enc intervideosrc intervideosink h264parse qtdemux avdec_h264 rtph264pay; do
+    gst-inspect-1.0 "$e" >/dev/null 2>&1 || return 1
+  done
+}
+if ! /usr/bin/python3 -c 'import gi; gi.require_version("GstRtspServer", "1.0"); from gi.repository import GstRtspServer' 2>/dev/null \
+   || ! command -v gst-inspect-1.0 >/dev/null || ! gst_elements_ok; then
   pkgs+=(python3-gi gir1.2-gst-rtsp-server-1.0 gstreamer1.0-rtsp gstreamer1.0-tools gstreamer1.0-plugins-base
          gstreamer1.0-plugins-good gstreamer1.0-plugins-bad gstreamer1.0-plugins-ugly gstreamer1.0-libav)
 fi
