@@ -73,6 +73,10 @@ def test_keys_required_missing_wrong_revoked(settings):
         assert c.get("/v1/gallery", headers={"X-API-Key": raw}).status_code == 200
         assert c.get("/v1/events", headers={"Authorization": f"Bearer {raw}"}).status_code == 200
         assert c.get("/metrics", headers={"X-API-Key": raw}).status_code == 200
+        # only /healthz is open: the schema needs the key too
+        _err(c.get("/openapi.json"), 401, "missing_api_key")
+        assert "/v1/events" in c.get("/openapi.json", headers={"X-API-Key": raw}).json()["paths"]
+        assert c.get("/healthz").status_code == 200 and c.head("/healthz").status_code == 200
         _err(c.get("/metrics"), 401)
         # uploads are refused before they are read when the key is missing
         _err(c.post("/v1/identify", files={"image": ("a.jpg", b"\xff\xd8\xff", "image/jpeg")}), 401)

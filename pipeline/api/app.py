@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from fastapi import Depends, FastAPI
+from fastapi.openapi.docs import get_swagger_ui_html
+from fastapi.responses import JSONResponse
 
 from ..backbone import connect
 from ..config import Settings
@@ -100,7 +102,7 @@ def create_app(settings: Settings, *, redis_client=None) -> FastAPI:
             state.close()
 
     app = FastAPI(
-        title="facetrail", version=API_VERSION, lifespan=lifespan,
+        title="facetrail", version=API_VERSION, lifespan=lifespan, openapi_url=None,
         description="Face-recognition video analytics: match events, the gallery of enrolled people, cameras, and "
                     "identify/verify on still images. Every route but /healthz needs an API key "
                     "(`X-API-Key` or `Authorization: Bearer`) unless the server binds to loopback only. "
@@ -119,4 +121,15 @@ def create_app(settings: Settings, *, redis_client=None) -> FastAPI:
     app.include_router(events.router, prefix="/v1", dependencies=auth)
     app.include_router(cameras.router, prefix="/v1", dependencies=auth)
     app.include_router(health.metrics_router, dependencies=auth)
+
+    # The schema is served behind the same key as the data routes (only /healthz is open); /docs is a static
+    # page that loads it, so in a keyed deployment fetch /openapi.json with the key instead.
+    @app.get("/openapi.json", include_in_schema=False, dependencies=auth)
+    def openapi_schema():
+        return JSONResponse(app.openapi())
+
+    @app.get("/docs", include_in_schema=False)
+    def docs_page():
+        return get_swagger_ui_html(openapi_url="/openapi.json", title="facetrail API")
+
     return app

@@ -86,8 +86,8 @@ def _health(st) -> tuple[int, Health]:
                        uptime_s=round(time.time() - st.started, 3))
 
 
-@router.api_route("/healthz", methods=["GET", "HEAD"], response_model=Health,
-                  summary="liveness and readiness (no API key needed)",
+@router.head("/healthz", include_in_schema=False)
+@router.get("/healthz", response_model=Health, summary="liveness and readiness (no API key needed)",
             responses={503: {"description": "Redis is unreachable"}})
 async def healthz(request: Request):
     code, body = await run_in_threadpool(_health, state(request))
