@@ -39,7 +39,7 @@ class IndexParams:
     ann_above: int = 200_000
     hnsw_m: int = 32
     hnsw_ef_construction: int = 80
-    hnsw_ef_search: int = 128
+    hnsw_ef_search: int = 256
     tombstone_rebuild_fraction: float = 0.1
     background_build: bool = True
 

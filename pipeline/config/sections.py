@@ -171,7 +171,8 @@ class GalleryConfig(Section):
     flip_augment: bool = False
     hnsw_m: int = Field(32, ge=4, le=256, description="HNSW graph degree")
     hnsw_ef_construction: int = Field(80, ge=8, le=4096)
-    hnsw_ef_search: int = Field(128, ge=1, le=65536, description="HNSW search breadth (recall vs latency)")
+    hnsw_ef_search: int = Field(256, ge=1, le=65536,
+                                description="HNSW search breadth: recall vs latency (README, Benchmarks)")
     top_k: int = Field(5, ge=2, le=1000, description="identities returned per face (>= 2 for the runner-up)")
     snapshot_every: int = Field(500, ge=1, description="changes in the log before a new snapshot is written")
     thumbnail_px: int = Field(128, ge=32, le=512, description="long side of the stored face thumbnail (JPEG)")
