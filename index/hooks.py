@@ -2,7 +2,7 @@
 
 `on_remove`: callables `(redis_client, settings, identity_id, name) -> None`, run by GalleryStore.remove after
 the person's identity, templates, vectors and thumbnails are gone (the events module registers its purge of
-that person's events here). A failing hook is logged and re-raised after the others ran, so `gallery remove`
+that person's events here). A failing hook is logged, the others still run, and then HookError is raised, so `gallery remove`
 reports it; the gallery removal itself has already happened and is not undone.
 
 Modules named in AUTOLOAD are imported (when installed) before hooks run, so a CLI process that never imported
@@ -37,6 +37,10 @@ def autoload() -> None:
             raise
 
 
+class HookError(RuntimeError):
+    """An on_remove hook failed; the person is already gone from the gallery."""
+
+
 def run_on_remove(r, settings, identity_id: str, name: str) -> None:
     autoload()
     errors = []
@@ -47,4 +51,5 @@ def run_on_remove(r, settings, identity_id: str, name: str) -> None:
             log.exception("gallery on_remove hook %r failed identity=%s", hook, identity_id)
             errors.append(e)
     if errors:
-        raise errors[0]
+        raise HookError(f"{name} was removed from the gallery, but {len(errors)} removal hook(s) failed: "
+                        f"{errors[0]!r}") from errors[0]

@@ -198,9 +198,14 @@ def cmd_show(args) -> int:
 
 
 def cmd_remove(args) -> int:
+    from index.hooks import HookError
+
     settings, r, store = _open(args)
     try:
         iid, name, tids = store.remove(args.name)
+    except HookError as e:
+        _after_change(r, settings)
+        raise UserError(str(e)) from None
     except _gallery_errors() as e:
         raise UserError(str(e)) from None
     _after_change(r, settings)
