@@ -1,7 +1,7 @@
 """Per-stage metrics and worker heartbeats, kept in Redis so any process (the API's /metrics, /healthz) reads them.
 
 Keys (prefix = redis.key_prefix):
-  <p>:metrics:{stage}:{consumer}   hash: frames, batches, batch_size_avg, errors, drops, reclaimed, fps, lag,
+  <p>:metrics:{stage}:{consumer}   hash: frames, batches, batch_size_avg, errors, drops, reclaimed, skipped, fps, lag,
                                    latency_ms (capture -> this stage's output, last batch), updated_at; TTL 1 h
   <p>:metrics:drops                total frames dropped at the source (all cameras)
   <p>:hb:{role}:{consumer}         heartbeat JSON {role, consumer, pid, host, started_at}; TTL 3 x heartbeat_s
@@ -46,6 +46,7 @@ class StageMetrics:
         self.key = metrics_key(settings, stage, consumer)
         self.flush_s = flush_s
         self.frames = self.batches = self.errors = self.drops = self.reclaimed = 0
+        self.skipped = 0  # items passed over on purpose (embedder: faces tracked without a new embedding)
         self.batch_items = 0
         self.lag = 0
         self.latency_ms = 0.0
@@ -80,7 +81,7 @@ class StageMetrics:
             pipe = self.r.pipeline(transaction=False)
             pipe.hset(self.key, mapping={
                 "frames": self.frames, "batches": self.batches, "errors": self.errors, "drops": self.drops,
-                "reclaimed": self.reclaimed, "fps": round(self._fps, 2), "lag": self.lag,
+                "reclaimed": self.reclaimed, "skipped": self.skipped, "fps": round(self._fps, 2), "lag": self.lag,
                 "batch_size_avg": round(self.batch_items / self.batches, 2) if self.batches else 0,
                 "latency_ms": round(self.latency_ms, 1), "updated_at": round(time.time(), 3)})
             pipe.expire(self.key, METRICS_TTL_S)
@@ -129,7 +130,7 @@ def alive_workers(r: redis.Redis, settings: Settings, role: str | None = None) -
 
 def read_metrics(r: redis.Redis, settings: Settings) -> dict:
     """Everything /metrics needs, as plain data:
-    {"stages": {stage: {"consumers": {consumer: {...}}, "total": {frames, batches, errors, drops, reclaimed, fps}}},
+    {"stages": {stage: {"consumers": {consumer: {...}}, "total": {frames, batches, errors, drops, reclaimed, skipped, fps}}},
      "queues": {stream: {length, pending, consumers}}, "cameras": {name: status}, "drops_total": int,
      "workers": [heartbeats]}"""
     from .cameras import CameraRegistry
@@ -152,7 +153,7 @@ def read_metrics(r: redis.Redis, settings: Settings) -> dict:
         st = stages.setdefault(stage, {"consumers": {}, "total": {}})
         st["consumers"][consumer] = vals
         tot = st["total"]
-        for f in ("frames", "batches", "errors", "drops", "reclaimed", "fps"):
+        for f in ("frames", "batches", "errors", "drops", "reclaimed", "skipped", "fps"):
             tot[f] = tot.get(f, 0) + float(vals.get(f, 0) or 0)
     names = StreamNames(settings.redis.key_prefix)
     reg = CameraRegistry(r, settings)

@@ -55,7 +55,8 @@ def read_all(r, stream, model):
 def test_detector_and_embedder_redelivery_never_duplicates(settings, faces_dir):
     """Consumer A reads frames and stalls; B reclaims them (XAUTOCLAIM) and finishes them; when A finally
     finishes the same frames, nothing new is emitted. Same for the embedder stage."""
-    s = with_workers(settings, reclaim_idle_ms=100, batch_max=8, batch_wait_ms=0)
+    # reembed_s=0: every face is embedded, so every face's vector can be checked below
+    s = with_workers(settings, reclaim_idle_ms=100, batch_max=8, batch_wait_ms=0, reembed_s=0)
     r = connect(s)
     names = StreamNames(s.redis.key_prefix)
     seqs, eos = push(r, s, "door", clip_frames(faces_dir, 3))

@@ -18,6 +18,7 @@ from pipeline.engine.engine import FaceEngine
 from pipeline.messages import EmbeddedFace, EmbeddingsMsg, FacesMsg
 from pipeline.metrics import Heartbeat, StageMetrics
 from pipeline.streams import ConsumingEmitter, StreamNames
+from pipeline.tracking.reembed import ReembedGate
 
 from .base import BatchReader, Entry, apply_cv_threads, dead_letter, run_loop
 
@@ -27,8 +28,10 @@ GROUP = "embedders"
 
 
 class EmbedStage:
-    def __init__(self, settings: Settings, engine: FaceEngine | None = None):
+    def __init__(self, settings: Settings, engine: FaceEngine | None = None, gate: ReembedGate | None = None):
         self.engine = engine or FaceEngine(settings)
+        self.gate = gate if gate is not None else ReembedGate(settings.workers.reembed_s)
+        self.skipped = 0  # faces passed on without an embedding (the gate), since start
 
     @property
     def size(self) -> int:
@@ -46,18 +49,28 @@ class EmbedStage:
         return out
 
     def process(self, msgs: list[FacesMsg], crops: list[list[np.ndarray]] | None = None) -> list[EmbeddingsMsg]:
+        """One EmbeddingsMsg per FacesMsg, same order. A face the gate passes over gets an empty embedding."""
         crops = crops if crops is not None else [self.crops_of(m) for m in msgs]
-        flat = [c for cs in crops for c in cs]
-        vecs = self.engine.embedder.embed(flat) if flat else np.zeros((0, 0), np.float32)
-        out, i = [], 0
-        for m in msgs:
+        order = sorted(range(len(msgs)), key=lambda i: (msgs[i].frame.camera, _stream_time(msgs[i]), i))
+        wanted: list[list[bool]] = [[]] * len(msgs)
+        for i in order:
+            m = msgs[i]
+            wanted[i] = self.gate.plan(m.frame.camera, _stream_time(m), [(f.box, f.quality) for f in m.faces])
+        flat = [c for cs, w in zip(crops, wanted) for c, keep in zip(cs, w) if keep]
+        vecs = iter(self.engine.embedder.embed(flat) if flat else ())
+        out = []
+        for m, w in zip(msgs, wanted):
             faces = []
-            for df in m.faces:
-                v = np.asarray(vecs[i], dtype="<f4")
-                i += 1
-                faces.append(EmbeddedFace(**df.model_dump(), embedding=v.tobytes()))
+            for df, keep in zip(m.faces, w):
+                emb = np.asarray(next(vecs), dtype="<f4").tobytes() if keep else b""
+                faces.append(EmbeddedFace(**df.model_dump(), embedding=emb))
+            self.skipped += len(w) - sum(w)
             out.append(EmbeddingsMsg(frame=m.frame, faces=faces))
         return out
+
+
+def _stream_time(msg: FacesMsg) -> float:
+    return msg.frame.pts if msg.frame.pts is not None else msg.frame.captured_at
 
 
 class EmbedderWorker:
@@ -90,7 +103,9 @@ class EmbedderWorker:
             good.append((stream, msg_id, msg, crops))
         if not good:
             return
+        skipped = self.stage.skipped
         results = self.stage.process([g[2] for g in good], [g[3] for g in good])
+        self.metrics.skipped += self.stage.skipped - skipped
         maxlen = self.settings.workers.embeddings_maxlen
         items = []
         for (stream, msg_id, msg, _), emb in zip(good, results):

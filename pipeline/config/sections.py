@@ -98,6 +98,9 @@ class WorkersConfig(Section):
     heartbeat_s: float = Field(2.0, gt=0)
     cv_threads: int = Field(0, ge=0, le=256, description="OpenCV threads per detector/embedder process "
                                                          "(0 = OpenCV's default: one per core)")
+    reembed_s: float = Field(0.1, ge=0.0, le=10.0,
+                             description="a face at the place of one embedded less than this many stream seconds "
+                                         "ago (and no better) is tracked without a new embedding; 0 = embed all")
 
 
 class TrackingConfig(Section):

@@ -1,0 +1,81 @@
+"""ReembedGate: a face at the place of one embedded moments ago is tracked without a new embedding.
+
+Unit rules on boxes, then the real detector and embedder on the clip's first second: fewer embeddings than
+faces, every face passed over has an embedded face at the same place less than reembed_s before or after it,
+and with reembed_s = 0 every face is embedded."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from pipeline.messages import FrameMsg, FrameRef
+from pipeline.tracking.reembed import ReembedGate
+from pipeline.tracking.tracker import iou
+
+BOX = [100.0, 100.0, 80.0, 80.0]
+MOVED = [104.0, 102.0, 80.0, 80.0]   # a few pixels on: IoU ~0.85
+ELSEWHERE = [300.0, 100.0, 80.0, 80.0]
+
+
+def test_gate_rules():
+    g = ReembedGate(0.1)
+    assert g.plan("a", 0.0, [(BOX, 0.5)]) == [True]
+    assert g.plan("a", 0.033, [(MOVED, 0.5), (ELSEWHERE, 0.5)]) == [False, True]
+    assert g.plan("a", 0.066, [(MOVED, 0.65)]) == [True]      # clearly better: worth a new embedding
+    assert g.plan("b", 0.066, [(BOX, 0.5)]) == [True]         # another camera remembers nothing of "a"
+    assert g.plan("a", 0.2, [(BOX, 0.5)]) == [True]           # the window has passed
+    assert g.plan("a", 0.25, [(BOX, 0.5)]) == [False]
+    assert g.plan("a", 0.15, [(BOX, 0.5)]) == [False]         # out of order: an embedding 0.05 s later counts
+
+
+def test_gate_off_embeds_everything():
+    g = ReembedGate(0.0)
+    assert not g.enabled
+    assert g.plan("a", 0.0, [(BOX, 0.5)] * 3) == [True] * 3
+    assert g.plan("a", 0.0, [(BOX, 0.5)]) == [True]
+
+
+def test_gate_memory_is_bounded():
+    g = ReembedGate(0.1)
+    for i in range(ReembedGate.MAX_CAMERAS + 10):
+        g.plan(f"cam{i}", 0.0, [(BOX, 0.5)])
+    assert len(g._recent) == ReembedGate.MAX_CAMERAS and "cam0" not in g._recent
+    for i in range(200):
+        g.plan("busy", 0.0, [([float(100 * i), 0.0, 50.0, 50.0], 0.5)])
+    assert len(g._recent["busy"]) == ReembedGate.PER_CAMERA
+
+
+@pytest.mark.shared_data
+def test_stage_skips_only_faces_it_embedded_nearby(settings, faces_dir):
+    import cv2
+
+    from workers.detector import DetectStage
+    from workers.embedder import EmbedStage
+
+    cap = cv2.VideoCapture(str(faces_dir / "face_recognition" / "short_hamilton_clip.mp4"))
+    imgs = [cap.read()[1] for _ in range(30)]
+    frames = [(FrameMsg(frame=FrameRef(camera="c", seq=i, captured_at=1000.0 + i / 30, pts=i / 30, width=640,
+                                       height=360), jpeg=b"x"), img) for i, img in enumerate(imgs)]
+    det = DetectStage(settings)
+    faces = det.process(frames)
+    n_faces = sum(len(m.faces) for m in faces)
+    assert n_faces >= 30
+
+    every = settings.workers.reembed_s
+    assert every == pytest.approx(0.1)
+    stage = EmbedStage(settings, det.engine)
+    out = stage.process(faces[:16]) + stage.process(faces[16:])  # the gate's memory spans batches
+    assert [m.frame.seq for m in out] == list(range(30))
+    embedded = [(m.frame.pts, f) for m in out for f in m.faces if f.embedding]
+    skipped = [(m.frame.pts, f) for m in out for f in m.faces if not f.embedding]
+    assert skipped and embedded and stage.skipped == len(skipped)
+    assert len(embedded) + len(skipped) == n_faces
+    for _t, f in embedded:
+        assert abs(float(np.linalg.norm(f.vector())) - 1.0) < 1e-3
+    for t, f in skipped:
+        assert any(abs(t - te) < every and iou(f.box, e.box) >= 0.6 for te, e in embedded), (t, f.box)
+        assert f.thumb_jpeg  # still a snapshot candidate for its track
+
+    all_on = EmbedStage(settings.model_copy(update={"workers": settings.workers.model_copy(
+        update={"reembed_s": 0.0})}), det.engine).process(faces)
+    assert all(f.embedding for m in all_on for f in m.faces)
