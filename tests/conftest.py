@@ -1,7 +1,9 @@
-"""Shared fixtures: real Redis servers (private, on random ports), real models, the shared photo set."""
+"""Shared fixtures: real Redis servers (private, on random ports), real models, the shared photo set, a real
+GStreamer RTSP server (tests/rtsp_server.py run by the system python)."""
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import subprocess
 import time
@@ -114,3 +116,69 @@ def cli_env(tmp_path, redis_url, models_dir) -> dict:
                FACETRAIL_REDIS_URL=redis_url)
     env.pop("FACETRAIL_CONFIG", None)
     return env
+
+
+# ---- RTSP ----------------------------------------------------------------------------------------------
+RTSP_SERVER = Path(__file__).with_name("rtsp_server.py")
+# the system python with GStreamer's bindings (python3-gi, gir1.2-gst-rtsp-server-1.0); overridable for tests
+# of this fixture itself
+SYS_PY = os.environ.get("FACETRAIL_TEST_SYS_PYTHON", "/usr/bin/python3")
+CLIP = "face_recognition/short_hamilton_clip.mp4"
+
+
+def in_ci() -> bool:
+    return os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no")
+
+
+def gst_available() -> bool:
+    if not os.access(SYS_PY, os.X_OK):
+        return False
+    probe = ('import gi; gi.require_version("GstRtspServer", "1.0"); from gi.repository import GstRtspServer; '
+             'gi.require_version("Gst", "1.0"); from gi.repository import Gst; Gst.init(None); '
+             'assert Gst.ElementFactory.find("x264enc") and Gst.ElementFactory.find("intervideosrc")')
+    return subprocess.run([SYS_PY, "-c", probe], capture_output=True).returncode == 0
+
+
+class RtspServer:
+    """rtsp://127.0.0.1:PORT/cam serving VIDEO in a loop, in real time. kill() and start() again on the same port
+    is a server restart; SIGSTOP on .proc freezes it."""
+
+    def __init__(self, video: Path, port: int):
+        self.video, self.port = video, port
+        self.proc: subprocess.Popen | None = None
+        self.ready_at = 0.0
+
+    @property
+    def url(self) -> str:
+        return f"rtsp://127.0.0.1:{self.port}/cam"
+
+    def start(self) -> "RtspServer":
+        self.proc = subprocess.Popen([SYS_PY, str(RTSP_SERVER), str(self.video), str(self.port)],
+                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        line = self.proc.stdout.readline()
+        if line.strip() != "READY":
+            self.proc.kill()
+            raise RuntimeError(f"rtsp server did not start: {line} {self.proc.stderr.read()[-2000:]}")
+        self.ready_at = time.time()
+        return self
+
+    def kill(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            os.kill(self.proc.pid, signal.SIGCONT)
+            self.proc.kill()
+            self.proc.wait(10)
+
+
+@pytest.fixture
+def rtsp(faces_dir):
+    """A running RTSP server for the Hamilton clip. Without GStreamer the test is skipped, except in CI (CI set):
+    there a missing system dependency must fail the run, not silently drop the RTSP tests."""
+    if not gst_available():
+        why = (f"GStreamer RTSP server for {SYS_PY} is missing (python3-gi, gir1.2-gst-rtsp-server-1.0, "
+               "gstreamer1.0-plugins-{good,bad,ugly}, gstreamer1.0-libav; run .ci/system-deps.sh)")
+        if in_ci():
+            pytest.fail(f"CI: {why}")
+        pytest.skip(why)
+    srv = RtspServer(faces_dir / CLIP, free_port()).start()
+    yield srv
+    srv.kill()

@@ -101,6 +101,49 @@ def test_cli_config_check(tmp_path):
     assert "Traceback" not in out.stderr
 
 
-def test_settings_round_trip_is_valid():
-    dumped = Settings().model_dump(mode="json")
-    assert Settings.model_validate(dumped) == Settings.model_validate(dumped)
+def _differences(builtin, found, path=""):
+    """Every key whose value differs, or that only one side has (dotted paths)."""
+    if isinstance(builtin, dict) and isinstance(found, dict):
+        for k in sorted(set(builtin) | set(found)):
+            where = f"{path}{k}"
+            if k not in found:
+                yield f"{where}: missing from the file (built-in {builtin[k]!r})"
+            elif k not in builtin:
+                yield f"{where}: not a setting (file has {found[k]!r})"
+            else:
+                yield from _differences(builtin[k], found[k], where + ".")
+    elif builtin != found:
+        yield f"{path[:-1]}: file {found!r} != built-in {builtin!r}"
+
+
+def test_default_yaml_equals_builtin_defaults_key_by_key():
+    """configs/default.yaml says every key in it equals the built-in default: it holds every setting, no other
+    key, and each value is the default (home-relative paths are written with ~)."""
+    raw = yaml.safe_load((REPO / "configs" / "default.yaml").read_text())
+    raw["paths"]["data_dir"] = str(Path(raw["paths"]["data_dir"]).expanduser())
+    raw["models"]["dir"] = str(Path(raw["models"]["dir"]).expanduser())
+    assert list(_differences(Settings().model_dump(mode="json"), raw)) == []
+
+
+def _round_trip(s: Settings, tmp_path: Path, name: str) -> Settings:
+    f = tmp_path / name
+    f.write_text(yaml.safe_dump(s.model_dump(mode="json"), sort_keys=False))
+    return load_settings([f], env={})
+
+
+def test_settings_round_trip_is_valid(tmp_path):
+    """Settings dumped to YAML load back through the real loader (extra="forbid", validation) unchanged: the
+    defaults, and a tree with non-default values in several sections and a camera."""
+    defaults = load_settings([], env={})
+    back = _round_trip(defaults, tmp_path, "defaults.yaml")
+    assert back == defaults
+    assert back.model_dump(mode="json") == Settings().model_dump(mode="json")
+    changed = load_settings([write(tmp_path, "changed.yaml", {
+        "paths": {"data_dir": str(tmp_path / "d")}, "redis": {"url": "redis://example:6380/2", "key_prefix": "x"},
+        "workers": {"batch_max": 5, "watchdog_s": 7.5}, "thresholds": {"match": 0.61},
+        "cameras": [{"name": "door", "url": "rtsp://cam/1", "fps": 4}]})], env={})
+    assert changed != defaults
+    again = _round_trip(changed, tmp_path, "changed-dump.yaml")
+    assert again == changed
+    assert (again.workers.batch_max, again.thresholds.match, again.redis.url) == (5, 0.61, "redis://example:6380/2")
+    assert [(c.name, c.url, c.fps) for c in again.cameras] == [("door", "rtsp://cam/1", 4)]

@@ -4,6 +4,7 @@ from __future__ import annotations
 import csv
 import json
 import subprocess
+import sys
 from pathlib import Path
 
 import cv2
@@ -11,8 +12,8 @@ import numpy as np
 
 from pipeline.config.sections import ThresholdsConfig
 
-REPO = Path(__file__).resolve().parents[1]
-FACETRAIL = str(REPO / ".venv" / "bin" / "facetrail")
+# the console script of the environment running the tests (whatever VENV that is), not a fixed .venv
+FACETRAIL = str(Path(sys.executable).parent / "facetrail")
 
 
 def run(args: list[str], env: dict, cwd: Path | None = None) -> subprocess.CompletedProcess:

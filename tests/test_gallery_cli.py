@@ -6,9 +6,15 @@ import os
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
+import redis
+
+from index.store import GalleryStore
+from pipeline.backbone import EmbeddedRedis
+from pipeline.config import load_settings
 
 from conftest import REPO, RedisProc
 
@@ -154,5 +160,98 @@ def test_enroll_in_one_process_is_seen_by_another_within_a_second(tmp_path, mode
         # lag from the log entry's server timestamp to the other process answering with the new name
         print(f"gallery replication lag: {seen['lag_s'] * 1000:.0f} ms")
         assert seen["lag_s"] < 1.0, seen
+    finally:
+        rp.stop()
+
+
+def test_gallery_persists_across_commands_with_the_embedded_redis(tmp_path, models_dir, knn):
+    """No redis url: each command starts the data dir's embedded server (AOF on) and stops it when it exits.
+    What `gallery enroll` wrote is what the next process, `identify`, finds."""
+    data = tmp_path / "data"
+    env = dict(os.environ, FACETRAIL_DATA_DIR=str(data), FACETRAIL_MODELS_DIR=str(models_dir))
+    for k in ("FACETRAIL_CONFIG", "FACETRAIL_REDIS_URL", "FACETRAIL_REDIS__URL"):
+        env.pop(k, None)
+    out = run(env, "gallery", "enroll", "obama", knn / "train" / "obama" / "obama.jpg").stdout
+    assert out.startswith("enrolled obama (")
+    # the first command's server is gone: the second one must read the gallery back from disk
+    assert not EmbeddedRedis(data).socket.exists(), "the enroll command's embedded redis-server outlived it"
+    assert any((data / "redis").rglob("*.aof")), "the embedded server keeps an append-only file"
+    rec = json.loads(run(env, "identify", "--json", knn / "train" / "obama" / "obama2.jpg").stdout)
+    assert [f["identity"] for f in rec["faces"]] == ["obama"], rec
+    assert rec["faces"][0]["score"] >= 0.5
+    # and a photo of someone else is nobody (the gallery holds obama only)
+    rec = json.loads(run(env, "identify", "--json", knn / "train" / "biden" / "biden.jpg").stdout)
+    assert [f["identity"] for f in rec["faces"]] == [None], rec
+
+
+CHANGE_POLLER = textwrap.dedent("""
+    import json, sys, time
+    import redis
+    from index.replica import GalleryReplica
+    from pipeline.config import load_settings
+    from pipeline.engine.engine import FaceEngine
+    from pipeline.engine.imageio import load_image
+    s = load_settings()
+    r = redis.Redis.from_url(s.redis.url)
+    emb = FaceEngine(s).analyze([load_image(sys.argv[1])])[0][0].embedding
+    rep = GalleryReplica(r, s).start()          # one long-lived replica for the whole test
+    d = rep.identify(emb)[0]
+    assert d.name == "obama", d
+    print("ready", flush=True)
+
+    def wait(pred, what):
+        deadline = time.time() + 60
+        while time.time() < deadline:
+            d = rep.identify(emb)[0]            # each search first applies new log entries
+            if pred(d):
+                return d, time.time()
+            time.sleep(0.005)
+        sys.exit("never saw the " + what)
+
+    d, seen = wait(lambda d: d.name != "obama", "rename")
+    print(json.dumps({"name": d.name, "seen": seen}), flush=True)
+    d, seen = wait(lambda d: d.name is None, "remove")
+    left = [m.identity_id for m in rep.search(emb[None, :])[0]]
+    print(json.dumps({"name": d.name, "seen": seen, "left": left, "templates": len(rep)}), flush=True)
+""")
+
+
+def test_rename_and_remove_in_one_process_are_seen_by_another_within_a_second(tmp_path, models_dir, knn):
+    """A second process holding a replica (no restart, no reload) sees a rename, then a remove, each within 1 s
+    of the change being made. The change is made here, in-process, so the bound is measured from just before
+    the store call to the moment the other process answered with the new state."""
+    rp = RedisProc(tmp_path).start()
+    try:
+        env = dict(os.environ, FACETRAIL_DATA_DIR=str(tmp_path / "data"), FACETRAIL_MODELS_DIR=str(models_dir),
+                   FACETRAIL_REDIS_URL=rp.url, PYTHONPATH=str(REPO))
+        env.pop("FACETRAIL_CONFIG", None)
+        run(env, "gallery", "enroll", "obama", knn / "train" / "obama" / "obama.jpg")
+        s = load_settings([], env={k: v for k, v in env.items() if k.startswith("FACETRAIL_")})
+        store = GalleryStore(redis.Redis.from_url(rp.url), s)
+        (iid,) = [i.id for i in store.identities()]
+        poller = subprocess.Popen([sys.executable, "-c", CHANGE_POLLER, str(knn / "test" / "obama1.jpg")], env=env,
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            assert poller.stdout.readline().strip() == "ready", poller.stderr.read()
+            t0 = time.time()
+            store.rename("obama", "barack")
+            line = poller.stdout.readline()
+            assert line, poller.stderr.read()
+            renamed = json.loads(line)
+            t1 = time.time()
+            store.remove("barack")
+            line = poller.stdout.readline()
+            assert line, poller.stderr.read()
+            removed = json.loads(line)
+            assert poller.wait(60) == 0, poller.stderr.read()
+        finally:
+            poller.kill()
+        assert renamed["name"] == "barack"
+        assert removed["name"] is None
+        assert iid not in removed["left"] and removed["templates"] == 0, removed  # the vectors went too
+        print(f"gallery replication lag: rename {(renamed['seen'] - t0) * 1000:.0f} ms, "
+              f"remove {(removed['seen'] - t1) * 1000:.0f} ms")
+        assert renamed["seen"] - t0 < 1.0, renamed
+        assert removed["seen"] - t1 < 1.0, removed
     finally:
         rp.stop()

@@ -1,10 +1,10 @@
 """Grabber against real sources: a file (every frame, then EOS) and GStreamer's RTSP server run by the system
-python (killed and restarted: reconnect; SIGSTOPped: stalled within the watchdog time)."""
+python (killed and restarted: reconnect; SIGSTOPped: stalled within the watchdog time). The `rtsp` fixture and
+RtspServer live in conftest.py (tests/test_rtsp_pipeline.py uses them too)."""
 from __future__ import annotations
 
 import os
 import signal
-import subprocess
 import threading
 import time
 from pathlib import Path
@@ -20,60 +20,11 @@ from pipeline.messages import FrameMsg
 from pipeline.streams import StreamNames
 from workers.grabber import Grabber
 
-from conftest import free_port
-
-SERVER = Path(__file__).with_name("rtsp_server.py")
-SYS_PY = "/usr/bin/python3"
 CLIP = "face_recognition/short_hamilton_clip.mp4"
 
 
 def with_workers(settings, **kw):
     return settings.model_copy(update={"workers": settings.workers.model_copy(update=kw)})
-
-
-def gst_available() -> bool:
-    if not os.access(SYS_PY, os.X_OK):
-        return False
-    probe = ('import gi; gi.require_version("GstRtspServer", "1.0"); from gi.repository import GstRtspServer; '
-             'gi.require_version("Gst", "1.0"); from gi.repository import Gst; Gst.init(None); '
-             'assert Gst.ElementFactory.find("x264enc") and Gst.ElementFactory.find("intervideosrc")')
-    return subprocess.run([SYS_PY, "-c", probe], capture_output=True).returncode == 0
-
-
-class RtspServer:
-    def __init__(self, video: Path, port: int):
-        self.video, self.port = video, port
-        self.proc: subprocess.Popen | None = None
-        self.ready_at = 0.0
-
-    @property
-    def url(self) -> str:
-        return f"rtsp://127.0.0.1:{self.port}/cam"
-
-    def start(self) -> "RtspServer":
-        self.proc = subprocess.Popen([SYS_PY, str(SERVER), str(self.video), str(self.port)], stdout=subprocess.PIPE,
-                                     stderr=subprocess.PIPE, text=True)
-        line = self.proc.stdout.readline()
-        if line.strip() != "READY":
-            self.proc.kill()
-            raise RuntimeError(f"rtsp server did not start: {line} {self.proc.stderr.read()[-2000:]}")
-        self.ready_at = time.time()
-        return self
-
-    def kill(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            os.kill(self.proc.pid, signal.SIGCONT)
-            self.proc.kill()
-            self.proc.wait(10)
-
-
-@pytest.fixture
-def rtsp(faces_dir):
-    if not gst_available():
-        pytest.skip("GStreamer RTSP server for /usr/bin/python3 is missing (run .ci/system-deps.sh)")
-    srv = RtspServer(faces_dir / CLIP, free_port()).start()
-    yield srv
-    srv.kill()
 
 
 class GrabberThread:

@@ -185,8 +185,51 @@ def test_stage_one_match_per_track_unknown_track_and_end_of_stream():
     assert stranger_ev[1].identity is None and stranger_ev[1].seq < 40
     assert stranger_ev[1].frames == 10
     ended = [e for e in events if e.type == "track.ended" and e.track_id == "cam:0:0"][0]
-    assert ended.frames == 40 and ended.first_seen == 1000.0 and ended.snapshot_id.startswith("cam:")
+    assert ended.frames == 40 and ended.first_seen == 1000.0
+    # quality rises by 0.01 a frame from 0.5: the snapshot moves only on a >10 % better face
+    # (0.5 -> 0.56 @6 -> 0.62 @12 -> 0.69 @19 -> 0.76 @26 -> 0.84 @34; 0.89 @39 is not > 0.924)
+    assert ended.snapshot_id == "cam:34:0"
     assert len({e.id for e in events}) == len(events)
+
+
+def test_snapshot_is_the_tracks_best_face_replaced_only_on_a_clear_improvement():
+    """The kept snapshot is the best face of its track by quality x size (faces under 112 px count less), and
+    a later face replaces it only when it is more than 10 % better. The id names (camera, seq, face index)."""
+    a, b = rand_unit(), rand_unit()
+    big_a, small_a, big_b = [100, 100, 120, 120], [132, 132, 56, 56], [400, 100, 120, 120]
+    # seq: (faces in frame order as (box, embedding, quality)); A is person a, B person b
+    script = {
+        0: [(big_a, a, 0.5), (big_b, b, 0.6)],    # A: first face -> cam:0:0; B -> cam:0:1
+        1: [(big_a, a, 0.4), (big_b, b, 0.6)],    # A worse: kept
+        2: [(big_a, a, 0.7), (big_b, b, 0.6)],    # A clearly better (0.7 > 1.1 x 0.5): cam:2:0
+        3: [(big_a, a, 0.75), (big_b, b, 0.6)],   # A marginally better (0.75 < 1.1 x 0.7): kept
+        4: [(small_a, a, 0.9), (big_b, b, 0.8)],  # A sharp but small (0.9 x 56/112 = 0.45): kept; B: cam:4:1
+        5: [(big_b, b, 0.6), (big_a, a, 0.9)],    # A clearly better, now the frame's 2nd face: cam:5:1
+        6: [(big_a, a, 0.97), (big_b, b, 0.85)],  # both marginally better (< 10 %): kept
+    }
+    st = MatcherStage("cam", gallery_search({}), match=0.45, margin=0.05, min_track_frames=3, max_age_s=1.0)
+    events, snaps = [], []
+    for seq, faces in script.items():
+        out = st.update(frame(seq, faces))
+        events += out.events
+        snaps.append(sorted(out.snapshots))
+        for sid, jpeg in out.snapshots.items():
+            assert jpeg == b"jpeg%d" % int(sid.split(":")[1]), "the JPEG kept is that face's thumbnail"
+    events += st.update(frame(7, [], eos=True)).events
+    assert snaps == [["cam:0:0", "cam:0:1"], [], ["cam:2:0"], [], ["cam:4:1"], ["cam:5:1"], []]
+    started = {e.track_id: e.snapshot_id for e in events if e.type == "track.started"}
+    ended = {e.track_id: e.snapshot_id for e in events if e.type == "track.ended"}
+    assert set(ended) == {"cam:0:0", "cam:0:1"}, "one track per person (the small face stayed on A's track)"
+    assert started == {"cam:0:0": "cam:2:0", "cam:0:1": "cam:0:1"}  # the best so far when the track started
+    assert ended == {"cam:0:0": "cam:5:1", "cam:0:1": "cam:4:1"}
+    # the snapshot survives a checkpoint: a resumed stage keeps it and applies the same rule
+    st2 = MatcherStage("cam", gallery_search({}), match=0.45, margin=0.05, min_track_frames=3, max_age_s=1.0)
+    st = MatcherStage("cam", gallery_search({}), match=0.45, margin=0.05, min_track_frames=3, max_age_s=1.0)
+    for seq in range(4):
+        st.update(frame(seq, script[seq]))
+    st2.load_state(json.loads(json.dumps(st.to_state())))
+    assert sorted(st2.update(frame(4, script[4])).snapshots) == ["cam:4:1"]
+    assert sorted(st2.update(frame(5, script[5])).snapshots) == ["cam:5:1"]
 
 
 def test_stage_short_false_detection_makes_no_event_and_replay_is_identical():
