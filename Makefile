@@ -27,8 +27,10 @@ demo: install models
 system-deps:
 	bash .ci/system-deps.sh
 
+# pytest's exit code 5 (no test collected) is a failure too, said in words
 test: system-deps install-dev models
-	$(PY) -m pytest -q -ra $(PYTEST_ARGS)
+	@$(PY) -m pytest -q -ra $(PYTEST_ARGS); rc=$$?; \
+	  if [ $$rc -eq 5 ]; then echo "make test: pytest collected no tests" >&2; fi; exit $$rc
 
 bench: install models
 	$(PIP) install -q -e '.[$(EXTRAS),bench]'

@@ -3,7 +3,8 @@
 The embedded server lives under <data_dir>/redis (AOF on, unix socket only), so what one CLI command writes
 the next one sees. The process that starts it owns it: the server gets PR_SET_PDEATHSIG so it can never
 outlive its owner (even after SIGKILL), and SIGTERM/SIGINT shut it down cleanly (AOF flushed). Other
-processes that find it running just connect; long-running workers restart it if its owner went away.
+processes that find it running just connect. When its owner exits the server goes with it, so run long-lived
+workers under one owner (`facetrail up`) or point them at a real server (redis.url).
 """
 from __future__ import annotations
 

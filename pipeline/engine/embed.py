@@ -117,6 +117,11 @@ class TorchSFaceEmbedder(Embedder):
         self.device = device
         # channels_last: the fast layout for these convolutions on CPU (oneDNN) and on recent GPUs (cuDNN)
         self._module = module.to(device).to(memory_format=torch.channels_last)
+        if device.startswith("cuda"):
+            # TF32 (on by default for cuDNN convolutions on Ampere and newer) rounds inputs to 10-bit mantissas;
+            # the CPU and GPU paths must give the same vectors (cosine >= 0.9999), so keep full fp32
+            torch.backends.cudnn.allow_tf32 = False
+            torch.backends.cuda.matmul.allow_tf32 = False
 
     def embed(self, crops: list[np.ndarray]) -> np.ndarray:
         if not len(crops):
