@@ -22,7 +22,7 @@ import redis
 from pipeline.config import Settings
 
 from .faiss_index import GalleryIndex, IndexParams
-from .store import DIM, GalleryStore, _s
+from .store import DIM, GalleryStore, _s, _sid
 
 log = logging.getLogger("facetrail.gallery")
 
@@ -73,11 +73,6 @@ def index_params(settings: Settings) -> IndexParams:
                        hnsw_ef_search=g.hnsw_ef_search)
 
 
-def _sid(s: str) -> tuple[int, int]:
-    a, _, b = s.partition("-")
-    return int(a or 0), int(b or 0)
-
-
 class GalleryReplica:
     def __init__(self, r: redis.Redis, settings: Settings, *, params: IndexParams | None = None):
         self.r = r
@@ -109,7 +104,7 @@ class GalleryReplica:
         if snap is None:
             return
         log_id, ids, owners, vecs, idents = snap
-        self.names = {iid: name for iid, name in idents}
+        self.names = {iid: name for iid, name in idents if iid}  # "": the blanked slot of a removed person
         if len(ids):
             self.index.add(ids, vecs, [idents[o][0] for o in owners.tolist()])
         self.last_id = log_id

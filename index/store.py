@@ -7,14 +7,23 @@ Keys (P = `<prefix>:gallery`):
   P:names             hash   name -> identity id
   P:tpl:<tid>         hash   id, identity, embedding (float32 bytes), sha256, quality, thumbnail (JPEG), created
   P:seq:tpl           int    template id counter (INCR)
-  P:log               stream the change log: op=enroll|remove|rename, identity, name, ... (everything needed to apply)
-  P:snap              hash   snapshot meta: log_id, gen, chunks, count, identities (JSON)
+  P:log               stream the change log: op=enroll|rename (identity, name, ...: everything needed to apply)
+                             and op=remove (identity only)
+  P:snap              hash   snapshot meta: log_id, gen, chunks, count, identities (JSON [id, name]; a removed
+                             person's slot is blanked to ["", ""] so the owner indexes of the others stay valid)
   P:snap:<gen>:<i>    string snapshot chunk: int64 ids | int32 owner index | float32 vectors
+  P:snap_floor        string the latest removal's log id: a snapshot of an older state (which still holds that
+                             person) is refused
+  P:forget            hash   identity id -> removal log id, while that removal is still being scrubbed
   P:log_floor         string log entries below this id were trimmed (after a snapshot)
   P:changes           int    changes since the last snapshot
 
 Every mutation is one Lua script that writes the truth AND appends the log entry, so they cannot diverge.
 Replicas (index.replica.GalleryReplica) start from the snapshot and replay the log after it.
+
+Removing a person forgets them everywhere: besides their keys, their earlier enroll/rename entries are XDELed
+from the log and the snapshot chunks holding their vectors are rewritten (`GalleryStore.forget_removed`). A
+replica that applied them still gets the removal entry; one that starts later never sees them.
 """
 from __future__ import annotations
 
@@ -38,6 +47,8 @@ log = logging.getLogger("facetrail.gallery")
 
 DIM = 128
 SNAP_CHUNK = 65_536  # templates per snapshot chunk (~34 MB at 128-D): far below Redis's 512 MB string limit
+_ROW = 8 + 4 + 4 * DIM  # bytes per template in a snapshot chunk
+FORGET_CHUNK = 500  # log entries scanned per atomic step when scrubbing a removed person from the log
 
 
 class GalleryError(ValueError):
@@ -134,10 +145,41 @@ local tids = redis.call('SMEMBERS', ikey .. ':tpls')
 for _, t in ipairs(tids) do redis.call('DEL', P .. ':tpl:' .. t) end
 redis.call('DEL', ikey, ikey .. ':tpls', ikey .. ':src')
 if redis.call('HGET', P .. ':names', name) == iid then redis.call('HDEL', P .. ':names', name) end
-local id = redis.call('XADD', P .. ':log', '*', 'op', 'remove', 'identity', iid, 'name', name,
-                      'tids', table.concat(tids, ','))
+local id = redis.call('XADD', P .. ':log', '*', 'op', 'remove', 'identity', iid)
+redis.call('SET', P .. ':snap_floor', id)
+redis.call('HSET', P .. ':forget', iid, id)
 redis.call('INCR', P .. ':changes')
 return {name, table.concat(tids, ','), id}
+"""
+
+# XDEL one chunk of a removed person's log entries older than the removal; returns the last id read ('' at the end).
+_FORGET_LOG = """
+local P, iid, after, upto, count = ARGV[1], ARGV[2], ARGV[3], ARGV[4], tonumber(ARGV[5])
+local rows = redis.call('XRANGE', P .. ':log', '(' .. after, '(' .. upto, 'COUNT', count)
+for _, row in ipairs(rows) do
+  local f = row[2]
+  for i = 1, #f, 2 do
+    if f[i] == 'identity' then
+      if f[i + 1] == iid then redis.call('XDEL', P .. ':log', row[1]) end
+      break
+    end
+  end
+end
+if #rows < count then return '' end
+return rows[#rows][1]
+"""
+
+# Switch the snapshot (still generation ARGV[2]) to generation ARGV[3], whose rewritten chunks exist already: the
+# untouched chunks are renamed over, the replaced ones deleted. 0 when the snapshot changed meanwhile.
+_SCRUB_SNAP = """
+local P, gen, new, chunks = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4])
+if redis.call('HGET', P .. ':snap', 'gen') ~= gen then return 0 end
+for c = 0, chunks - 1 do
+  local old, nk = P .. ':snap:' .. gen .. ':' .. c, P .. ':snap:' .. new .. ':' .. c
+  if redis.call('EXISTS', nk) == 1 then redis.call('DEL', old) else redis.call('RENAME', old, nk) end
+end
+redis.call('HSET', P .. ':snap', 'gen', new, 'count', ARGV[5], 'identities', ARGV[6])
+return 1
 """
 
 _RENAME = """
@@ -161,11 +203,16 @@ return {old, id}
 _PUT_SNAP = """
 local P, logid, gen = ARGV[1], ARGV[2], ARGV[3]
 local cur = redis.call('HGET', P .. ':snap', 'log_id')
+local floor = redis.call('GET', P .. ':snap_floor')
 local function parse(s) local a, b = string.match(s, '(%d+)-(%d+)'); return tonumber(a), tonumber(b) end
+local a2, b2 = parse(logid)
 if cur then
   local a1, b1 = parse(cur)
-  local a2, b2 = parse(logid)
   if a2 < a1 or (a2 == a1 and b2 <= b1) then return {0, gen} end
+end
+if floor then
+  local a1, b1 = parse(floor)
+  if a2 < a1 or (a2 == a1 and b2 < b1) then return {0, gen} end
 end
 local old = redis.call('HGET', P .. ':snap', 'gen') or ''
 redis.call('HSET', P .. ':snap', 'log_id', logid, 'gen', gen, 'chunks', ARGV[4], 'count', ARGV[5],
@@ -195,6 +242,8 @@ class GalleryStore:
         self._remove = r.register_script(_REMOVE)
         self._rename = r.register_script(_RENAME)
         self._put_snap = r.register_script(_PUT_SNAP)
+        self._forget_log = r.register_script(_FORGET_LOG)
+        self._scrub_snap = r.register_script(_SCRUB_SNAP)
 
     # ---- keys ----------------------------------------------------------------------------------------
     def k(self, *parts) -> str:
@@ -301,8 +350,9 @@ class GalleryStore:
         return iid, tids
 
     def remove(self, name_or_id: str) -> tuple[str, str, list[int]]:
-        """Delete a person: identity, all templates (vectors, thumbnails). Runs hooks.on_remove afterwards.
-        Returns (identity id, name, removed template ids)."""
+        """Delete a person: identity, all templates (vectors, thumbnails), and every copy of their vectors and
+        names in the change log and the snapshot. Runs hooks.on_remove afterwards (even when scrubbing failed:
+        the events purge must not depend on it). Returns (identity id, name, removed template ids)."""
         iid = self.require(name_or_id)
         try:
             name, tids, log_id = self._remove(args=[self.P, iid])
@@ -310,9 +360,24 @@ class GalleryStore:
             raise self._user_error(e, name_or_id) from None
         name = _s(name)
         tids = [int(x) for x in _s(tids).split(",") if x]
-        log.info("gallery remove identity=%s name=%s templates=%d log_id=%s", iid, name, len(tids), _s(log_id))
-        hooks.run_on_remove(self.r, self.settings, iid, name)
+        log.info("gallery remove identity=%s templates=%d log_id=%s", iid, len(tids), _s(log_id))
+        try:
+            self.forget_removed()
+        finally:
+            hooks.run_on_remove(self.r, self.settings, iid, name)
         return iid, name, tids
+
+    def forget_removed(self) -> None:
+        """Scrub every removal still marked in P:forget (normally the one just made; also any a crashed process
+        left): XDEL the person's log entries before the removal, in chunks (each one atomic, so a concurrent
+        enroll is never lost), then rewrite the snapshot without them, then drop the mark."""
+        for iid, upto in self.r.hgetall(self.k("forget")).items():
+            iid, upto = _s(iid), _s(upto)
+            after = "0-0"
+            while after:
+                after = _s(self._forget_log(args=[self.P, iid, after, upto, FORGET_CHUNK]))
+            self._scrub_snapshot(iid, upto)
+            self.r.hdel(self.k("forget"), iid)
 
     def rename(self, old: str, new: str) -> str:
         new = valid_name(new)
@@ -344,7 +409,8 @@ class GalleryStore:
     def put_snapshot(self, log_id: str, ids: np.ndarray, owners: np.ndarray, vectors: np.ndarray,
                      identities: list[tuple[str, str]], *, trim: bool = True) -> bool:
         """Store a snapshot of the state as of log entry `log_id` (chunks first, then an atomic switch of the
-        meta; a snapshot older than the current one is dropped). Then trims the log up to it."""
+        meta; a snapshot older than the current one is dropped, and so is one of a state before the latest
+        removal, which still holds that person). Then trims the log up to it."""
         gen = uuid.uuid4().hex[:12]
         ids = np.asarray(ids, np.int64)
         owners = np.asarray(owners, np.int32)
@@ -354,7 +420,7 @@ class GalleryStore:
         pipe = self.r.pipeline(transaction=False)
         for c in range(chunks):
             sl = slice(c * SNAP_CHUNK, (c + 1) * SNAP_CHUNK)
-            pipe.set(self.k("snap", gen, c), ids[sl].tobytes() + owners[sl].tobytes() + vectors[sl].tobytes())
+            pipe.set(self.k("snap", gen, c), _pack(ids[sl], owners[sl], vectors[sl]))
         pipe.execute()
         ok, old = self._put_snap(args=[self.P, log_id, gen, chunks, n, json.dumps(identities), DIM, now_iso()])
         old = _s(old)
@@ -369,7 +435,46 @@ class GalleryStore:
             pipe.execute()
         log.info("gallery snapshot log_id=%s templates=%d identities=%d chunks=%d", log_id, n, len(identities),
                  chunks)
+        self.forget_removed()  # a removal a crashed process left half-scrubbed
         return True
+
+    def _scrub_snapshot(self, iid: str, upto: str) -> None:
+        """Take a removed person out of a snapshot older than their removal: only the chunks holding their rows
+        are downloaded and rewritten (the rest are renamed server-side), and their `identities` slot is blanked
+        so the owner indexes in the other chunks stay valid. log_id stays: the log after it still applies."""
+        for _ in range(5):
+            meta = {_s(a): _s(b) for a, b in self.r.hgetall(self.k("snap")).items()}
+            if not meta or _sid(meta["log_id"]) >= _sid(upto):
+                return  # a snapshot written after the removal cannot hold them (see P:snap_floor)
+            idents = json.loads(meta["identities"])
+            o = next((i for i, x in enumerate(idents) if x[0] == iid), None)
+            if o is None:
+                return
+            gen, chunks, new = meta["gen"], int(meta["chunks"]), uuid.uuid4().hex[:12]
+            rows = [n // _ROW for n in self._pipe(lambda p: [p.strlen(self.k("snap", gen, c)) for c in range(chunks)])]
+            full = [c for c in range(chunks) if rows[c]]
+            owner_parts = self._pipe(lambda p: [p.getrange(self.k("snap", gen, c), 8 * rows[c], 12 * rows[c] - 1)
+                                                for c in full])  # just the owner indexes: 4 bytes a template
+            hit = [c for c, b in zip(full, owner_parts) if o in np.frombuffer(b, np.int32)]
+            removed = 0
+            for c in hit:
+                ids, owners, vecs = _unpack(self.r.get(self.k("snap", gen, c)) or b"")
+                keep = owners != o
+                removed += int((~keep).sum())
+                self.r.set(self.k("snap", new, c), _pack(ids[keep], owners[keep], vecs[keep]))
+            idents[o] = ["", ""]
+            if self._scrub_snap(args=[self.P, gen, new, chunks, int(meta["count"]) - removed, json.dumps(idents)]):
+                log.info("gallery snapshot log_id=%s: %d template(s) of a removed person scrubbed from %d chunk(s)",
+                         meta["log_id"], removed, len(hit))
+                return
+            self._drop_snapshot_chunks(new)  # replaced meanwhile: look at the new one
+        raise GalleryError("the gallery snapshot kept changing while a removal was scrubbed from it; run "
+                           "`facetrail gallery snapshot` to replace it")
+
+    def _pipe(self, fill) -> list:
+        pipe = self.r.pipeline(transaction=False)
+        fill(pipe)
+        return pipe.execute()
 
     def _drop_snapshot_chunks(self, gen: str) -> None:
         keys = [k for k in self.r.scan_iter(match=self.k("snap", gen, "*"), count=1000)]
@@ -390,12 +495,7 @@ class GalleryStore:
             blobs = pipe.execute()
             if any(b is None for b in blobs):
                 continue  # replaced while we read it: read the new one
-            ids, owners, vecs = [], [], []
-            for b in blobs:
-                m = len(b) // (8 + 4 + 4 * DIM)
-                ids.append(np.frombuffer(b, np.int64, m, 0))
-                owners.append(np.frombuffer(b, np.int32, m, 8 * m))
-                vecs.append(np.frombuffer(b, np.float32, m * DIM, 12 * m).reshape(m, DIM))
+            ids, owners, vecs = zip(*map(_unpack, blobs))
             idents = [tuple(x) for x in json.loads(meta["identities"])]
             return (meta["log_id"], np.concatenate(ids), np.concatenate(owners), np.concatenate(vecs), idents)
         raise GalleryError("the gallery snapshot kept changing while being read; try again")
@@ -445,6 +545,24 @@ class GalleryStore:
             _, added = self.enroll(name, tpls, metadata=meta, identity_id=iid)
             done.append((name, len(added)))
         return done
+
+
+def _sid(s: str) -> tuple[int, int]:
+    """A stream id as a comparable (ms, seq)."""
+    a, _, b = s.partition("-")
+    return int(a or 0), int(b or 0)
+
+
+def _pack(ids, owners, vectors) -> bytes:
+    """One snapshot chunk: int64 ids | int32 owner indexes | float32 vectors."""
+    return (np.asarray(ids, np.int64).tobytes() + np.asarray(owners, np.int32).tobytes()
+            + np.ascontiguousarray(vectors, np.float32).tobytes())
+
+
+def _unpack(b: bytes) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    m = len(b) // _ROW
+    return (np.frombuffer(b, np.int64, m, 0), np.frombuffer(b, np.int32, m, 8 * m),
+            np.frombuffer(b, np.float32, m * DIM, 12 * m).reshape(m, DIM))
 
 
 def _emb_digest(e: np.ndarray) -> str:

@@ -1,6 +1,9 @@
 """Event store on a real Redis: filters, paging, write-once ids, fencing, retention, purge on gallery remove."""
 from __future__ import annotations
 
+import json
+import time
+
 import numpy as np
 import pytest
 import redis
@@ -126,3 +129,35 @@ def test_gallery_remove_purges_events_and_snapshots(store, settings):
     assert store.get(matched.id) is None and store.get(started.id) is None  # the whole track goes
     assert store.snapshot("door:5:0") is None
     assert [e.id for e in store.query(limit=100).events] == [other.id]
+    stream = StreamNames(settings.redis.key_prefix).events
+    assert [json.loads(f[b"m"])["id"] for _, f in r.xrange(stream)] == [other.id]  # the stream forgets too
+
+
+def test_purge_deletes_the_persons_entries_from_the_events_stream(store, monkeypatch):
+    monkeypatch.setattr("pipeline.events.store.STREAM_SCAN_CHUNK", 7)  # several scan steps
+    r = store.r
+    stream = StreamNames(store.settings.redis.key_prefix).events
+    evs = fill(store)
+    old = ev("identity.matched", "yard", "yard:old:0", "ann", t=500.0)
+    old.identity_id = "id-ann"
+    r.xadd(stream, {"m": old.encode()})  # its stored copy is gone (retention), the stream entry is not
+    r.xgroup_create(stream, "sink:test", id="0")
+    r.xreadgroup("sink:test", "c1", {stream: ">"}, count=5)  # some entries pending in a sink's group
+    ann_tracks = {e.track_id for e in evs if e.identity == "ann"}
+    store.purge_identity("id-ann", "ann")
+    left = [json.loads(f[b"m"]) for _, f in r.xrange(stream)]
+    assert left and not any(b"ann" in f[b"m"] for _, f in r.xrange(stream))  # name and id ("id-ann")
+    assert not any(e["track_id"] in ann_tracks for e in left)
+    assert len(left) == len([e for e in evs if e.track_id not in ann_tracks])
+    pending = r.xreadgroup("sink:test", "c1", {stream: "0"}, count=10)[0][1]
+    assert len(pending) == 5 and all(not f or b"ann" not in f[b"m"] for _, f in pending)
+    assert any(not f for _, f in pending)  # a deleted entry still pending in a group reads back empty
+
+
+def test_retention_sweep_trims_the_events_stream(store):
+    stream = StreamNames(store.settings.redis.key_prefix).events
+    store.settings.events.retention_days = 1.0
+    store.r.xadd(stream, {"m": ev("track.started", "cam", "cam:0:0", t=1.0).encode()}, id="1000-0")  # long ago
+    store.add([ev("track.started", "cam", "cam:1:0", t=time.time())])
+    store.sweep()
+    assert [json.loads(f[b"m"])["track_id"] for _, f in store.r.xrange(stream)] == ["cam:1:0"]

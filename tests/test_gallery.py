@@ -125,7 +125,7 @@ def test_replica_follows_enroll_rename_remove(settings):
         store.remove("nobody")
     store.remove("anne")
     assert [m.name for m in rep.search(ann[0])[0]] == ["bob"]
-    assert r.xlen(store.log_key) == 4  # enroll, enroll, rename, remove
+    assert r.xlen(store.log_key) == 2  # bob's enroll, the removal (ann's enroll and rename were deleted)
     assert store.identity(bid).templates == 1 and [i.name for i in store.identities()] == ["bob"]
 
 
@@ -265,3 +265,88 @@ def test_concurrent_syncs_of_one_replica_converge(settings):
     rep.sync()
     assert sorted(rep.names.values()) == sorted(i.name for i in store.identities())
     assert sorted(rep.index.identities()) == sorted(rep.names)
+
+
+# ---- forgetting a person ---------------------------------------------------------------------------------------
+def redis_dump(r, skip_entries=()) -> dict[bytes, bytes]:
+    """Every key of the database with everything it holds (type-aware), as one blob per key; stream entries
+    with an id in skip_entries are left out."""
+    out = {}
+    for k in r.scan_iter(count=1000):
+        t = r.type(k)
+        if t == b"string":
+            parts = [r.get(k)]
+        elif t == b"hash":
+            parts = [x for kv in r.hgetall(k).items() for x in kv]
+        elif t == b"stream":
+            parts = [x for eid, f in r.xrange(k) if eid not in skip_entries
+                     for x in (eid, *(y for kv in f.items() for y in kv))]
+        elif t == b"set":
+            parts = list(r.smembers(k))
+        elif t == b"zset":
+            parts = [m for m, _ in r.zrange(k, 0, -1, withscores=True)]
+        elif t == b"list":
+            parts = r.lrange(k, 0, -1)
+        else:
+            raise AssertionError(f"unexpected key type {t!r} of {k!r}")
+        out[k] = b"\x00".join([k, *(p if isinstance(p, bytes) else str(p).encode() for p in parts)])
+    return out
+
+
+def test_remove_forgets_the_person_in_every_key_and_replicas_converge(settings, monkeypatch):
+    monkeypatch.setattr("index.store.SNAP_CHUNK", 2)  # the person's templates and the others' in separate chunks
+    r = redis.Redis.from_url(settings.redis.url)
+    store = GalleryStore(r, settings)
+    rng = np.random.default_rng(9)
+    a1, a2, b, c = unit(rng, 2), unit(rng, 1), unit(rng, 3), unit(rng, 1)
+    thumb = b"\xff\xd8annabel-thumbnail"
+    aid, _ = store.enroll("Annabel Quist", [NewTemplate(embedding=v, thumbnail=thumb) for v in a1])
+    bid, _ = store.enroll("Bob Brown", tpls(b))
+    store.rename("Annabel Quist", "Annabel Q. Renamed")
+    assert GalleryReplica(r, settings).snapshot()  # the snapshot holds her (chunk 0) and Bob (chunks 1-2)
+    behind = GalleryReplica(r, settings).start()  # will read nothing until after the removal
+    store.enroll("Annabel Q. Renamed", tpls(a2))  # in the log after the snapshot
+    store.rename("Annabel Q. Renamed", "Annabel Third-Name")
+    live = GalleryReplica(r, settings).start()
+    assert live.search(a2[0])[0][0].name == "Annabel Third-Name" and live.search(a1[0])[0][0].identity_id == aid
+    secrets = [v.astype(np.float32).tobytes() for v in (*a1, *a2)] + \
+              [t.embedding.tobytes() for t in store.templates(aid)] + [b"Annabel", thumb, aid.encode()]
+    store.remove("Annabel Third-Name")
+    store.enroll("Cy", tpls(c))  # a change after the removal, replayed from the log
+
+    # the one trace allowed: the removal entry, which must name the identity so that a replica holding her
+    # drops her (it goes with the next snapshot's trim); it carries nothing else
+    (rid, removal), = [(i, f) for i, f in r.xrange(store.log_key) if f[b"op"] == b"remove"]
+    assert removal == {b"op": b"remove", b"identity": aid.encode()}
+    assert r.xlen(store.log_key) == 2  # the removal and Cy's enroll
+    dump = redis_dump(r, skip_entries={rid})
+    assert store.k("snap").encode() in dump
+    for k, blob in dump.items():
+        for s in secrets:
+            assert s not in blob, f"{k!r} still holds {s[:24]!r}"
+
+    fresh = GalleryReplica(r, settings).start()
+    for rep in (fresh, live, behind):
+        rep.sync()
+        assert sorted(rep.names.values()) == ["Bob Brown", "Cy"] and len(rep) == 4
+        assert rep.search(b[1])[0][0].identity_id == bid
+        assert all(m.identity_id != aid for q in (*a1, *a2) for m in rep.search(q)[0])
+
+
+def test_snapshot_of_a_state_before_a_removal_is_refused(settings):
+    r = redis.Redis.from_url(settings.redis.url)
+    store = GalleryStore(r, settings)
+    rng = np.random.default_rng(10)
+    a = unit(rng, 1)
+    store.enroll("ann", tpls(a))
+    store.enroll("bob", tpls(unit(rng, 1)))
+    stale = GalleryReplica(r, settings).start()  # holds ann
+    store.remove("ann")
+    ids, owners, vecs = stale.index.dump()
+    idents = sorted(stale.names.items())
+    pos = {iid: i for i, (iid, _) in enumerate(idents)}
+    assert not store.put_snapshot(stale.last_id, ids, np.array([pos[o] for o in owners]), vecs,
+                                  [list(x) for x in idents])
+    assert r.hgetall(store.k("snap")) == {} and not list(r.scan_iter(match=store.k("snap", "*")))
+    assert GalleryReplica(r, settings).snapshot()  # a replica that saw the removal may write one
+    assert [n for _, n in store.get_snapshot()[4]] == ["bob"]

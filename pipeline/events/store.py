@@ -11,7 +11,8 @@ Keys (prefix = redis.key_prefix):
   <p>:evidx:track:<track_id>     set   every event id of a track (purge takes the whole track)
   <p>:evdone:<id>                the write-once marker (a replayed event is never written twice)
   <p>:snap:<snapshot_id>         JPEG bytes; short TTL until an event references it, then the retention TTL
-  <p>:events                     the events stream (StreamNames.events) every committed event is appended to
+  <p>:events                     the events stream (StreamNames.events) every committed event is appended to:
+                                 the sinks' feed; purge_identity XDELs the person's entries, sweep trims by age
 
 `commit_script` writes events, checkpoint, progress and the input ack in one Lua call, guarded by the
 matcher's lease (fencing): a matcher that lost its camera cannot write anything any more."""
@@ -69,6 +70,34 @@ return n
 """
 
 
+# XDEL one chunk of events-stream entries of a purged person (KEYS[1] = the stream; ARGV: after (exclusive),
+# count, JSON {identity_id, ids, tracks}). Matched here so the events never travel; returns {last id read or '', n}.
+_PURGE_STREAM = r"""
+local after, count, who = ARGV[1], tonumber(ARGV[2]), cjson.decode(ARGV[3])
+local ids, tracks = {}, {}
+for _, x in ipairs(who.ids) do ids[x] = true end
+for _, x in ipairs(who.tracks) do tracks[x] = true end
+local rows = redis.call('XRANGE', KEYS[1], '(' .. after, '+', 'COUNT', count)
+local n = 0
+for _, row in ipairs(rows) do
+  local f = row[2]
+  for i = 1, #f, 2 do
+    if f[i] == 'm' then
+      local ok, ev = pcall(cjson.decode, f[i + 1])
+      if ok and type(ev) == 'table' and (ids[ev.id] or tracks[ev.track_id]
+          or (who.identity_id ~= '' and ev.identity_id == who.identity_id)) then
+        n = n + redis.call('XDEL', KEYS[1], row[1])
+      end
+      break
+    end
+  end
+end
+if #rows < count then return {'', n} end
+return {rows[#rows][1], n}
+"""
+STREAM_SCAN_CHUNK = 500  # events-stream entries scanned per atomic step of a purge
+
+
 _TYPE_RANK = {"track.started": 0, "identity.matched": 1, "track.ended": 2}
 
 
@@ -107,6 +136,7 @@ class EventStore:
         self.settings = settings
         self.names = StreamNames(settings.redis.key_prefix)
         self._commit = r.register_script(_COMMIT)
+        self._purge_stream = r.register_script(_PURGE_STREAM)
 
     # ---- keys -----------------------------------------------------------------------------------------
     def k(self, *parts) -> str:
@@ -303,12 +333,15 @@ class EventStore:
                 break
             total += self._delete_ids(ids)
             self.r.zrem(self.k("evidx", "all"), *ids)
+        # the stream's copies too (its ids are commit times in ms): a sink that lags by the retention loses them
+        self.r.xtrim(self.names.events, minid=f"{int(cutoff * 1000)}-0", approximate=False)
         if total:
             log.info("retention: deleted %d events older than %.1f days", total, self.settings.events.retention_days)
         return total
 
     def purge_identity(self, identity_id: str | None, name: str | None = None) -> int:
-        """Remove every event of every track that was named this identity, with their snapshots."""
+        """Remove every event of every track that was named this identity, with their snapshots, and their
+        entries in the events stream (including those whose stored copy already expired)."""
         ids: set[str] = set()
         for idx in ([self.k("evidx", "identity", identity_id)] if identity_id else []) + \
                    ([self.k("evidx", "name", name.lower())] if name else []):
@@ -325,8 +358,21 @@ class EventStore:
             self.r.delete(self.k("evidx", "identity", identity_id))
         if name:
             self.r.delete(self.k("evidx", "name", name.lower()))
-        log.info("purged %d events of identity id=%s name=%s (%d tracks)", n, identity_id, name, len(tracks))
+        gone = self._purge_events_stream(identity_id, ids, tracks)
+        log.info("purged %d events of identity id=%s (%d tracks, %d stream entries)", n, identity_id, len(tracks),
+                 gone)
         return n
+
+    def _purge_events_stream(self, identity_id: str | None, ids: set[str], tracks: set[str]) -> int:
+        """XDEL the stream entries of these events, tracks or identity, scanning the stream (at most
+        sinks.events_maxlen entries) in chunks, each one atomic and short. A sink's consumer group may still
+        list a deleted entry as pending: it reads it back empty and acks it (SinkDispatcher)."""
+        who = json.dumps({"identity_id": identity_id or "", "ids": sorted(ids), "tracks": sorted(tracks)})
+        after, total = "0-0", 0
+        while after:
+            after, n = self._purge_stream(keys=[self.names.events], args=[after, STREAM_SCAN_CHUNK, who])
+            after, total = after.decode() if isinstance(after, bytes) else after, total + int(n)
+        return total
 
 
 def purge_identity(r: redis.Redis, settings: Settings, identity_id: str | None, name: str | None = None) -> int:
