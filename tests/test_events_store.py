@@ -161,3 +161,20 @@ def test_retention_sweep_trims_the_events_stream(store):
     store.add([ev("track.started", "cam", "cam:1:0", t=time.time())])
     store.sweep()
     assert [json.loads(f[b"m"])["track_id"] for _, f in store.r.xrange(stream)] == ["cam:1:0"]
+
+
+def test_purge_by_name_spares_another_person_with_a_case_variant_name(store):
+    """Gallery names are case-sensitive ("Ann" and "ann" are two people) while the name index is case-folded:
+    removing one must not take the other's events."""
+    evs = []
+    for i, (name, iid) in enumerate((("Ann", "id-Ann"), ("ann", "id-ann"))):
+        track = f"door:{i}:0"
+        for type_ in ("identity.matched", "track.ended"):
+            e = ev(type_, "door", track, name, t=1000.0 + i)
+            e.identity_id = iid
+            evs.append(e)
+    store.add(evs)
+    store.purge_identity("id-Ann", "Ann")
+    left = store.query(limit=100).events
+    assert sorted(e.id for e in left) == sorted(e.id for e in evs if e.identity_id == "id-ann")
+    assert {e.id for e in store.query(identity="ann", limit=100).events} == {e.id for e in left}

@@ -343,21 +343,28 @@ class EventStore:
         """Remove every event of every track that was named this identity, with their snapshots, and their
         entries in the events stream (including those whose stored copy already expired)."""
         ids: set[str] = set()
-        for idx in ([self.k("evidx", "identity", identity_id)] if identity_id else []) + \
-                   ([self.k("evidx", "name", name.lower())] if name else []):
-            ids.update(m.decode() if isinstance(m, bytes) else m for m in self.r.zrange(idx, 0, -1))
+        if identity_id:
+            ids.update(_str(m) for m in self.r.zrange(self.k("evidx", "identity", identity_id), 0, -1))
+        by_name = [_str(m) for m in self.r.zrange(self.k("evidx", "name", name.lower()), 0, -1)] if name else []
         tracks = set()
-        for eid in ids:
-            t = self.r.hget(self.event_key(eid), "track")
+        for eid in sorted(ids) + by_name:
+            t, owner = (_str(v) if v is not None else None
+                        for v in self.r.hmget(self.event_key(eid), "track", "identity_id"))
+            # the name index is case-folded and outlives renames: an event in it that names another
+            # identity ("Ann" vs "ann") belongs to someone else
+            if eid not in ids and owner and owner != identity_id:
+                continue
+            ids.add(eid)
             if t:
-                tracks.add(t.decode() if isinstance(t, bytes) else t)
+                tracks.add(t)
         for t in tracks:
             ids.update(m.decode() if isinstance(m, bytes) else m for m in self.r.smembers(self.k("evidx", "track", t)))
         n = self._delete_ids(sorted(ids))
         if identity_id:
             self.r.delete(self.k("evidx", "identity", identity_id))
-        if name:
-            self.r.delete(self.k("evidx", "name", name.lower()))
+        mine = [eid for eid in by_name if eid in ids]  # also index entries whose event already expired
+        if mine:
+            self.r.zrem(self.k("evidx", "name", name.lower()), *mine)
         gone = self._purge_events_stream(identity_id, ids, tracks)
         log.info("purged %d events of identity id=%s (%d tracks, %d stream entries)", n, identity_id, len(tracks),
                  gone)
@@ -373,6 +380,10 @@ class EventStore:
             after, n = self._purge_stream(keys=[self.names.events], args=[after, STREAM_SCAN_CHUNK, who])
             after, total = after.decode() if isinstance(after, bytes) else after, total + int(n)
         return total
+
+
+def _str(v) -> str:
+    return v.decode() if isinstance(v, bytes) else v
 
 
 def purge_identity(r: redis.Redis, settings: Settings, identity_id: str | None, name: str | None = None) -> int:
