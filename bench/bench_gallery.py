@@ -1,16 +1,18 @@
-"""Gallery index benchmark: 128-D random unit vectors, exact (IndexFlatIP) vs HNSW, through GalleryIndex.
+"""Gallery index benchmark: 128-D random unit vectors, exact (IndexFlatIP) vs the ANN indexes (PQ fast scan with
+exact re-scoring, the default; HNSW with --ann pq hnsw), through GalleryIndex.
 
 For each size (default 100k and 1M; one template per identity so template and identity top-1 coincide):
   - add throughput (templates/s, through GalleryIndex.add: FAISS + the id/identity bookkeeping)
   - search latency per query (p50/p99 of single-vector searches, k=5 identities) and per batch (64 queries)
-  - recall@1 of HNSW against exact search, on two query sets:
+  - recall@1 of each ANN index against exact search (by k_factor for pq, efSearch for hnsw), on two query sets:
       random  — fresh random unit vectors (the hard case: the true nearest neighbour is barely nearer than the
                 next ones, cosine ~0.4 vs ~0.39)
       probe   — a gallery vector plus noise (cosine ~0.7 to its source), what a face probe looks like
   - memory: RSS growth while building each index
 
 Writes bench/results/gallery.json. Usage:
-    .venv/bin/python bench/bench_gallery.py [--sizes 100000 1000000] [--queries 1000] [--ef 64 128 256]
+    .venv/bin/python bench/bench_gallery.py [--sizes 100000 1000000] [--queries 1000] [--ann pq hnsw]
+        [--k-factor 4 8 16 32] [--ef 64 128 256 512]
 """
 from __future__ import annotations
 
@@ -110,23 +112,31 @@ def bench_size(n: int, args, rng) -> dict:
     print(f"exact {info}", flush=True)
     del exact
 
-    p = IndexParams(ann_above=1, hnsw_m=args.m, hnsw_ef_construction=args.ef_construction,
-                    hnsw_ef_search=args.ef[0], background_build=False)
-    ann, info = build(p, data)
-    info.update({"M": args.m, "efConstruction": args.ef_construction})
-    print(f"hnsw build {info}", flush=True)
-    sweep = []
-    for ef in args.ef:
-        ann.set_ef_search(ef)
-        row = {"efSearch": ef,
-               "recall_at_1_random": round(float(np.mean(top1(ann, q_rand) == gt_rand)), 4),
-               "recall_at_1_probe": round(float(np.mean(top1(ann, q_probe) == gt_probe)), 4)}
-        row.update(latency(ann, q_rand, args.queries))
-        sweep.append(row)
-        print(f"hnsw {row}", flush=True)
-    info["sweep"] = sweep
-    res["hnsw"] = info
-    del ann, data
+    for kind in args.ann:
+        p = IndexParams(ann_above=1, ann=kind, hnsw_m=args.m, hnsw_ef_construction=args.ef_construction,
+                        hnsw_ef_search=args.ef[0], background_build=False)
+        ann, info = build(p, data)
+        knob, values, setter = (("efSearch", args.ef, ann.set_ef_search) if kind == "hnsw" else
+                                ("k_factor", args.k_factor, ann.set_k_factor))
+        if kind == "hnsw":
+            info.update({"M": args.m, "efConstruction": args.ef_construction})
+        else:
+            info.update({"pq_m": p.pq_m, "pq_train": p.pq_train})
+        print(f"{kind} build {info}", flush=True)
+        sweep = []
+        for v in values:
+            setter(v)
+            row = {knob: v,
+                   "recall_at_1_random": round(float(np.mean(top1(ann, q_rand) == gt_rand)), 4),
+                   "recall_at_1_probe": round(float(np.mean(top1(ann, q_probe) == gt_probe)), 4)}
+            row.update(latency(ann, q_rand, args.queries))
+            row["probe_latency"] = latency(ann, q_probe, args.queries)["per_query_ms"]
+            sweep.append(row)
+            print(f"{kind} {row}", flush=True)
+        info["sweep"] = sweep
+        res[kind] = info
+        del ann
+    del data
     return res
 
 
@@ -138,6 +148,9 @@ def main() -> None:
     ap.add_argument("--m", type=int, default=32)
     ap.add_argument("--ef-construction", type=int, default=80)
     ap.add_argument("--ef", type=int, nargs="+", default=[64, 128, 256, 512])
+    ap.add_argument("--ann", nargs="+", choices=["pq", "hnsw"], default=["pq"],
+                    help="ANN kinds to measure (hnsw takes ~10 min to build at 1M on 2 cores)")
+    ap.add_argument("--k-factor", type=int, nargs="+", default=[4, 8, 16, 32])
     ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "gallery.json"))
     args = ap.parse_args()
     rng = np.random.default_rng(0)

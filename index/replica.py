@@ -69,8 +69,8 @@ def decide(matches: list[Match], threshold: float, margin: float) -> Decision:
 
 def index_params(settings: Settings) -> IndexParams:
     g = settings.gallery
-    return IndexParams(dim=DIM, ann_above=g.ann_above, hnsw_m=g.hnsw_m, hnsw_ef_construction=g.hnsw_ef_construction,
-                       hnsw_ef_search=g.hnsw_ef_search)
+    return IndexParams(dim=DIM, ann_above=g.ann_above, ann=g.ann, pq_k_factor=g.pq_k_factor, hnsw_m=g.hnsw_m,
+                       hnsw_ef_construction=g.hnsw_ef_construction, hnsw_ef_search=g.hnsw_ef_search)
 
 
 class GalleryReplica:

@@ -55,14 +55,25 @@ def test_index_best_template_per_identity_and_remove():
     assert ix.template_ids("B") == [4, 5] and ix.template_ids("Z") == []
 
 
-def test_index_switches_to_hnsw_and_filters_removed():
+ANN_KINDS = pytest.mark.parametrize("ann", ["pq", "hnsw"])
+
+
+def ann_params(ann: str, **kw) -> IndexParams:
+    return IndexParams(ann_above=100, ann=ann, hnsw_m=16, hnsw_ef_construction=40, hnsw_ef_search=64, **kw)
+
+
+@ANN_KINDS
+def test_index_switches_to_ann_and_filters_removed(ann):
     rng = np.random.default_rng(2)
-    ix = GalleryIndex(IndexParams(ann_above=100, hnsw_m=16, hnsw_ef_construction=40, hnsw_ef_search=64,
-                                  background_build=False))
+    ix = GalleryIndex(ann_params(ann, background_build=False))
     vecs = unit(rng, 300)
     ix.add(np.arange(300), vecs, [f"p{i // 3}" for i in range(300)])
-    assert ix.kind == "hnsw" and not ix.building
-    assert ix.search(near(vecs[30], rng), k=2)[0][0][0] == "p10"
+    assert ix.kind == "ann" and not ix.building
+    q = near(vecs[30], rng)
+    (top_id, top_score), = ix.search(q, k=1)[0]
+    assert top_id == "p10"
+    # returned scores are exact cosines (PQ re-scores its candidates from the stored vectors)
+    assert top_score == pytest.approx(float(max(vecs[30:33] @ (q / np.linalg.norm(q)))), abs=1e-5)
     ix.remove([30, 31, 32])
     top = ix.search(vecs[30], k=5)[0]
     assert "p10" not in [i for i, _ in top] and len(top) == 5
@@ -72,21 +83,22 @@ def test_index_switches_to_hnsw_and_filters_removed():
     assert "p10" not in ix.identities() or ix.template_ids("p10") == []
 
 
-def test_background_hnsw_build_serves_exact_meanwhile_and_keeps_changes(monkeypatch):
+@ANN_KINDS
+def test_background_ann_build_serves_exact_meanwhile_and_keeps_changes(monkeypatch, ann):
     rng = np.random.default_rng(7)
     vecs = unit(rng, 260)
-    ix = GalleryIndex(IndexParams(ann_above=100, hnsw_m=16, hnsw_ef_construction=40, hnsw_ef_search=64))
+    ix = GalleryIndex(ann_params(ann))
     gate = threading.Event()
-    new_hnsw = ix._new_hnsw
-    monkeypatch.setattr(ix, "_new_hnsw", lambda: (gate.wait(30), new_hnsw())[1])
+    new_ann = ix._new_ann
+    monkeypatch.setattr(ix, "_new_ann", lambda sample: (gate.wait(30), new_ann(sample))[1])
     ix.add(np.arange(200), vecs[:200], [f"p{i // 2}" for i in range(200)])
-    assert ix.building and ix.kind == "flat"  # the graph is being built; exact search serves meanwhile
+    assert ix.building and ix.kind == "flat"  # the ANN index is being built; exact search serves meanwhile
     assert ix.search(vecs[10], k=1)[0][0][0] == "p5"
     ix.add(np.arange(200, 260), vecs[200:], [f"q{i}" for i in range(60)])  # changes during the build
     ix.remove_identity("p5")
     ix.remove([250])
     gate.set()
-    assert ix.wait_ready(30) and ix.kind == "hnsw" and len(ix) == 257
+    assert ix.wait_ready(30) and ix.kind == "ann" and len(ix) == 257
     assert ix.search(vecs[230], k=1)[0][0][0] == "q30"
     assert "p5" not in [i for i, _ in ix.search(vecs[10], k=5)[0]]
     assert "q50" not in [i for i, _ in ix.search(vecs[250], k=5)[0]]

@@ -170,7 +170,11 @@ class EventsConfig(Section):
 
 
 class GalleryConfig(Section):
-    ann_above: int = Field(200_000, ge=1, description="switch from exact search to HNSW above this many templates")
+    ann_above: int = Field(100_000, ge=1000, description="switch from exact search to the ANN index above this many "
+                                                       "templates (back below half of it)")
+    ann: Literal["pq", "hnsw"] = Field("pq", description="ANN index: pq = PQ fast scan + exact re-scoring "
+                                                          "(README, Benchmarks), hnsw = HNSW graph")
+    pq_k_factor: int = Field(16, ge=1, le=1024, description="pq: candidates re-scored exactly per result wanted")
     flip_augment: bool = False
     hnsw_m: int = Field(32, ge=4, le=256, description="HNSW graph degree")
     hnsw_ef_construction: int = Field(80, ge=8, le=4096)
