@@ -1,5 +1,5 @@
-"""`make bench`: every benchmark in one go (about 20 minutes on 2 cores; the gallery's 1M run is not included:
-bench/bench_gallery.py --sizes 1000000 does it). Each writes its JSON under bench/results/."""
+"""`make bench`: every benchmark in one go (about 15 minutes on 2 cores; HNSW is not included:
+bench/bench_gallery.py --ann pq hnsw measures it too). Each writes its JSON under bench/results/."""
 from __future__ import annotations
 
 import subprocess
@@ -7,8 +7,7 @@ import sys
 from pathlib import Path
 
 BENCH = Path(__file__).resolve().parent
-RUNS = [["calibrate_threshold.py"], ["bench_engine.py"], ["bench_pipeline.py"], ["bench_gallery.py", "--sizes", "100000",
-        "--out", str(BENCH / "results" / "gallery_100k.json")]]
+RUNS = [["calibrate_threshold.py"], ["bench_engine.py"], ["bench_pipeline.py"], ["bench_gallery.py"]]
 
 
 def main() -> int:
