@@ -116,6 +116,9 @@ def main() -> int:
     ap.add_argument("--frames", type=int, default=60, help="clip frames for the loop comparison")
     ap.add_argument("--reps", type=int, default=20)
     ap.add_argument("--threads", type=int, default=1, help="threads for OpenCV, onnxruntime and torch")
+    ap.add_argument("--torch-device", default="cpu", choices=["cpu", "cuda"],
+                    help="where the torch SFace path runs (cuda: the GPU path; its vectors are checked against "
+                         "OpenCV's)")
     ap.add_argument("--json", type=Path, default=REPO / "bench" / "results" / "engine.json")
     args = ap.parse_args()
 
@@ -152,9 +155,14 @@ def main() -> int:
     sface = model_path("sface", m.dir)
     embedders = {"sface opencv": SFaceEmbedder(sface, batch=32)}
     try:
-        embedders["sface torch-cpu"] = TorchSFaceEmbedder(sface, batch=32, device="cpu", threads=args.threads)
+        embedders[f"sface torch-{args.torch_device}"] = TorchSFaceEmbedder(sface, batch=32, device=args.torch_device,
+                                                                            threads=args.threads)
     except Exception as e:  # the torch extra is optional
         print(f"torch embedder skipped: {e}", file=sys.stderr)
+    if len(embedders) > 1:  # the torch path must give OpenCV's vectors (cosine >= 0.9999), on CPU and GPU alike
+        a, b = (e.embed(crops[:32]) for e in embedders.values())
+        res["torch_vs_opencv_min_cosine"] = round(float((a * b).sum(1).min()), 6)
+        print(f"torch ({args.torch_device}) vs OpenCV embeddings: min cosine {res['torch_vs_opencv_min_cosine']}")
     for name, emb in embedders.items():
         for batch in (1, 32):
             reps = args.reps if batch == 1 else max(3, args.reps // 4)
