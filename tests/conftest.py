@@ -6,6 +6,7 @@ import os
 import signal
 import socket
 import subprocess
+import threading
 import time
 from pathlib import Path
 
@@ -182,3 +183,31 @@ def rtsp(faces_dir):
     srv = RtspServer(faces_dir / CLIP, free_port()).start()
     yield srv
     srv.kill()
+
+
+class Running:
+    """obj.run(stop) in a daemon thread; stopped (and joined) on exit."""
+
+    def __init__(self, obj, name: str):
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=obj.run, args=(self.stop,), name=name, daemon=True)
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.stop.set()
+        self.thread.join(30)
+        assert not self.thread.is_alive(), f"{self.thread.name} did not stop"
+
+
+def wait_for(cond, timeout, what):
+    """Poll cond() until it returns something truthy (returned) or timeout seconds pass (AssertionError)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        v = cond()
+        if v:
+            return v
+        time.sleep(0.05)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")

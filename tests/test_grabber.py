@@ -20,6 +20,8 @@ from pipeline.messages import FrameMsg
 from pipeline.streams import StreamNames
 from workers.grabber import Grabber
 
+from conftest import wait_for
+
 CLIP = "face_recognition/short_hamilton_clip.mp4"
 
 
@@ -41,16 +43,6 @@ class GrabberThread:
         self.stop.set()
         self.thread.join(30)
         assert not self.thread.is_alive(), "grabber did not stop"
-
-
-def wait_for(cond, timeout, what):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        v = cond()
-        if v:
-            return v
-        time.sleep(0.02)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
 @pytest.fixture

@@ -7,8 +7,6 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import threading
-import time
 
 import cv2
 import numpy as np
@@ -22,34 +20,7 @@ from workers.detector import DetectorWorker
 from workers.embedder import EmbedderWorker
 from workers.grabber import Grabber
 
-from conftest import REPO
-
-
-class Running:
-    """obj.run(stop) in a daemon thread; stopped (and joined) on exit."""
-
-    def __init__(self, obj, name: str):
-        self.stop = threading.Event()
-        self.thread = threading.Thread(target=obj.run, args=(self.stop,), name=name, daemon=True)
-
-    def __enter__(self):
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self.stop.set()
-        self.thread.join(30)
-        assert not self.thread.is_alive(), f"{self.thread.name} did not stop"
-
-
-def wait_for(cond, timeout, what):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        v = cond()
-        if v:
-            return v
-        time.sleep(0.05)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+from conftest import REPO, Running, wait_for
 
 
 def test_rtsp_frames_reach_embeddings(settings, rtsp):

@@ -266,7 +266,6 @@ class EventStore:
                     stale.append(m)
                     continue
                 ev = Event.decode(raw)
-                last = (s, m)
                 if camera and ev.camera != camera:
                     continue
                 if until is not None and ev.last_seen > until:
