@@ -3,7 +3,7 @@ PYTHON ?= python3.11
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 PIP    := $(VENV)/bin/pip
-EXTRAS ?= torch,retinaface
+EXTRAS ?= torch,retinaface,openvino
 
 .PHONY: demo test install install-dev models system-deps bench lint clean
 

@@ -32,7 +32,7 @@ sys.path.insert(0, str(REPO))
 
 from pipeline.config import load_settings  # noqa: E402
 from pipeline.engine.detect import DETECTORS  # noqa: E402
-from pipeline.engine.embed import SFaceEmbedder, TorchSFaceEmbedder  # noqa: E402
+from pipeline.engine.embed import OpenVinoSFaceEmbedder, SFaceEmbedder, TorchSFaceEmbedder  # noqa: E402
 from pipeline.engine.engine import FaceEngine  # noqa: E402
 from pipeline.models import model_path  # noqa: E402
 
@@ -123,7 +123,8 @@ def main() -> int:
     args = ap.parse_args()
 
     cv2.setNumThreads(args.threads)
-    settings = load_settings([], env={"FACETRAIL_MODELS__DEVICE": "cpu"})
+    # the loop runs the default CPU backend, on --threads threads like everything else here
+    settings = load_settings([], env={"FACETRAIL_MODELS__DEVICE": "cpu", "FACETRAIL_WORKERS__CV_THREADS": str(args.threads)})
     m = settings.models
     clip = args.data / "faces" / "face_recognition" / "short_hamilton_clip.mp4"
     frames = clip_frames(clip, max(args.frames, args.reps))
@@ -155,14 +156,21 @@ def main() -> int:
     sface = model_path("sface", m.dir)
     embedders = {"sface opencv": SFaceEmbedder(sface, batch=32)}
     try:
+        embedders["sface openvino"] = OpenVinoSFaceEmbedder(sface, batch=32, threads=args.threads)
+    except Exception as e:  # the openvino extra is optional
+        print(f"openvino embedder skipped: {e}", file=sys.stderr)
+    try:
         embedders[f"sface torch-{args.torch_device}"] = TorchSFaceEmbedder(sface, batch=32, device=args.torch_device,
                                                                             threads=args.threads)
     except Exception as e:  # the torch extra is optional
         print(f"torch embedder skipped: {e}", file=sys.stderr)
-    if len(embedders) > 1:  # the torch path must give OpenCV's vectors (cosine >= 0.9999), on CPU and GPU alike
-        a, b = (e.embed(crops[:32]) for e in embedders.values())
-        res["torch_vs_opencv_min_cosine"] = round(float((a * b).sum(1).min()), 6)
-        print(f"torch ({args.torch_device}) vs OpenCV embeddings: min cosine {res['torch_vs_opencv_min_cosine']}")
+    # every backend must give OpenCV's vectors (cosine >= 0.9999), the torch one on CPU and GPU alike
+    ref = embedders["sface opencv"].embed(crops[:32])
+    res["vs_opencv_min_cosine"] = {}
+    for name, emb in list(embedders.items())[1:]:
+        cos = round(float((ref * emb.embed(crops[:32])).sum(1).min()), 6)
+        res["vs_opencv_min_cosine"][name] = cos
+        print(f"{name} vs OpenCV embeddings: min cosine {cos}")
     for name, emb in embedders.items():
         for batch in (1, 32):
             reps = args.reps if batch == 1 else max(3, args.reps // 4)
@@ -171,7 +179,8 @@ def main() -> int:
     loop_frames = frames[:args.frames]
     n = len(loop_frames)
     ours = our_loop(engine, loop_frames)
-    res["loop"] = {"clip": clip.name, "frames": n, "frame_size": list(loop_frames[0].shape[1::-1]),
+    res["loop"] = {"clip": clip.name, "embedder": type(engine.embedder).__name__, "frames": n,
+                   "frame_size": list(loop_frames[0].shape[1::-1]),
                    "facetrail_ms_per_frame": pair(ours[:2], n / 1000), "facetrail_faces": ours[2]}
     dl = dlib_loop(loop_frames)
     if dl is None:

@@ -49,6 +49,8 @@ class ModelsConfig(Section):
     detector: str = "yunet"
     embedder: str = "sface"
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    cpu_backend: Literal["auto", "openvino", "opencv"] = Field(
+        "auto", description="SFace on CPU: auto = OpenVINO when the openvino extra is installed, else OpenCV DNN")
     # YuNet misses large faces at full resolution: detect on a copy scaled to this long side.
     detect_max_side: int = Field(640, ge=160, le=4096)
     # Measured by bench/calibrate_threshold.py (README "Face engine"): 0.75 finds every face on the shared photos
@@ -96,8 +98,8 @@ class WorkersConfig(Section):
     done_marker_ttl_s: int = Field(900, ge=10, description="how long a processed frame's idempotency marker lives")
     thumb_px: int = Field(96, ge=16, le=512, description="long side of the per-face thumbnail JPEG")
     heartbeat_s: float = Field(2.0, gt=0)
-    cv_threads: int = Field(0, ge=0, le=256, description="OpenCV threads per detector/embedder process "
-                                                         "(0 = OpenCV's default: one per core)")
+    cv_threads: int = Field(0, ge=0, le=256, description="OpenCV (and OpenVINO) threads per detector/embedder "
+                                                         "process (0 = the library's default: one per core)")
     reembed_s: float = Field(0.1, ge=0.0, le=10.0,
                              description="a face at the place of one embedded less than this many stream seconds "
                                          "ago (and no better) is tracked without a new embedding; 0 = embed all")

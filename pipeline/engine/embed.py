@@ -1,9 +1,10 @@
 """Embedders: a batch of aligned 112x112 BGR crops in, an (N, dim) float32 array of unit vectors out.
 
-"sface" picks its backend from `device`: "cpu" runs the ONNX file through OpenCV DNN; "cuda" runs the same ONNX
-graph converted to torch (pipeline/engine/onnx_torch.py, dynamic batch); "auto" is cuda when torch sees a GPU, else
-cpu. Both backends give the same vectors (cosine >= 0.9999, tested on CPU). "sface-torch" forces the torch backend
-(on cuda when available, else on CPU) - for tests and benchmarks.
+"sface" picks its backend from `device`: "cuda" runs the ONNX graph converted to torch (pipeline/engine/onnx_torch.py,
+dynamic batch); "cpu" runs it through OpenVINO when the `openvino` extra is installed (about twice OpenCV's speed
+on the 2-core VM: README "Face engine") or else OpenCV DNN (`models.cpu_backend` forces one); "auto" is cuda when
+torch sees a GPU, else cpu. Every backend gives the same vectors (cosine >= 0.9999, tested on CPU). "sface-torch"
+and "sface-openvino" force a backend - for tests and benchmarks.
 """
 from __future__ import annotations
 
@@ -66,6 +67,55 @@ class SFaceEmbedder(Embedder):
                 self._net.setInput(blob)
                 out.append(self._net.forward().reshape(len(chunk), -1).copy())
         return l2_normalize(np.concatenate(out))
+
+
+class OpenVinoSFaceEmbedder(Embedder):
+    """SFace's ONNX file through OpenVINO's CPU runtime, batch dimension made dynamic; same preprocessing as
+    SFaceEmbedder (the same blob), so the same vectors."""
+
+    name = "sface-openvino"
+    dim = 128
+
+    def __init__(self, model_path: Path, *, batch: int = 32, threads: int = 0):
+        try:
+            import openvino as ov
+        except ImportError:
+            raise ModelError("the OpenVINO backend needs the `openvino` extra: pip install -e '.[openvino]'") from None
+        core = ov.Core()
+        model = core.read_model(str(model_path))
+        model.reshape({model.inputs[0]: [-1, 3, self.input_size, self.input_size]})
+        config = {"PERFORMANCE_HINT": "LATENCY"}
+        if threads:
+            config["INFERENCE_NUM_THREADS"] = int(threads)
+        self.batch = batch
+        self._compiled = core.compile_model(model, "CPU", config)
+        self._lock = threading.Lock()  # one infer request behind the compiled model's __call__
+
+    def embed(self, crops: list[np.ndarray]) -> np.ndarray:
+        if not len(crops):
+            return np.zeros((0, self.dim), np.float32)
+        _check_crops(crops, self.input_size)
+        out = []
+        for i in range(0, len(crops), self.batch):
+            chunk = list(crops[i:i + self.batch])
+            blob = cv2.dnn.blobFromImages(chunk, 1.0, (112, 112), (0, 0, 0), swapRB=True, crop=False)
+            with self._lock:
+                out.append(np.array(self._compiled(blob)[0], np.float32).reshape(len(chunk), -1))
+        return l2_normalize(np.concatenate(out))
+
+
+def openvino_available() -> bool:
+    import importlib.util
+    return importlib.util.find_spec("openvino") is not None
+
+
+def cpu_embedder(model_path: Path, *, batch: int, backend: str, threads: int) -> Embedder:
+    """The CPU SFace backend: `backend` auto (OpenVINO when installed, else OpenCV), openvino or opencv."""
+    if backend == "openvino" or (backend == "auto" and openvino_available()):
+        return OpenVinoSFaceEmbedder(model_path, batch=batch, threads=threads)
+    if backend not in ("auto", "opencv"):
+        raise ModelError(f"unknown models.cpu_backend {backend!r}; use auto, openvino or opencv")
+    return SFaceEmbedder(model_path, batch=batch)
 
 
 def cuda_available() -> bool:
@@ -139,15 +189,21 @@ class TorchSFaceEmbedder(Embedder):
 
 
 @EMBEDDERS.register("sface")
-def make_sface(model_path: Path, *, batch: int = 32, device: str = "cpu") -> Embedder:
+def make_sface(model_path: Path, *, batch: int = 32, device: str = "cpu", cpu_backend: str = "auto",
+               threads: int = 0) -> Embedder:
     dev = resolve_device(device)
     if dev == "cuda":
         return TorchSFaceEmbedder(model_path, batch=batch, device="cuda")
-    return SFaceEmbedder(model_path, batch=batch)
+    return cpu_embedder(model_path, batch=batch, backend=cpu_backend, threads=threads)
+
+
+@EMBEDDERS.register("sface-openvino")
+def make_sface_openvino(model_path: Path, *, batch: int = 32, threads: int = 0, **_) -> Embedder:
+    return OpenVinoSFaceEmbedder(model_path, batch=batch, threads=threads)
 
 
 @EMBEDDERS.register("sface-torch")
-def make_sface_torch(model_path: Path, *, batch: int = 32, device: str = "auto") -> Embedder:
+def make_sface_torch(model_path: Path, *, batch: int = 32, device: str = "auto", **_) -> Embedder:
     dev = "cuda" if device in ("auto", "cuda") and cuda_available() else "cpu"
     if device == "cuda" and dev != "cuda":
         resolve_device("cuda")  # raises the clear error

@@ -15,7 +15,7 @@ from .quality import face_quality
 from .types import Face
 
 # embedder name -> model registry name of its weights file
-EMBEDDER_MODELS: dict[str, str] = {"sface": "sface", "sface-torch": "sface"}
+EMBEDDER_MODELS: dict[str, str] = {"sface": "sface", "sface-torch": "sface", "sface-openvino": "sface"}
 
 
 def cosine(a: np.ndarray, b: np.ndarray) -> float:
@@ -39,7 +39,8 @@ class FaceEngine:
     def embedder(self) -> Embedder:
         m = self.settings.models
         path = model_path(EMBEDDER_MODELS.get(m.embedder, m.embedder), m.dir)
-        return EMBEDDERS.create(m.embedder, path, batch=m.embed_batch, device=m.device)
+        return EMBEDDERS.create(m.embedder, path, batch=m.embed_batch, device=m.device, cpu_backend=m.cpu_backend,
+                                threads=self.settings.workers.cv_threads)
 
     def detect(self, images: list[np.ndarray]) -> list[list[Face]]:
         """Faces per image, largest first, each with .quality in [0, 1] (see quality.py)."""
