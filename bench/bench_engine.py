@@ -31,7 +31,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from pipeline.config import load_settings  # noqa: E402
-from pipeline.engine.detect import DETECTORS  # noqa: E402
+from pipeline.engine.detect import DETECTORS, YuNetDetector, YuNetOpenVinoDetector  # noqa: E402
 from pipeline.engine.embed import OpenVinoSFaceEmbedder, SFaceEmbedder, TorchSFaceEmbedder  # noqa: E402
 from pipeline.engine.engine import FaceEngine  # noqa: E402
 from pipeline.models import model_path  # noqa: E402
@@ -136,7 +136,14 @@ def main() -> int:
                               "det_score_threshold": m.det_score_threshold, "embedder": m.embedder},
                  "detect_ms_per_frame": {}, "embed_ms_per_face": {}}
 
-    detectors = {"yunet": engine.detector}
+    yunet_kw = dict(score_threshold=m.det_score_threshold, nms_threshold=m.nms_threshold,
+                    max_side=m.detect_max_side, min_face_px=m.min_face_px)
+    detectors = {"yunet opencv": YuNetDetector(model_path("yunet", m.dir), **yunet_kw)}
+    try:
+        detectors["yunet openvino"] = YuNetOpenVinoDetector(model_path("yunet", m.dir), threads=args.threads,
+                                                            **yunet_kw)
+    except Exception as e:  # the openvino extra is optional
+        print(f"openvino detector skipped: {e}", file=sys.stderr)
     try:
         detectors["retinaface"] = DETECTORS.create("retinaface", model_path("retinaface", m.dir),
                                                    score_threshold=m.det_score_threshold,

@@ -51,3 +51,34 @@ def test_sface_picks_openvino_on_cpu_unless_told(sface_path):
     assert isinstance(EMBEDDERS.create("sface-openvino", sface_path), OpenVinoSFaceEmbedder)
     with pytest.raises(ModelError, match="cpu_backend"):
         EMBEDDERS.create("sface", sface_path, device="cpu", cpu_backend="tpu")
+
+
+def test_yunet_on_openvino_gives_facedetectoryn_rows(models_dir, faces_dir):
+    """Our decoding of YuNet's raw outputs (OpenVINO) against OpenCV's FaceDetectorYN, on photos of several sizes
+    (padding to multiples of 32) and clip frames: the same faces, boxes and landmarks within 0.01 px."""
+    import cv2
+
+    from pipeline.engine.detect import DETECTORS, YuNetDetector, YuNetOpenVinoDetector, downscale
+    from pipeline.engine.imageio import load_image
+
+    path = model_path("yunet", models_dir)
+    kw = dict(score_threshold=0.75, nms_threshold=0.3, max_side=640, min_face_px=16)
+    ref, ov = YuNetDetector(path, **kw), YuNetOpenVinoDetector(path, threads=1, **kw)
+    fr = faces_dir / "face_recognition"
+    imgs = [load_image(fr / n) for n in ("two_people.jpg", "obama.jpg", "obama-240p.jpg", "biden.jpg")]
+    cap = cv2.VideoCapture(str(fr / "short_hamilton_clip.mp4"))
+    imgs += [cap.read()[1] for _ in range(5)]
+    total = 0
+    for img in imgs:
+        small, _ = downscale(img, 640)
+        a, b = ref._rows(small), ov._rows(small)
+        a = np.zeros((0, 15)) if a is None else a[np.argsort(-a[:, 14])]
+        b = np.zeros((0, 15)) if b is None else b[np.argsort(-b[:, 14])]
+        assert a.shape == b.shape, (img.shape, a[:, 14], b[:, 14])
+        assert np.abs(a - b).max(initial=0) < 0.01
+        total += len(a)
+    assert total >= 10
+    assert len(ov.detect_one(imgs[0])) == 2  # two_people.jpg, mapped back to full resolution
+    assert isinstance(DETECTORS.create("yunet", path, **kw), YuNetOpenVinoDetector)
+    assert isinstance(DETECTORS.create("yunet", path, cpu_backend="opencv", **kw), YuNetDetector)
+    assert len(ov._compiled) <= YuNetOpenVinoDetector.MAX_SHAPES

@@ -33,7 +33,8 @@ class FaceEngine:
         model = DETECTOR_MODELS.get(m.detector, m.detector)
         path = model_path(model, m.dir) if model else None
         return DETECTORS.create(m.detector, path, score_threshold=m.det_score_threshold,
-                                nms_threshold=m.nms_threshold, max_side=m.detect_max_side, min_face_px=m.min_face_px)
+                                nms_threshold=m.nms_threshold, max_side=m.detect_max_side, min_face_px=m.min_face_px,
+                                cpu_backend=m.cpu_backend, threads=self.settings.workers.cv_threads or None)
 
     @cached_property
     def embedder(self) -> Embedder:
