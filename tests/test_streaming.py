@@ -157,9 +157,12 @@ def test_kill9_workers_midstream_every_frame_exactly_once(settings, cli_env, fac
         _wait(lambda: _pending_of(r, names.faces, "embedders", "emb-1") > 0, 60, "emb-1 holding faces",
               procs.values())
         procs["emb-1"].send_signal(signal.SIGKILL)
-        _wait(lambda: any(m.frame.eos for m in read_all(r, names.embeddings(cam), EmbeddingsMsg)), 120,
-              "EOS at embeddings", [procs["det-2"], procs["emb-2"]])
-        time.sleep(0.3)  # would let a late duplicate show up
+        # the EOS can overtake the killed workers' frames (those wait reclaim_idle_ms before being redone), so
+        # wait for every seq, not for the EOS
+        want = set(seqs + [eos])
+        _wait(lambda: {m.frame.seq for m in read_all(r, names.embeddings(cam), EmbeddingsMsg)} >= want, 120,
+              "every seq and the EOS at embeddings", [procs["det-2"], procs["emb-2"]])
+        time.sleep(1.2)  # past another reclaim_idle_ms: would let a late duplicate show up
         got = [m.frame.seq for m in read_all(r, names.embeddings(cam), EmbeddingsMsg)]
         assert sorted(got) == seqs + [eos], "every sampled frame exactly once (no gap, no duplicate)"
         reclaimed = sum(int(r.hget(metrics_key(s, stage, c), "reclaimed") or 0)
