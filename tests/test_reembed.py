@@ -28,6 +28,15 @@ def test_gate_rules():
     assert g.plan("a", 0.15, [(BOX, 0.5)]) == [False]         # out of order: an embedding 0.05 s later counts
 
 
+def test_gate_forgets_a_camera_whose_stream_time_restarts():
+    g = ReembedGate(0.1)
+    assert g.plan("a", 0.0, [(BOX, 0.5)]) == [True]
+    assert g.plan("a", 5.0, [(ELSEWHERE, 0.5)]) == [True]
+    # the same file processed again: pts starts over; its first face is a new visit, embedded
+    assert g.plan("a", 0.02, [(BOX, 0.5)]) == [True]
+    assert g.plan("a", 0.05, [(BOX, 0.5)]) == [False]
+
+
 def test_gate_off_embeds_everything():
     g = ReembedGate(0.0)
     assert not g.enabled

@@ -23,6 +23,7 @@ from .tracker import iou
 class ReembedGate:
     MAX_CAMERAS = 1024  # cameras remembered (least recently seen forgotten first)
     PER_CAMERA = 64     # embedded faces remembered per camera
+    RESTART_S = 1.0     # stream time this far behind the newest remembered face: a new run of the source
 
     def __init__(self, every_s: float = 0.1, *, iou: float = 0.6, quality_gain: float = 0.1):
         self.every_s = every_s
@@ -46,6 +47,8 @@ class ReembedGate:
                 self._recent.popitem(last=False)
         else:
             self._recent.move_to_end(camera)
+            if recent and t < max(e[0] for e in recent) - self.RESTART_S:
+                recent.clear()  # stream time went back: the camera's source restarted (a file processed again)
         near = [e for e in recent if abs(t - e[0]) < self.every_s]
         out = []
         for box, quality in faces:
