@@ -20,7 +20,7 @@ from pipeline.messages import FrameMsg
 from pipeline.streams import StreamNames
 from workers.grabber import Grabber
 
-from conftest import wait_for
+from conftest import Running, wait_for
 
 CLIP = "face_recognition/short_hamilton_clip.mp4"
 
@@ -29,20 +29,10 @@ def with_workers(settings, **kw):
     return settings.model_copy(update={"workers": settings.workers.model_copy(update=kw)})
 
 
-class GrabberThread:
+class GrabberThread(Running):
     def __init__(self, settings, consumer: str = "grab-test"):
-        self.stop = threading.Event()
         self.grabber = Grabber(settings, consumer)
-        self.thread = threading.Thread(target=self.grabber.run, args=(self.stop,), daemon=True)
-
-    def __enter__(self):
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self.stop.set()
-        self.thread.join(30)
-        assert not self.thread.is_alive(), "grabber did not stop"
+        super().__init__(self.grabber, "grabber")
 
 
 @pytest.fixture

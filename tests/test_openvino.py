@@ -47,7 +47,7 @@ def test_openvino_matches_opencv_on_real_faces(sface_path, real_crops):
 
 def test_sface_picks_openvino_on_cpu_unless_told(sface_path):
     assert isinstance(EMBEDDERS.create("sface", sface_path, device="cpu"), OpenVinoSFaceEmbedder)
-    assert isinstance(EMBEDDERS.create("sface", sface_path, device="cpu", cpu_backend="opencv"), SFaceEmbedder)
+    assert type(EMBEDDERS.create("sface", sface_path, device="cpu", cpu_backend="opencv")) is SFaceEmbedder
     assert isinstance(EMBEDDERS.create("sface-openvino", sface_path), OpenVinoSFaceEmbedder)
     with pytest.raises(ModelError, match="cpu_backend"):
         EMBEDDERS.create("sface", sface_path, device="cpu", cpu_backend="tpu")

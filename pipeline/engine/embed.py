@@ -56,6 +56,11 @@ class SFaceEmbedder(Embedder):
         self._lock = threading.Lock()  # a cv2.dnn.Net holds its input as state: one forward at a time
 
     def embed(self, crops: list[np.ndarray]) -> np.ndarray:
+        return self._embed_blobs(crops)
+
+    def _embed_blobs(self, crops: list[np.ndarray]) -> np.ndarray:
+        """Chunks of `batch` crops -> FaceRecognizerSF's blob (RGB, no mean, scale 1) -> self._forward -> unit
+        vectors. Shared by the backends that run the ONNX file as it is."""
         if not len(crops):
             return np.zeros((0, self.dim), np.float32)
         _check_crops(crops, self.input_size)
@@ -64,14 +69,17 @@ class SFaceEmbedder(Embedder):
             chunk = list(crops[i:i + self.batch])
             blob = cv2.dnn.blobFromImages(chunk, 1.0, (112, 112), (0, 0, 0), swapRB=True, crop=False)
             with self._lock:
-                self._net.setInput(blob)
-                out.append(self._net.forward().reshape(len(chunk), -1).copy())
+                out.append(np.array(self._forward(blob), np.float32).reshape(len(chunk), -1))
         return l2_normalize(np.concatenate(out))
 
+    def _forward(self, blob: np.ndarray) -> np.ndarray:
+        self._net.setInput(blob)
+        return self._net.forward()
 
-class OpenVinoSFaceEmbedder(Embedder):
-    """SFace's ONNX file through OpenVINO's CPU runtime, batch dimension made dynamic; same preprocessing as
-    SFaceEmbedder (the same blob), so the same vectors."""
+
+class OpenVinoSFaceEmbedder(SFaceEmbedder):
+    """SFace's ONNX file through OpenVINO's CPU runtime, batch dimension made dynamic; SFaceEmbedder's blobs and
+    batching (only the forward pass differs), so the same vectors."""
 
     name = "sface-openvino"
     dim = 128
@@ -91,17 +99,8 @@ class OpenVinoSFaceEmbedder(Embedder):
         self._compiled = core.compile_model(model, "CPU", config)
         self._lock = threading.Lock()  # one infer request behind the compiled model's __call__
 
-    def embed(self, crops: list[np.ndarray]) -> np.ndarray:
-        if not len(crops):
-            return np.zeros((0, self.dim), np.float32)
-        _check_crops(crops, self.input_size)
-        out = []
-        for i in range(0, len(crops), self.batch):
-            chunk = list(crops[i:i + self.batch])
-            blob = cv2.dnn.blobFromImages(chunk, 1.0, (112, 112), (0, 0, 0), swapRB=True, crop=False)
-            with self._lock:
-                out.append(np.array(self._compiled(blob)[0], np.float32).reshape(len(chunk), -1))
-        return l2_normalize(np.concatenate(out))
+    def _forward(self, blob: np.ndarray) -> np.ndarray:
+        return self._compiled(blob)[0]
 
 
 def openvino_available() -> bool:
