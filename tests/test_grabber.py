@@ -20,9 +20,8 @@ from pipeline.messages import FrameMsg
 from pipeline.streams import StreamNames
 from workers.grabber import Grabber
 
-from conftest import Running, wait_for
+from conftest import CLIP, Running, wait_for
 
-CLIP = "face_recognition/short_hamilton_clip.mp4"
 
 
 def with_workers(settings, **kw):

@@ -12,7 +12,8 @@ import redis
 
 from pipeline.messages import EmbeddingsMsg
 
-CLIP = "face_recognition/short_hamilton_clip.mp4"
+from conftest import CLIP
+
 CLI = [sys.executable, "-c", "import sys; from pipeline.cli import main; sys.exit(main())"]
 
 

@@ -22,7 +22,8 @@ from workers.detector import DetectorWorker
 from workers.embedder import EmbedderWorker
 from workers.grabber import FramePublisher, LeaseLost
 
-CLIP = "face_recognition/short_hamilton_clip.mp4"
+from conftest import CLIP
+
 
 
 def clip_frames(faces_dir, n: int, start: int = 0):
