@@ -2,7 +2,6 @@
 reclaim after `kill -9` of a worker mid-stream, bounded frame streams with every drop counted."""
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys

@@ -309,7 +309,6 @@ def run(settings: Settings, *, consumer: str, stop: threading.Event, search=None
     """The matcher worker loop, until `stop` is set (graceful: the batch in hand is committed, leases freed)."""
     r = connect(settings)
     store = EventStore(r, settings)
-    names = StreamNames(settings.redis.key_prefix)
     registry = CameraRegistry(r, settings)
     search = search or make_searcher(r, settings)
     metrics = StageMetrics(r, settings, "matcher", consumer)

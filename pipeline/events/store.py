@@ -243,7 +243,6 @@ class EventStore:
         out: list[Event] = []
         chunk = max(2 * limit, 200)
         offset = 0
-        last: tuple[float, str] | None = None
         while True:
             if order == "asc":
                 rows = self.r.zrangebyscore(idx, lo, hi, start=offset, num=chunk, withscores=True)

@@ -11,7 +11,6 @@ import hashlib
 import hmac
 import logging
 import threading
-import time
 
 import httpx
 
