@@ -119,7 +119,7 @@ class YuNetOpenVinoDetector(YuNetDetector):
         self.score_threshold, self.nms_threshold, self.top_k = score_threshold, nms_threshold, top_k
         self._core = ov.Core()
         self._model_path = str(model_path)
-        self._config = {"PERFORMANCE_HINT": "LATENCY"}
+        self._config = {"PERFORMANCE_HINT": "LATENCY", "ENABLE_CPU_PINNING": False}
         if threads:
             self._config["INFERENCE_NUM_THREADS"] = int(threads)
         self._compiled: dict[tuple[int, int], object] = {}

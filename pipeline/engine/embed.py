@@ -92,7 +92,7 @@ class OpenVinoSFaceEmbedder(SFaceEmbedder):
         core = ov.Core()
         model = core.read_model(str(model_path))
         model.reshape({model.inputs[0]: [-1, 3, self.input_size, self.input_size]})
-        config = {"PERFORMANCE_HINT": "LATENCY"}
+        config = {"PERFORMANCE_HINT": "LATENCY", "ENABLE_CPU_PINNING": False}
         if threads:
             config["INFERENCE_NUM_THREADS"] = int(threads)
         self.batch = batch
