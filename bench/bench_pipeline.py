@@ -1,7 +1,7 @@
 """Pipeline benchmark on the shared clip, in one run (~3-5 min on 2 cores):
 
 - in-process loop: decode frame -> YuNet -> align -> SFace, one process, with the embedder's ReembedGate
-  (workers.reembed_s: the same faces embedded as in the pipeline), twice; and once embedding every face;
+  (workers.reembed_*: the same faces embedded as in the pipeline), twice; and once embedding every face;
 - face_recognition-style loop (dlib HOG + 68-point landmarks + ResNet), if bench/bench_engine.py provides it or
   dlib + face_recognition_models are installed (`pip install -e '.[bench]'`); otherwise reported as skipped;
 - the streaming pipeline through Redis with 1 and 2 worker processes per stage (detector, embedder):
@@ -69,7 +69,7 @@ def bench_inprocess(settings, path: Path, n: int | None, reembed_s: float | None
     every = settings.workers.reembed_s if reembed_s is None else reembed_s
     eng = FaceEngine(settings)
     eng.analyze(read_frames(path, 2))  # load models, warm up
-    gate = ReembedGate(every)
+    gate = ReembedGate.from_config(settings.workers) if reembed_s is None else ReembedGate(reembed_s)
     cap = cv2.VideoCapture(str(path))
     t0 = time.perf_counter()
     frames = faces = embedded = 0
@@ -242,7 +242,8 @@ def run_pipeline(settings, env, r, k: int, path: Path, n_frames: int, paced_fps:
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--frames", type=int, default=None, help="frames of the clip (default: all 275)")
-    ap.add_argument("--fr-frames", type=int, default=40, help="frames for the slow face_recognition loop")
+    ap.add_argument("--fr-frames", type=int, default=None,
+                    help="frames for the slow face_recognition loop (default: the whole clip, as the pipeline)")
     args = ap.parse_args()
     if not CLIP.is_file():
         print(f"missing {CLIP}", file=sys.stderr)

@@ -30,7 +30,7 @@ GROUP = "embedders"
 class EmbedStage:
     def __init__(self, settings: Settings, engine: FaceEngine | None = None, gate: ReembedGate | None = None):
         self.engine = engine or FaceEngine(settings)
-        self.gate = gate if gate is not None else ReembedGate(settings.workers.reembed_s)
+        self.gate = gate if gate is not None else ReembedGate.from_config(settings.workers)
         self.skipped = 0  # faces passed on without an embedding (the gate), since start
 
     @property

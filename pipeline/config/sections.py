@@ -103,6 +103,10 @@ class WorkersConfig(Section):
     reembed_s: float = Field(0.1, ge=0.0, le=10.0,
                              description="a face at the place of one embedded less than this many stream seconds "
                                          "ago (and no better) is tracked without a new embedding; 0 = embed all")
+    reembed_settle_n: int = Field(8, ge=1, description="embeddings of a followed face at reembed_s spacing "
+                                                       "before it is re-embedded only every reembed_settled_s")
+    reembed_settled_s: float = Field(0.5, ge=0.0, le=60.0,
+                                     description="spacing of a settled face's embeddings (never below reembed_s)")
 
 
 class TrackingConfig(Section):
