@@ -18,6 +18,7 @@ import argparse
 import csv
 import itertools
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -36,7 +37,10 @@ KNOWN_COUNTS = {"two_people.jpg": 2, "obama_and_biden.jpg": 3, "kit_with_rose.jp
 
 
 def engine(det_threshold: float = 0.5) -> FaceEngine:
-    return FaceEngine(load_settings([], env={"FACETRAIL_MODELS__DET_SCORE_THRESHOLD": str(det_threshold)}))
+    """The engine with this run's FACETRAIL_* environment (e.g. FACETRAIL_MODELS__CPU_PRECISION=f32) and the
+    detector threshold under test."""
+    env = {k: v for k, v in os.environ.items() if k.startswith("FACETRAIL_") and k != "FACETRAIL_CONFIG"}
+    return FaceEngine(load_settings([], env=dict(env, FACETRAIL_MODELS__DET_SCORE_THRESHOLD=str(det_threshold))))
 
 
 def embed_dir(eng: FaceEngine, paths: list[Path]) -> dict[str, np.ndarray]:

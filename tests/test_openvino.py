@@ -1,5 +1,7 @@
-"""The OpenVINO CPU backend of SFace (the default on CPU when the `openvino` extra is installed): the same vectors
-as OpenCV DNN (cosine >= 0.9999) on real aligned faces, at batch 1 and across batch chunks; how `sface` picks it."""
+"""The OpenVINO CPU backends of SFace and YuNet (the default on CPU when the `openvino` extra is installed): at
+f32 the same vectors as OpenCV DNN (cosine >= 0.9999) on real aligned faces, at batch 1 and across batch chunks,
+and FaceDetectorYN's rows; at the runtime's own precision (bf16 on CPUs with AVX-512 BF16) within cosine 0.999
+and 1 px; how `sface` and `yunet` pick them."""
 from __future__ import annotations
 
 import numpy as np
@@ -34,7 +36,7 @@ def real_crops(faces_dir, models_dir, tmp_path_factory):
 
 def test_openvino_matches_opencv_on_real_faces(sface_path, real_crops):
     cv = SFaceEmbedder(sface_path, batch=32).embed(real_crops)
-    ov = OpenVinoSFaceEmbedder(sface_path, batch=3, threads=1)  # batches of 3, 3, 1: the dynamic batch dimension
+    ov = OpenVinoSFaceEmbedder(sface_path, batch=3, threads=1, precision="f32")  # batches of 3, 3, 1: dynamic batch
     got = ov.embed(real_crops)
     assert got.shape == (7, 128) and np.allclose(np.linalg.norm(got, axis=1), 1.0, atol=1e-5)
     assert (cv * got).sum(1).min() >= 0.9999
@@ -43,6 +45,14 @@ def test_openvino_matches_opencv_on_real_faces(sface_path, real_crops):
     assert ov.embed([]).shape == (0, 128)
     with pytest.raises(ValueError, match="112x112x3"):
         ov.embed([real_crops[0][:50]])
+
+
+def test_openvino_at_the_cpus_own_precision_stays_close(sface_path, real_crops):
+    cv = SFaceEmbedder(sface_path, batch=32).embed(real_crops)
+    got = OpenVinoSFaceEmbedder(sface_path, batch=4, threads=1, precision="auto").embed(real_crops)
+    assert (cv * got).sum(1).min() >= 0.999
+    with pytest.raises(ModelError, match="cpu_precision"):
+        OpenVinoSFaceEmbedder(sface_path, precision="int4")
 
 
 def test_sface_picks_openvino_on_cpu_unless_told(sface_path):
@@ -63,7 +73,8 @@ def test_yunet_on_openvino_gives_facedetectoryn_rows(models_dir, faces_dir):
 
     path = model_path("yunet", models_dir)
     kw = dict(score_threshold=0.75, nms_threshold=0.3, max_side=640, min_face_px=16)
-    ref, ov = YuNetDetector(path, **kw), YuNetOpenVinoDetector(path, threads=1, **kw)
+    ref, ov = YuNetDetector(path, **kw), YuNetOpenVinoDetector(path, threads=1, precision="f32", **kw)
+    own = YuNetOpenVinoDetector(path, threads=1, precision="auto", **kw)
     fr = faces_dir / "face_recognition"
     imgs = [load_image(fr / n) for n in ("two_people.jpg", "obama.jpg", "obama-240p.jpg", "biden.jpg")]
     cap = cv2.VideoCapture(str(fr / "short_hamilton_clip.mp4"))
@@ -76,6 +87,10 @@ def test_yunet_on_openvino_gives_facedetectoryn_rows(models_dir, faces_dir):
         b = np.zeros((0, 15)) if b is None else b[np.argsort(-b[:, 14])]
         assert a.shape == b.shape, (img.shape, a[:, 14], b[:, 14])
         assert np.abs(a - b).max(initial=0) < 0.01
+        c = own._rows(small)
+        c = np.zeros((0, 15)) if c is None else c[np.argsort(-c[:, 14])]
+        assert c.shape == a.shape and np.abs(a[:, :14] - c[:, :14]).max(initial=0) < 1.0
+        assert np.abs(a[:, 14] - c[:, 14]).max(initial=0) < 0.01
         total += len(a)
     assert total >= 10
     assert len(ov.detect_one(imgs[0])) == 2  # two_people.jpg, mapped back to full resolution

@@ -51,6 +51,9 @@ class ModelsConfig(Section):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     cpu_backend: Literal["auto", "openvino", "opencv"] = Field(
         "auto", description="SFace on CPU: auto = OpenVINO when the openvino extra is installed, else OpenCV DNN")
+    cpu_precision: Literal["auto", "f32", "bf16"] = Field(
+        "auto", description="OpenVINO precision: auto = the fastest the CPU runs natively (bf16 on AVX-512 BF16/AMX, "
+                            "vectors within cosine 0.9998 of f32), f32 = OpenCV's numbers exactly")
     # YuNet misses large faces at full resolution: detect on a copy scaled to this long side.
     detect_max_side: int = Field(640, ge=160, le=4096)
     # Measured by bench/calibrate_threshold.py (README "Face engine"): 0.75 finds every face on the shared photos

@@ -15,6 +15,7 @@ import numpy as np
 from ..models import ModelError
 from ..registry import Registry
 from .cvutil import quiet_cv2
+from .ovutil import cpu_config, u8_bgr_input
 from .types import Face
 
 DETECTORS: Registry["Detector"] = Registry("detector")
@@ -110,7 +111,8 @@ class YuNetOpenVinoDetector(YuNetDetector):
     MAX_SHAPES = 8
 
     def __init__(self, model_path: Path, *, score_threshold: float = 0.7, nms_threshold: float = 0.3,
-                 max_side: int = 640, min_face_px: int = 16, top_k: int = 5000, threads: int = 0):
+                 max_side: int = 640, min_face_px: int = 16, top_k: int = 5000, threads: int = 0,
+                 precision: str = "auto"):
         try:
             import openvino as ov
         except ImportError:
@@ -119,9 +121,7 @@ class YuNetOpenVinoDetector(YuNetDetector):
         self.score_threshold, self.nms_threshold, self.top_k = score_threshold, nms_threshold, top_k
         self._core = ov.Core()
         self._model_path = str(model_path)
-        self._config = {"PERFORMANCE_HINT": "LATENCY", "ENABLE_CPU_PINNING": False}
-        if threads:
-            self._config["INFERENCE_NUM_THREADS"] = int(threads)
+        self._config = cpu_config(threads, precision)
         self._compiled: dict[tuple[int, int], object] = {}
         self._lock = threading.Lock()
 
@@ -130,6 +130,7 @@ class YuNetOpenVinoDetector(YuNetDetector):
         if comp is None:
             model = self._core.read_model(self._model_path)
             model.reshape({model.inputs[0]: [1, 3, h, w]})
+            model = u8_bgr_input(model, rgb=False)
             comp = (self._core.compile_model(model, "CPU", self._config), [o.get_any_name() for o in model.outputs])
             while len(self._compiled) >= self.MAX_SHAPES:
                 self._compiled.pop(next(iter(self._compiled)))
@@ -139,8 +140,9 @@ class YuNetOpenVinoDetector(YuNetDetector):
     def _rows(self, small: np.ndarray) -> np.ndarray | None:
         h, w = small.shape[:2]
         ph, pw = -(-h // 32) * 32, -(-w // 32) * 32
-        blob = np.zeros((1, 3, ph, pw), np.float32)
-        blob[0, :, :h, :w] = small.transpose(2, 0, 1)
+        # uint8 HWC in, padded with black: the compiled graph converts to float NCHW (numpy's copy cost more
+        # than YuNet itself)
+        blob = cv2.copyMakeBorder(small, 0, ph - h, 0, pw - w, cv2.BORDER_CONSTANT, value=0)[None]
         with self._lock:
             comp, names = self._model_for(ph, pw)
             res = comp(blob)
@@ -172,12 +174,13 @@ class YuNetOpenVinoDetector(YuNetDetector):
 
 
 @DETECTORS.register("yunet")
-def make_yunet(model_path: Path, *, cpu_backend: str = "auto", threads: int = 0, **kw) -> Detector:
+def make_yunet(model_path: Path, *, cpu_backend: str = "auto", threads: int = 0, precision: str = "auto",
+               **kw) -> Detector:
     """YuNet through OpenVINO when the `openvino` extra is installed (models.cpu_backend auto|openvino), else
     through OpenCV's FaceDetectorYN (opencv)."""
     from .embed import openvino_available
     if cpu_backend == "openvino" or (cpu_backend == "auto" and openvino_available()):
-        return YuNetOpenVinoDetector(model_path, threads=threads, **kw)
+        return YuNetOpenVinoDetector(model_path, threads=threads, precision=precision, **kw)
     if cpu_backend not in ("auto", "opencv"):
         raise ModelError(f"unknown models.cpu_backend {cpu_backend!r}; use auto, openvino or opencv")
     return YuNetDetector(model_path, **kw)
@@ -210,8 +213,10 @@ class RetinaFaceDetector(Detector):
     MEAN_BGR = np.array([104, 117, 127], dtype=np.float32)
 
     def __init__(self, model_path: Path, *, score_threshold: float = 0.7, nms_threshold: float = 0.4,
-                 max_side: int = 640, min_face_px: int = 16, threads: int | None = None, cpu_backend: str = "auto"):
-        """cpu_backend: accepted for a uniform factory call; RetinaFace always runs on onnxruntime."""
+                 max_side: int = 640, min_face_px: int = 16, threads: int | None = None, cpu_backend: str = "auto",
+                 precision: str = "auto"):
+        """cpu_backend, precision: accepted for a uniform factory call; RetinaFace always runs on onnxruntime
+        (f32)."""
         try:
             import onnxruntime as ort
         except ImportError as e:

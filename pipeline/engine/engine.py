@@ -34,14 +34,15 @@ class FaceEngine:
         path = model_path(model, m.dir) if model else None
         return DETECTORS.create(m.detector, path, score_threshold=m.det_score_threshold,
                                 nms_threshold=m.nms_threshold, max_side=m.detect_max_side, min_face_px=m.min_face_px,
-                                cpu_backend=m.cpu_backend, threads=self.settings.workers.cv_threads or None)
+                                cpu_backend=m.cpu_backend, precision=m.cpu_precision,
+                                threads=self.settings.workers.cv_threads or None)
 
     @cached_property
     def embedder(self) -> Embedder:
         m = self.settings.models
         path = model_path(EMBEDDER_MODELS.get(m.embedder, m.embedder), m.dir)
         return EMBEDDERS.create(m.embedder, path, batch=m.embed_batch, device=m.device, cpu_backend=m.cpu_backend,
-                                threads=self.settings.workers.cv_threads)
+                                precision=m.cpu_precision, threads=self.settings.workers.cv_threads)
 
     def detect(self, images: list[np.ndarray]) -> list[list[Face]]:
         """Faces per image, largest first, each with .quality in [0, 1] (see quality.py)."""
