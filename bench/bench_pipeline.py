@@ -1,17 +1,22 @@
 """Pipeline benchmark on the shared clip, in one run (~3-5 min on 2 cores):
 
 - in-process loop: decode frame -> YuNet -> align -> SFace, one process, with the embedder's ReembedGate
-  (workers.reembed_*: the same faces embedded as in the pipeline), twice; and once embedding every face;
-- face_recognition-style loop (dlib HOG + 68-point landmarks + ResNet), if bench/bench_engine.py provides it or
-  dlib + face_recognition_models are installed (`pip install -e '.[bench]'`); otherwise reported as skipped;
+  (workers.reembed_*: the same faces embedded as in the pipeline), before and after the pipeline runs (the
+  faster counts); and once embedding every face;
+- face_recognition-style loop (dlib HOG + landmarks + ResNet) on the same frames, if bench/bench_engine.py
+  provides it or dlib + face_recognition_models are installed (`pip install -e '.[bench]'`); else skipped;
 - the streaming pipeline through Redis with 1 and 2 worker processes per stage (detector, embedder):
   `facetrail process`'s file path (push every frame, backpressure) -> frames:{cam} -> detectors -> faces ->
-  embedders -> embeddings:{cam}; throughput = frames / (first push -> EOS at embeddings);
+  embedders -> embeddings:{cam}; throughput = frames / (first push -> EOS at embeddings), with every frame
+  checked present once; CPU ms per frame of each role (pusher, detector, embedder, redis-server);
 - capture->embedding latency p50/p99 with 1 worker per stage, frames paced like a live camera at 50 % of the
   measured 1-worker throughput (a saturated run's latency is only queueing in the bounded frames stream;
   that one is reported too).
 
-Writes bench/results/pipeline.json.   Run: .venv/bin/python bench/bench_pipeline.py [--frames N]
+Each loop and layout passes over the clip --repeats times (3) and reports the median: a pass takes only a few
+seconds, and single passes drift by 20 %.
+
+Writes bench/results/pipeline.json.   Run: .venv/bin/python bench/bench_pipeline.py [--frames N] [--repeats N]
 """
 from __future__ import annotations
 
@@ -63,31 +68,34 @@ def read_frames(path: Path, n: int | None) -> list[np.ndarray]:
     return out
 
 
-def bench_inprocess(settings, path: Path, n: int | None, reembed_s: float | None = None) -> dict:
-    """decode -> YuNet -> align -> SFace per frame, with the embedder's ReembedGate (workers.reembed_s unless
-    given; 0 embeds every face), so the pipeline is compared with a loop doing the same work."""
-    every = settings.workers.reembed_s if reembed_s is None else reembed_s
+def bench_inprocess(settings, path: Path, n: int | None, reembed_s: float | None = None, repeats: int = 3) -> dict:
+    """decode -> YuNet -> align -> SFace per frame, with the embedder's ReembedGate (workers.reembed_* unless
+    reembed_s is given; 0 embeds every face), so the pipeline is compared with a loop doing the same work.
+    `repeats` passes over the clip (a fresh gate each); fps is their median."""
     eng = FaceEngine(settings)
     eng.analyze(read_frames(path, 2))  # load models, warm up
-    gate = ReembedGate.from_config(settings.workers) if reembed_s is None else ReembedGate(reembed_s)
-    cap = cv2.VideoCapture(str(path))
-    t0 = time.perf_counter()
-    frames = faces = embedded = 0
-    while n is None or frames < n:
-        ok, img = cap.read()
-        if not ok:
-            break
-        found = eng.detect([img])[0]
-        keep = gate.plan("bench", frames / 29.97, [(f.box, f.quality) for f in found])
-        crops = [c for c, k in zip(eng.align(img, found), keep) if k]
-        if crops:
-            eng.embedder.embed(crops)
-        faces += len(found)
-        embedded += len(crops)
-        frames += 1
-    dt = time.perf_counter() - t0
-    return {"frames": frames, "faces": faces, "embedded_faces": embedded, "reembed_s": every,
-            "seconds": round(dt, 2), "fps": round(frames / dt, 2)}
+    runs = []
+    for _ in range(repeats):
+        gate = ReembedGate.from_config(settings.workers) if reembed_s is None else ReembedGate(reembed_s)
+        cap = cv2.VideoCapture(str(path))
+        t0 = time.perf_counter()
+        frames = faces = embedded = 0
+        while n is None or frames < n:
+            ok, img = cap.read()
+            if not ok:
+                break
+            found = eng.detect([img])[0]
+            keep = gate.plan("bench", frames / 29.97, [(f.box, f.quality) for f in found])
+            crops = [c for c, k in zip(eng.align(img, found), keep) if k]
+            if crops:
+                eng.embedder.embed(crops)
+            faces += len(found)
+            embedded += len(crops)
+            frames += 1
+        runs.append(frames / (time.perf_counter() - t0))
+    return {"frames": frames, "faces": faces, "embedded_faces": embedded,
+            "reembed_s": settings.workers.reembed_s if reembed_s is None else reembed_s,
+            "fps": round(float(np.median(runs)), 2), "fps_runs": [round(x, 2) for x in runs]}
 
 
 def bench_face_recognition(path: Path, n: int) -> dict:
@@ -165,6 +173,23 @@ class Watch(threading.Thread):
                     self.done_at = time.perf_counter()
 
 
+def cpu_seconds(pid: int) -> float:
+    """user + system CPU seconds of a process so far (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def cpu_snapshot(procs, redis_pid: int | None) -> dict[str, float]:
+    """CPU seconds per role: the workers, redis-server, and this process (it decodes and pushes the file)."""
+    out = {"pusher": time.process_time()}
+    for p in procs:
+        role = p.args[p.args.index("worker") + 1]
+        out[role] = out.get(role, 0.0) + cpu_seconds(p.pid)
+    if redis_pid:
+        out["redis"] = cpu_seconds(redis_pid)
+    return out
+
+
 def start_workers(env: dict, k: int) -> list[subprocess.Popen]:
     return [subprocess.Popen(CLI + ["worker", role, "--consumer", f"{role}-{i}"], env=env, stdin=subprocess.DEVNULL,
                              stderr=subprocess.DEVNULL)
@@ -202,39 +227,56 @@ def warmup(r, settings, cam: str, img) -> None:
 
 
 def run_pipeline(settings, env, r, k: int, path: Path, n_frames: int, paced_fps: float | None = None,
-                 cv_threads: int = 0) -> dict:
+                 cv_threads: int = 0, redis_pid: int | None = None, repeats: int = 1) -> dict:
+    """`repeats` passes of the clip through one set of workers (each pass a fresh camera); fps is their median,
+    latency percentiles pool the passes, CPU per frame is per role over all of them."""
     names = StreamNames(settings.redis.key_prefix)
-    cam = f"bench-{k}w-{cv_threads}t-{'paced' if paced_fps else 'max'}"
-    CameraRegistry(r, settings).add(CameraConfig(name=cam, url=str(path), external=True))
+    base = f"bench-{k}w-{cv_threads}t-{'paced' if paced_fps else 'max'}"
     procs = start_workers(dict(env, FACETRAIL_WORKERS__CV_THREADS=str(cv_threads)), k)
+    fps, lat, seqs_all, faces, embedded_faces, frames_total = [], [], 0, 0, 0, 0
+    duplicates = missing = 0
+    cpu_total: dict[str, float] = {}
     try:
         wait_ready(r, settings.redis.key_prefix, k)
-        warmup(r, settings, cam, read_frames(path, 1)[0])
-        last = r.xrevrange(names.embeddings(cam), count=1)
-        w = Watch(r, names.embeddings(cam), last[0][0] if last else "0-0",  # after the warm-up frame
-                  CameraRegistry(r, settings).next_seq(cam))
-        w.start()
-        t0 = time.perf_counter()
-        if paced_fps:
-            pub = FramePublisher(r, settings, cam)
-            frames = read_frames(path, n_frames)
-            period = 1.0 / paced_fps
-            for i, img in enumerate(frames):
-                target = t0 + i * period
-                time.sleep(max(0.0, target - time.perf_counter()))
-                pub.publish(img, captured_at=time.time(), pts=i / 29.97, mode="drop")
-            pub.publish_eos()
-            n = len(frames)
-        else:
-            res = push_file(r, settings, cam, str(path))
-            n = res.frames
-        w.join(600)
-        dt = w.done_at - t0
-        seqs = w.seqs
-        return {"workers_per_stage": k, "cv_threads": cv_threads or "default", "frames": n, "embedded": len(seqs),
-                "faces": w.faces, "embedded_faces": w.embedded_faces, "duplicates": len(seqs) - len(set(seqs)),
-                "seconds": round(dt, 2), "fps": round(n / dt, 2), "paced_fps": paced_fps,
-                "latency_p50_ms": pct(w.lat[1:], 50), "latency_p99_ms": pct(w.lat[1:], 99)}
+        for rep in range(repeats):
+            cam = f"{base}-r{rep}"
+            CameraRegistry(r, settings).add(CameraConfig(name=cam, url=str(path), external=True))
+            warmup(r, settings, cam, read_frames(path, 1)[0])
+            last = r.xrevrange(names.embeddings(cam), count=1)
+            w = Watch(r, names.embeddings(cam), last[0][0] if last else "0-0",  # after the warm-up frame
+                      CameraRegistry(r, settings).next_seq(cam))
+            w.start()
+            cpu0 = cpu_snapshot(procs, redis_pid)
+            t0 = time.perf_counter()
+            if paced_fps:
+                pub = FramePublisher(r, settings, cam)
+                frames = read_frames(path, n_frames)
+                period = 1.0 / paced_fps
+                for i, img in enumerate(frames):
+                    target = t0 + i * period
+                    time.sleep(max(0.0, target - time.perf_counter()))
+                    pub.publish(img, captured_at=time.time(), pts=i / 29.97, mode="drop")
+                pub.publish_eos()
+                n = len(frames)
+            else:
+                n = push_file(r, settings, cam, str(path)).frames
+            w.join(600)
+            fps.append(n / (w.done_at - t0))
+            cpu1 = cpu_snapshot(procs, redis_pid)
+            for role in cpu1:
+                cpu_total[role] = cpu_total.get(role, 0.0) + cpu1[role] - cpu0[role]
+            frames_total += n
+            seqs_all += len(w.seqs)
+            duplicates += len(w.seqs) - len(set(w.seqs))
+            missing += n - len(set(w.seqs))
+            faces, embedded_faces = w.faces, w.embedded_faces
+            lat += w.lat[1:]
+        return {"workers_per_stage": k, "cv_threads": cv_threads or "default", "frames": n, "passes": repeats,
+                "embedded": seqs_all // repeats, "missing": missing, "duplicates": duplicates,
+                "faces": faces, "embedded_faces": embedded_faces,
+                "fps": round(float(np.median(fps)), 2), "fps_runs": [round(x, 2) for x in fps],
+                "paced_fps": paced_fps, "latency_p50_ms": pct(lat, 50), "latency_p99_ms": pct(lat, 99),
+                "cpu_ms_per_frame": {role: round(1000 * v / frames_total, 2) for role, v in cpu_total.items()}}
     finally:
         stop_workers(procs)
 
@@ -242,6 +284,8 @@ def run_pipeline(settings, env, r, k: int, path: Path, n_frames: int, paced_fps:
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--frames", type=int, default=None, help="frames of the clip (default: all 275)")
+    ap.add_argument("--repeats", type=int, default=3,
+                    help="passes over the clip per loop and pipeline layout; fps is their median")
     ap.add_argument("--fr-frames", type=int, default=None,
                     help="frames for the slow face_recognition loop (default: the whole clip, as the pipeline)")
     args = ap.parse_args()
@@ -275,23 +319,25 @@ def main() -> int:
                          "python": platform.python_version(), "opencv": cv2.__version__,
                          "load_avg_start": os.getloadavg()}
         print(f"in-process loop on {n} frames ...", flush=True)
-        results["inprocess"] = bench_inprocess(settings, clip, None)
+        results["inprocess"] = bench_inprocess(settings, clip, None, repeats=args.repeats)
         print(json.dumps(results["inprocess"]), flush=True)
         print("in-process loop embedding every face (reembed_s 0) ...", flush=True)
-        results["inprocess_every_face"] = bench_inprocess(settings, clip, None, 0.0)
+        results["inprocess_every_face"] = bench_inprocess(settings, clip, None, 0.0, repeats=args.repeats)
         print(json.dumps(results["inprocess_every_face"]), flush=True)
         results["pipeline"] = []
         for k, threads in ((1, 0), (1, 1), (2, 0), (2, 1)):
             print(f"pipeline, {k} worker(s) per stage, cv_threads={threads or 'default'} ...", flush=True)
-            results["pipeline"].append(run_pipeline(settings, env, r, k, clip, n, cv_threads=threads))
+            results["pipeline"].append(run_pipeline(settings, env, r, k, clip, n, cv_threads=threads,
+                                                    redis_pid=rs.pid, repeats=args.repeats))
             print(json.dumps(results["pipeline"][-1]), flush=True)
         print("in-process loop again (the machine's load drifts; the ratio uses the faster of the two) ...",
               flush=True)
-        results["inprocess_again"] = bench_inprocess(settings, clip, None)
+        results["inprocess_again"] = bench_inprocess(settings, clip, None, repeats=args.repeats)
         print(json.dumps(results["inprocess_again"]), flush=True)
         pace = round(0.5 * results["pipeline"][0]["fps"], 2)
         print(f"pipeline latency, 1 worker per stage, paced at {pace} fps ...", flush=True)
-        results["latency_paced"] = run_pipeline(settings, env, r, 1, clip, min(n, int(pace * 25) + 1), pace)
+        results["latency_paced"] = run_pipeline(settings, env, r, 1, clip, min(n, int(pace * 25) + 1), pace,
+                                                redis_pid=rs.pid)
         print(json.dumps(results["latency_paced"]), flush=True)
         print("face_recognition-style loop ...", flush=True)
         results["face_recognition"] = bench_face_recognition(clip, args.fr_frames)
