@@ -63,11 +63,17 @@ class DetectedFace(BaseModel):
 
 
 class FacesMsg(Message):
-    """faces - detector output for one frame (possibly zero faces), aligned crops for the embedder."""
+    """faces - detector output for one frame (possibly zero faces), aligned crops for the embedder.
 
+    v2: a face the detector's ReembedGate passed over has an empty crop (and no thumbnail); the embedder embeds
+    only the faces with a crop. (v1 had a crop for every face.)"""
+
+    VERSION: ClassVar[int] = 2
+    v: int = 2
     frame: FrameRef
     faces: list[DetectedFace] = Field(default_factory=list)
-    crops: list[bytes] = Field(default_factory=list, description="raw 112x112x3 uint8 BGR per face")
+    crops: list[bytes] = Field(default_factory=list, description="per face: raw 112x112x3 uint8 BGR, or empty = "
+                                                                 "tracked without a new embedding")
 
 
 class EmbeddedFace(DetectedFace):

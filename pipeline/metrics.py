@@ -46,7 +46,7 @@ class StageMetrics:
         self.key = metrics_key(settings, stage, consumer)
         self.flush_s = flush_s
         self.frames = self.batches = self.errors = self.drops = self.reclaimed = 0
-        self.skipped = 0  # items passed over on purpose (embedder: faces tracked without a new embedding)
+        self.skipped = 0  # items passed over on purpose (detector: faces tracked without a new embedding)
         self.batch_items = 0
         self.lag = 0
         self.latency_ms = 0.0

@@ -1,9 +1,9 @@
 """ReembedGate: a face the gate is following is embedded densely at first, sparsely once settled, and again
 whenever it is clearly better; everything else is tracked without a new embedding.
 
-Unit rules on boxes, then the real detector and embedder on the clip's first second: fewer embeddings than
-faces, every face passed over has an embedded face at the same place within the gate's window before or after
-it, and with reembed_s = 0 every face is embedded."""
+Unit rules on boxes, then the real detector (which runs the gate) and embedder on the clip's first second:
+fewer embeddings than faces, every face passed over has an embedded face at the same place within the gate's
+window before or after it, and with reembed_s = 0 every face gets a crop."""
 from __future__ import annotations
 
 import numpy as np
@@ -79,6 +79,8 @@ def test_gate_memory_is_bounded():
 
 @pytest.mark.shared_data
 def test_stage_skips_only_faces_it_embedded_nearby(settings, faces_dir):
+    """The detector's gate: a face passed over gets no crop and no thumbnail, has an embedded face at the same
+    place within the gate's window, and comes out of the embedder with an empty embedding."""
     import cv2
 
     from workers.detector import DetectStage
@@ -88,26 +90,28 @@ def test_stage_skips_only_faces_it_embedded_nearby(settings, faces_dir):
     imgs = [cap.read()[1] for _ in range(30)]
     frames = [(FrameMsg(frame=FrameRef(camera="c", seq=i, captured_at=1000.0 + i / 30, pts=i / 30, width=640,
                                        height=360), jpeg=b"x"), img) for i, img in enumerate(imgs)]
-    det = DetectStage(settings)
-    faces = det.process(frames)
-    n_faces = sum(len(m.faces) for m in faces)
-    assert n_faces >= 30
-
     every, settled = settings.workers.reembed_s, settings.workers.reembed_settled_s
     assert every == pytest.approx(0.1) and settled >= every
-    stage = EmbedStage(settings, det.engine)
-    out = stage.process(faces[:16]) + stage.process(faces[16:])  # the gate's memory spans batches
+    det = DetectStage(settings)
+    faces = det.process(frames[:16]) + det.process(frames[16:])  # the gate's memory spans batches
+    n_faces = sum(len(m.faces) for m in faces)
+    assert n_faces >= 30
+    for m in faces:
+        assert len(m.crops) == len(m.faces)
+        for f, c in zip(m.faces, m.crops):
+            assert len(c) in (0, 112 * 112 * 3) and bool(c) == bool(f.thumb_jpeg)
+
+    out = EmbedStage(settings, det.engine).process(faces)
     assert [m.frame.seq for m in out] == list(range(30))
     embedded = [(m.frame.pts, f) for m in out for f in m.faces if f.embedding]
     skipped = [(m.frame.pts, f) for m in out for f in m.faces if not f.embedding]
-    assert skipped and embedded and stage.skipped == len(skipped)
-    assert len(embedded) + len(skipped) == n_faces
+    assert skipped and embedded and det.skipped == len(skipped)
+    assert len(embedded) == sum(1 for m in faces for c in m.crops if c)
     for _t, f in embedded:
         assert abs(float(np.linalg.norm(f.vector())) - 1.0) < 1e-3
     for t, f in skipped:
         assert any(abs(t - te) < settled and iou(f.box, e.box) >= 0.5 for te, e in embedded), (t, f.box)
-        assert f.thumb_jpeg  # still a snapshot candidate for its track
 
-    all_on = EmbedStage(settings.model_copy(update={"workers": settings.workers.model_copy(
-        update={"reembed_s": 0.0})}), det.engine).process(faces)
-    assert all(f.embedding for m in all_on for f in m.faces)
+    all_on = DetectStage(settings.model_copy(update={"workers": settings.workers.model_copy(
+        update={"reembed_s": 0.0})}), det.engine).process(frames)
+    assert all(len(c) == 112 * 112 * 3 for m in all_on for c in m.crops)

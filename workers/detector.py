@@ -1,6 +1,8 @@
 """Detector role: frames:{camera} (every registered camera, group "detectors") -> faces.
 
-Stage: DetectStage.process(frames) -> FacesMsg per frame (zero-face frames included, EOS passed through).
+Stage: DetectStage.process(frames) -> FacesMsg per frame (zero-face frames included, EOS passed through). Its
+ReembedGate (pipeline/tracking/reembed.py) picks the faces worth a new embedding; only those are aligned and
+get a crop and a thumbnail, the others travel as box, landmarks and quality for the tracker.
 Worker: batch across cameras -> stage -> emit faces + XACK (+ XDEL of the frame) in one Lua call per frame,
 guarded by the done-marker done:detect:{camera}:{seq}, so a redelivered frame never yields a second FacesMsg."""
 from __future__ import annotations
@@ -21,6 +23,7 @@ from pipeline.engine.types import Face
 from pipeline.messages import DetectedFace, FacesMsg, FrameMsg
 from pipeline.metrics import Heartbeat, StageMetrics
 from pipeline.streams import ConsumingEmitter, StreamNames
+from pipeline.tracking.reembed import ReembedGate
 
 from .base import BatchReader, Entry, apply_cv_threads, dead_letter, run_loop
 
@@ -49,30 +52,46 @@ def face_thumb(image: np.ndarray, box, max_px: int, quality: int = 80) -> bytes 
 class DetectStage:
     """Plain stage: decoded frames in, one FacesMsg per frame out (no Redis here)."""
 
-    def __init__(self, settings: Settings, engine: FaceEngine | None = None):
+    def __init__(self, settings: Settings, engine: FaceEngine | None = None, gate: ReembedGate | None = None):
         self.settings = settings
         self.engine = engine or FaceEngine(settings)
+        self.gate = gate if gate is not None else ReembedGate.from_config(settings.workers)
         self.thumb_px = settings.workers.thumb_px
+        self.skipped = 0  # faces passed on without a crop (the gate), since start
 
     def process(self, frames: list[tuple[FrameMsg, np.ndarray | None]]) -> list[FacesMsg]:
         images = [img for msg, img in frames if img is not None]
         detections = iter(self.engine.detect(images) if images else [])
+        found: list[list[Face]] = [next(detections) if img is not None else [] for _, img in frames]
+        # the gate sees each camera's frames in stream order, whatever order the batch came in
+        order = sorted(range(len(frames)), key=lambda i: (frames[i][0].frame.camera, _stream_time(frames[i][0]), i))
+        wanted: list[list[bool]] = [[] for _ in frames]
+        for i in order:
+            if frames[i][1] is not None:
+                wanted[i] = self.gate.plan(frames[i][0].frame.camera, _stream_time(frames[i][0]),
+                                           [(f.box, f.quality or 0.0) for f in found[i]])
         out = []
-        for msg, img in frames:
+        for (msg, img), faces, want in zip(frames, found, wanted):
             if img is None:  # EOS: flows through unchanged
                 out.append(FacesMsg(frame=msg.frame))
                 continue
-            faces: list[Face] = next(detections)
-            crops = self.engine.align(img, faces) if faces else []
+            keep = [f for f, w in zip(faces, want) if w]
+            aligned = iter(self.engine.align(img, keep) if keep else [])
+            crops = [np.ascontiguousarray(next(aligned), dtype=np.uint8).tobytes() if w else b"" for w in want]
+            self.skipped += len(want) - len(keep)
             out.append(FacesMsg(
                 frame=msg.frame,
                 faces=[DetectedFace(index=i, box=[float(v) for v in f.box],
                                     landmarks=[float(v) for v in np.asarray(f.landmarks).reshape(-1)],
                                     score=float(f.score), quality=float(f.quality or 0.0),
-                                    thumb_jpeg=face_thumb(img, f.box, self.thumb_px))
-                       for i, f in enumerate(faces)],
-                crops=[np.ascontiguousarray(c, dtype=np.uint8).tobytes() for c in crops]))
+                                    thumb_jpeg=face_thumb(img, f.box, self.thumb_px) if w else None)
+                       for i, (f, w) in enumerate(zip(faces, want))],
+                crops=crops))
         return out
+
+
+def _stream_time(msg: FrameMsg) -> float:
+    return msg.frame.pts if msg.frame.pts is not None else msg.frame.captured_at
 
 
 def frame_streams(registry: CameraRegistry, names: StreamNames):
@@ -134,7 +153,9 @@ class DetectorWorker:
             decoded.append((stream, msg_id, msg, img))
         if not decoded:
             return
+        skipped = self.stage.skipped
         results = self.stage.process([(m, img) for _, _, m, img in decoded])
+        self.metrics.skipped += self.stage.skipped - skipped
         items = []
         for (stream, msg_id, msg, _), faces in zip(decoded, results):
             marker = self.names.done("detect", f"{msg.frame.camera}:{msg.frame.seq}")

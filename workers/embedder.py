@@ -1,7 +1,8 @@
 """Embedder role: faces (group "embedders") -> embeddings:{camera}.
 
 Stage: EmbedStage.process(faces_msgs) -> EmbeddingsMsg per frame; the crops of a whole batch (all cameras) go
-through the embedder in one call. Worker: emit + XACK (+ XDEL) per frame in one Lua call guarded by
+through the embedder in one call. A face without a crop (the detector's ReembedGate passed over it) gets an
+empty embedding: the matcher tracks it by position. Worker: emit + XACK (+ XDEL) per frame in one Lua call guarded by
 done:embed:{camera}:{seq}; every frame (zero-face and EOS included) reaches embeddings:{camera} exactly once."""
 from __future__ import annotations
 
@@ -18,7 +19,6 @@ from pipeline.engine.engine import FaceEngine
 from pipeline.messages import EmbeddedFace, EmbeddingsMsg, FacesMsg
 from pipeline.metrics import Heartbeat, StageMetrics
 from pipeline.streams import ConsumingEmitter, StreamNames
-from pipeline.tracking.reembed import ReembedGate
 
 from .base import BatchReader, Entry, apply_cv_threads, dead_letter, run_loop
 
@@ -28,49 +28,41 @@ GROUP = "embedders"
 
 
 class EmbedStage:
-    def __init__(self, settings: Settings, engine: FaceEngine | None = None, gate: ReembedGate | None = None):
+    def __init__(self, settings: Settings, engine: FaceEngine | None = None):
         self.engine = engine or FaceEngine(settings)
-        self.gate = gate if gate is not None else ReembedGate.from_config(settings.workers)
-        self.skipped = 0  # faces passed on without an embedding (the gate), since start
 
     @property
     def size(self) -> int:
         return int(getattr(self.engine.embedder, "input_size", 112))
 
-    def crops_of(self, msg: FacesMsg) -> list[np.ndarray]:
+    def crops_of(self, msg: FacesMsg) -> list[np.ndarray | None]:
+        """Per face its aligned crop, or None where the detector sent none (not to be embedded)."""
         s = self.size
         if len(msg.crops) != len(msg.faces):
             raise ValueError(f"{len(msg.faces)} faces but {len(msg.crops)} crops")
-        out = []
+        out: list[np.ndarray | None] = []
         for c in msg.crops:
+            if not c:
+                out.append(None)
+                continue
             if len(c) != s * s * 3:
                 raise ValueError(f"crop of {len(c)} bytes, expected {s}x{s}x3")
             out.append(np.frombuffer(c, np.uint8).reshape(s, s, 3))
         return out
 
-    def process(self, msgs: list[FacesMsg], crops: list[list[np.ndarray]] | None = None) -> list[EmbeddingsMsg]:
-        """One EmbeddingsMsg per FacesMsg, same order. A face the gate passes over gets an empty embedding."""
+    def process(self, msgs: list[FacesMsg], crops: list[list[np.ndarray | None]] | None = None
+                ) -> list[EmbeddingsMsg]:
+        """One EmbeddingsMsg per FacesMsg, same order. A face without a crop gets an empty embedding."""
         crops = crops if crops is not None else [self.crops_of(m) for m in msgs]
-        order = sorted(range(len(msgs)), key=lambda i: (msgs[i].frame.camera, _stream_time(msgs[i]), i))
-        wanted: list[list[bool]] = [[]] * len(msgs)
-        for i in order:
-            m = msgs[i]
-            wanted[i] = self.gate.plan(m.frame.camera, _stream_time(m), [(f.box, f.quality) for f in m.faces])
-        flat = [c for cs, w in zip(crops, wanted) for c, keep in zip(cs, w) if keep]
+        flat = [c for cs in crops for c in cs if c is not None]
         vecs = iter(self.engine.embedder.embed(flat) if flat else ())
         out = []
-        for m, w in zip(msgs, wanted):
-            faces = []
-            for df, keep in zip(m.faces, w):
-                emb = np.asarray(next(vecs), dtype="<f4").tobytes() if keep else b""
-                faces.append(EmbeddedFace(**df.model_dump(), embedding=emb))
-            self.skipped += len(w) - sum(w)
+        for m, cs in zip(msgs, crops):
+            faces = [EmbeddedFace(**df.model_dump(), embedding=np.asarray(next(vecs), dtype="<f4").tobytes()
+                                  if c is not None else b"")
+                     for df, c in zip(m.faces, cs)]
             out.append(EmbeddingsMsg(frame=m.frame, faces=faces))
         return out
-
-
-def _stream_time(msg: FacesMsg) -> float:
-    return msg.frame.pts if msg.frame.pts is not None else msg.frame.captured_at
 
 
 class EmbedderWorker:
@@ -87,7 +79,7 @@ class EmbedderWorker:
         self.reader = BatchReader(self.r, settings, GROUP, consumer, lambda: [self.names.faces])
 
     def handle(self, batch: list[Entry]) -> None:
-        good: list[tuple[str, str, FacesMsg, list[np.ndarray]]] = []
+        good: list[tuple[str, str, FacesMsg, list[np.ndarray | None]]] = []
         for stream, msg_id, payload in batch:
             msg = None
             try:
@@ -103,9 +95,7 @@ class EmbedderWorker:
             good.append((stream, msg_id, msg, crops))
         if not good:
             return
-        skipped = self.stage.skipped
         results = self.stage.process([g[2] for g in good], [g[3] for g in good])
-        self.metrics.skipped += self.stage.skipped - skipped
         maxlen = self.settings.workers.embeddings_maxlen
         items = []
         for (stream, msg_id, msg, _), emb in zip(good, results):

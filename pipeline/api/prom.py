@@ -83,7 +83,7 @@ _STAGE_GAUGES = {"fps": "frames per second processed (last window)", "lag": "ent
 _STAGE_COUNTERS = {"frames": "frames (or faces) processed", "batches": "batches processed",
                    "errors": "processing errors", "drops": "items dropped", "reclaimed": "entries reclaimed from "
                                                                                      "crashed consumers",
-                   "skipped": "items passed over on purpose (embedder: faces tracked without a new embedding)"}
+                   "skipped": "items passed over on purpose (detector: faces tracked without a new embedding)"}
 
 
 def _num(v) -> float | None:

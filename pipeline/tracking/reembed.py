@@ -12,9 +12,10 @@ old: `every_s` for the slot's first `settle_n` embeddings (dense, so the track m
 in view for a minute is re-checked a few times a second, not thirty). The matcher follows a face passed over by
 position (its tracker needs no embedding for an IoU match) and votes only with the faces that were embedded.
 
-It is per-process memory only: with several embedder workers each thins the frames it sees, and a redelivered
-frame may come out embedded where the first try would have skipped it; both are fine, since a frame's output
-is still written once and every decision only saves work."""
+The detector runs it (workers/detector.py), so a face passed over is not even aligned or thumbnailed and its
+FacesMsg carries no crop. It is per-process memory only: with several detector workers each thins the frames it
+sees (so more faces are embedded), and a redelivered frame may come out embedded where the first try would have
+skipped it; both are fine, since a frame's output is still written once and every decision only saves work."""
 from __future__ import annotations
 
 from collections import OrderedDict
