@@ -261,6 +261,19 @@ def test_drops_never_touch_frames_in_flight(settings, faces_dir):
     assert CameraRegistry(r, s).status("yard")["drops"] == 4 == pub.drops
 
 
+def test_frame_codec_decodes_what_opencv_decodes(faces_dir):
+    """Frames in transit decode (simplejpeg when installed) to exactly cv2.imdecode's pixels; other image bytes
+    still decode through OpenCV; garbage gives None (the detector dead-letters it)."""
+    from pipeline.engine.framecodec import decode_frame, encode_frame
+
+    for img in clip_frames(faces_dir, 3, start=40):
+        jpeg = encode_frame(img, 85)
+        assert np.array_equal(decode_frame(jpeg), cv2.imdecode(np.frombuffer(jpeg, np.uint8), cv2.IMREAD_COLOR))
+    png = cv2.imencode(".png", img)[1].tobytes()
+    assert np.array_equal(decode_frame(png), img)
+    assert decode_frame(b"nope") is None
+
+
 def test_stages_without_redis(settings, faces_dir):
     """The stages are plain classes: frames in, one FacesMsg per frame (EOS passed through), then embeddings."""
     from pipeline.messages import FrameRef

@@ -19,6 +19,7 @@ from pipeline.backbone import connect
 from pipeline.cameras import CameraRegistry
 from pipeline.config import Settings
 from pipeline.engine.engine import FaceEngine
+from pipeline.engine.framecodec import decode_frame
 from pipeline.engine.types import Face
 from pipeline.messages import DetectedFace, FacesMsg, FrameMsg
 from pipeline.metrics import Heartbeat, StageMetrics
@@ -140,7 +141,7 @@ class DetectorWorker:
                 msg = FrameMsg.decode(payload)
                 img = None
                 if not msg.frame.eos:
-                    img = cv2.imdecode(np.frombuffer(msg.jpeg, np.uint8), cv2.IMREAD_COLOR)
+                    img = decode_frame(msg.jpeg)
                     if img is None:
                         raise ValueError("frame JPEG does not decode")
             except ValueError as e:

@@ -25,6 +25,7 @@ import redis  # noqa: E402
 from pipeline.backbone import connect  # noqa: E402
 from pipeline.cameras import CameraRegistry, Lease, grabber_lease_key, is_file_source, redact_url  # noqa: E402
 from pipeline.config import CameraConfig, Settings  # noqa: E402
+from pipeline.engine.framecodec import encode_frame  # noqa: E402
 from pipeline.messages import FrameMsg, FrameRef  # noqa: E402
 from pipeline.metrics import Heartbeat, StageMetrics, drops_key  # noqa: E402
 from pipeline.streams import FramePusher, StreamNames  # noqa: E402
@@ -101,13 +102,6 @@ def open_capture(url: str, settings: Settings, *, read_timeout_s: float | None =
     return cap
 
 
-def encode_jpeg(img: np.ndarray, quality: int) -> bytes:
-    ok, buf = cv2.imencode(".jpg", img, [cv2.IMWRITE_JPEG_QUALITY, int(quality)])
-    if not ok:
-        raise ValueError("JPEG encoding failed")
-    return buf.tobytes()
-
-
 class FramePublisher:
     """Numbers frames (seq continues across runs of a camera, never reused) and pushes them bounded."""
 
@@ -152,7 +146,7 @@ class FramePublisher:
         h, w = img.shape[:2]
         self.size = (w, h)
         ref = FrameRef(camera=self.camera, seq=self.seq, captured_at=captured_at, pts=pts, width=w, height=h)
-        self._push(FrameMsg(frame=ref, jpeg=encode_jpeg(img, self.settings.workers.jpeg_quality)), mode, stop)
+        self._push(FrameMsg(frame=ref, jpeg=encode_frame(img, self.settings.workers.jpeg_quality)), mode, stop)
         self.seq += 1
         self.frames += 1
         return ref.seq
