@@ -99,7 +99,9 @@ def test_stage_skips_only_faces_it_embedded_nearby(settings, faces_dir):
     for m in faces:
         assert len(m.crops) == len(m.faces)
         for f, c in zip(m.faces, m.crops):
-            assert len(c) in (0, 112 * 112 * 3) and bool(c) == bool(f.thumb_jpeg)
+            assert len(c) in (0, 112 * 112 * 3)
+            if not c:
+                assert f.thumb_jpeg is None  # passed over: no thumbnail either
 
     out = EmbedStage(settings, det.engine).process(faces)
     assert [m.frame.seq for m in out] == list(range(30))
