@@ -253,12 +253,13 @@ def run_pipeline(settings, env, r, k: int, path: Path, n_frames: int, paced_fps:
             last = r.xrevrange(names.embeddings(cam), count=1)
             w = Watch(r, names.embeddings(cam), last[0][0] if last else "0-0",  # after the warm-up frame
                       CameraRegistry(r, settings).next_seq(cam))
+            # paced runs decode the clip before the clock starts, so the first frames are not published late
+            frames = read_frames(path, n_frames) if paced_fps else []
             w.start()
             cpu0 = cpu_snapshot(procs, redis_pid)
             t0 = time.perf_counter()
             if paced_fps:
                 pub = FramePublisher(r, settings, cam)
-                frames = read_frames(path, n_frames)
                 period = 1.0 / paced_fps
                 for i, img in enumerate(frames):
                     target = t0 + i * period

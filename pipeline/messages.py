@@ -44,6 +44,11 @@ class FrameRef(BaseModel):
     height: int
     eos: bool = Field(False, description="end of a finite source: seq is one past the last frame, no pixels")
 
+    @property
+    def stream_time(self) -> float:
+        """The frame's time for tracking and the re-embedding gate: pts, or the capture time without one."""
+        return self.pts if self.pts is not None else self.captured_at
+
 
 class FrameMsg(Message):
     """frames:{camera} - one sampled frame, JPEG-encoded."""

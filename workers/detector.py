@@ -65,11 +65,12 @@ class DetectStage:
         detections = iter(self.engine.detect(images) if images else [])
         found: list[list[Face]] = [next(detections) if img is not None else [] for _, img in frames]
         # the gate sees each camera's frames in stream order, whatever order the batch came in
-        order = sorted(range(len(frames)), key=lambda i: (frames[i][0].frame.camera, _stream_time(frames[i][0]), i))
+        refs = [msg.frame for msg, _ in frames]
+        order = sorted(range(len(frames)), key=lambda i: (refs[i].camera, refs[i].stream_time, i))
         wanted: list[list[bool]] = [[] for _ in frames]
         for i in order:
             if frames[i][1] is not None:
-                wanted[i] = self.gate.plan(frames[i][0].frame.camera, _stream_time(frames[i][0]),
+                wanted[i] = self.gate.plan(refs[i].camera, refs[i].stream_time,
                                            [(f.box, f.quality or 0.0) for f in found[i]])
         out = []
         for (msg, img), faces, want in zip(frames, found, wanted):
@@ -89,10 +90,6 @@ class DetectStage:
                        for i, (f, w) in enumerate(zip(faces, want))],
                 crops=crops))
         return out
-
-
-def _stream_time(msg: FrameMsg) -> float:
-    return msg.frame.pts if msg.frame.pts is not None else msg.frame.captured_at
 
 
 def frame_streams(registry: CameraRegistry, names: StreamNames):

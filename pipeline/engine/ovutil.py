@@ -33,4 +33,3 @@ def u8_bgr_input(model, *, rgb: bool):
     if rgb:
         steps.reverse_channels()
     return ppp.build()
-

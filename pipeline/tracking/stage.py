@@ -139,7 +139,7 @@ class MatcherStage:
             for tr in self.tracker.end_all():
                 self._end(tr, fr.seq, out)
             return out
-        t = fr.pts if fr.pts is not None else fr.captured_at
+        t = fr.stream_time
         for tr in self.tracker.expire(t):
             self._end(tr, fr.seq, out)
         faces = list(msg.faces)
