@@ -43,7 +43,8 @@ from pipeline.unknowns.cluster import ClusterIndex  # noqa: E402
 from workers.detector import DetectStage  # noqa: E402
 from workers.embedder import EmbedStage  # noqa: E402
 
-FRAMES: dict[tuple[str, str], set[int]] = {}  # (camera, track id) -> seqs with a face of the track (one frame: two people)
+# (camera, track id) -> seqs with a face of the track (two tracks in one frame are two people)
+FRAMES: dict[tuple[str, str], set[int]] = {}
 FACES = Path(os.environ.get("FACETRAIL_SHARED_DATA", REPO.parent / "shared" / "data")) / "faces"
 
 
