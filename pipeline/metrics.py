@@ -1,7 +1,7 @@
 """Per-stage metrics and worker heartbeats, kept in Redis so any process (the API's /metrics, /healthz) reads them.
 
 Keys (prefix = redis.key_prefix):
-  <p>:metrics:{stage}:{consumer}   hash: frames, batches, batch_size_avg, errors, drops, reclaimed, skipped, fps, lag,
+  <p>:metrics:{stage}:{consumer}   hash: frames, batches, batch_size_avg, errors, drops, reclaimed, skipped, late, fps, lag,
                                    latency_ms (capture -> this stage's output, last batch), updated_at; TTL 1 h
   <p>:metrics:drops                total frames dropped at the source (all cameras)
   <p>:hb:{role}:{consumer}         heartbeat JSON {role, consumer, pid, host, started_at}; TTL 3 x heartbeat_s
@@ -46,7 +46,9 @@ class StageMetrics:
         self.key = metrics_key(settings, stage, consumer)
         self.flush_s = flush_s
         self.frames = self.batches = self.errors = self.drops = self.reclaimed = 0
-        self.skipped = 0  # items passed over on purpose (detector: faces tracked without a new embedding)
+        self.skipped = 0  # items passed over on purpose (detector: faces tracked without a new embedding;
+        # matcher: missing seqs skipped by the reorder buffer, e.g. frames dropped at the source)
+        self.late = 0  # matcher: frames that arrived after their seq was skipped, so never applied (lost work)
         self.batch_items = 0
         self.lag = 0
         self.latency_ms = 0.0
@@ -81,7 +83,7 @@ class StageMetrics:
             pipe = self.r.pipeline(transaction=False)
             pipe.hset(self.key, mapping={
                 "frames": self.frames, "batches": self.batches, "errors": self.errors, "drops": self.drops,
-                "reclaimed": self.reclaimed, "skipped": self.skipped, "fps": round(self._fps, 2), "lag": self.lag,
+                "reclaimed": self.reclaimed, "skipped": self.skipped, "late": self.late, "fps": round(self._fps, 2), "lag": self.lag,
                 "batch_size_avg": round(self.batch_items / self.batches, 2) if self.batches else 0,
                 "latency_ms": round(self.latency_ms, 1), "updated_at": round(time.time(), 3)})
             pipe.expire(self.key, METRICS_TTL_S)

@@ -108,7 +108,8 @@ class DetectorWorker:
         self.emitter = ConsumingEmitter(self.r, settings.workers.done_marker_ttl_s)
         self.metrics = StageMetrics(self.r, settings, "detector", consumer)
         self.heartbeat = Heartbeat(self.r, settings, "detector", consumer)
-        self.reader = BatchReader(self.r, settings, GROUP, consumer, frame_streams(self.registry, self.names))
+        self.reader = BatchReader(self.r, settings, GROUP, consumer, frame_streams(self.registry, self.names),
+                                  role="detector")
         self._faces_full_logged = 0.0
         self._lag_at = 0.0
 

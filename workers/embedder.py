@@ -76,7 +76,8 @@ class EmbedderWorker:
         self.emitter = ConsumingEmitter(self.r, settings.workers.done_marker_ttl_s)
         self.metrics = StageMetrics(self.r, settings, "embedder", consumer)
         self.heartbeat = Heartbeat(self.r, settings, "embedder", consumer)
-        self.reader = BatchReader(self.r, settings, GROUP, consumer, lambda: [self.names.faces])
+        self.reader = BatchReader(self.r, settings, GROUP, consumer, lambda: [self.names.faces],
+                                  role="embedder")
 
     def handle(self, batch: list[Entry]) -> None:
         good: list[tuple[str, str, FacesMsg, list[np.ndarray | None]]] = []

@@ -22,7 +22,7 @@ import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 import redis  # noqa: E402
 
-from pipeline.backbone import connect  # noqa: E402
+from pipeline.backbone import connect, key  # noqa: E402
 from pipeline.cameras import CameraRegistry, Lease, grabber_lease_key, is_file_source, redact_url  # noqa: E402
 from pipeline.config import CameraConfig, Settings  # noqa: E402
 from pipeline.engine.framecodec import encode_frame  # noqa: E402
@@ -128,7 +128,8 @@ class FramePublisher:
                                    status_key=self.registry.status_key(self.camera),
                                    lease_key=grabber_lease_key(self.settings, self.camera),
                                    drops_key=drops_key(self.settings), maxlen=self.settings.workers.frames_maxlen,
-                                   payload=payload, next_seq=msg.frame.seq + 1, mode=mode, token=self.token)
+                                   payload=payload, next_seq=msg.frame.seq + 1, mode=mode, token=self.token,
+                                   gone_key=self.names.gone(self.camera), seq=msg.frame.seq)
             if res == -2:
                 raise LeaseLost(f"camera {self.camera}: grabber lease taken over by another process")
             if res >= 0:
@@ -142,10 +143,11 @@ class FramePublisher:
             delay = min(delay * 2, 0.05)
 
     def publish(self, img: np.ndarray, *, captured_at: float, pts: float | None, mode: str = "drop",
-                stop: threading.Event | None = None) -> int:
+                stop: threading.Event | None = None, epoch: int = 0) -> int:
         h, w = img.shape[:2]
         self.size = (w, h)
-        ref = FrameRef(camera=self.camera, seq=self.seq, captured_at=captured_at, pts=pts, width=w, height=h)
+        ref = FrameRef(camera=self.camera, seq=self.seq, captured_at=captured_at, pts=pts, width=w, height=h,
+                       epoch=epoch)
         self._push(FrameMsg(frame=ref, jpeg=encode_frame(img, self.settings.workers.jpeg_quality)), mode, stop)
         self.seq += 1
         self.frames += 1
@@ -210,6 +212,74 @@ def push_file(r: redis.Redis, settings: Settings, camera: str, path: str, *, fps
     return res
 
 
+class StreamClock:
+    """Stream time of a live camera that never goes back, and its epoch.
+
+    FFmpeg's pts restarts near zero at every reconnect (and a camera may reset it on its own), so raw pts would
+    send time backwards and the tracker would glue the faces after an outage onto the tracks before it. Here
+    each epoch (a connection, or the stretch after a gap) maps pts onto a per-camera timeline:
+    t = base + (pts - pts0), where base = the last published t + the wall time that passed since it. So the
+    timeline keeps real durations (a 20 s outage is a 20 s jump, longer than tracking.max_age_s) and is
+    monotonic per camera. The state lives in Redis (<p>:camera:{name}:clock), so a grabber that takes a camera
+    over continues the timeline with a new epoch instead of restarting it."""
+
+    def __init__(self, r: redis.Redis, settings: Settings, camera: str):
+        self.r = r
+        self.key = key(settings, "camera", camera, "clock")
+        self.camera = camera
+        raw = {}
+        try:
+            raw = {k.decode() if isinstance(k, bytes) else k: float(v) for k, v in r.hgetall(self.key).items()}
+        except (redis.RedisError, ValueError):
+            pass
+        self.epoch = int(raw.get("epoch", -1))  # the first frame of this reader starts a new epoch
+        self.last_t: float | None = raw.get("t")
+        self.last_wall: float | None = raw.get("wall")
+        self._pts0: float | None = None
+        self._base = 0.0
+        self._prev_pts = 0.0
+        self._saved = 0.0
+
+    def new_epoch(self) -> None:
+        """The next frame starts a new epoch (a reconnect, a stall)."""
+        self._pts0 = None
+
+    def stamp(self, pts: float | None, wall: float) -> float:
+        """Stream time of a frame with this pts, read at wall-clock time `wall`."""
+        if pts is None or pts < 0:
+            pts = None
+        if self._pts0 is None or pts is None or pts + 1e-3 < self._prev_pts:
+            if self._pts0 is not None:
+                log.warning("camera %s: stream time went back (pts %.3f after %.3f): new epoch", self.camera,
+                            pts if pts is not None else -1.0, self._prev_pts)
+            self.epoch += 1
+            if self.last_t is None:
+                self._base = 0.0
+            else:
+                self._base = self.last_t + max(1e-3, wall - (self.last_wall or wall))
+            self._pts0 = pts if pts is not None else 0.0
+            self._prev_pts = self._pts0
+            self._save(wall, force=True)
+        p = pts if pts is not None else self._pts0 + max(0.0, wall - (self.last_wall or wall))
+        t = self._base + (p - self._pts0)
+        if self.last_t is not None and t <= self.last_t:
+            t = self.last_t + 1e-3  # same pts twice, or rounding: still strictly forward
+        self._prev_pts = p
+        self.last_t, self.last_wall = t, wall
+        self._save(wall)
+        return t
+
+    def _save(self, wall: float, force: bool = False) -> None:
+        if not force and wall - self._saved < 1.0:
+            return
+        self._saved = wall
+        try:
+            self.r.hset(self.key, mapping={"epoch": self.epoch, "t": self.last_t if self.last_t is not None else 0.0,
+                                           "wall": wall})
+        except redis.RedisError as e:
+            log.warning("camera %s: cannot save the stream clock: %s", self.camera, e)
+
+
 class CameraRunner(threading.Thread):
     """Reads one camera while this process holds its lease."""
 
@@ -229,6 +299,8 @@ class CameraRunner(threading.Thread):
         self._last_frame = time.monotonic()
         self._connected = False
         self._lock = threading.Lock()
+        self._stalled = threading.Event()  # set by the watchdog: drop this connection, reconnect
+        self.clock: StreamClock | None = None
 
     # -- status -----------------------------------------------------------------------------------------------
     def _set_state(self, state: str, **fields) -> None:
@@ -247,9 +319,14 @@ class CameraRunner(threading.Thread):
             if not self._connected or self._state not in ("live",):
                 continue
             idle = time.monotonic() - self._last_frame
-            if idle > limit:
-                log.warning("camera %s: no frame for %.1fs (watchdog %.1fs): stalled", self.cam.name, idle, limit)
-                self._set_state("stalled", stalled_at=time.time(), error=f"no frame for {idle:.1f}s")
+            if idle > limit and not self._stalled.is_set():
+                # one stall per outage: the state stays `stalled` (no flapping) until frames flow again on a
+                # new connection; the reader drops this connection at its next return from the source, and
+                # frames the source buffered meanwhile are never published (they would carry stale times)
+                log.warning("camera %s: no frame for %.1fs (watchdog %.1fs): stalled, reconnecting",
+                            self.cam.name, idle, limit)
+                self._stalled.set()
+                self._set_state("stalled", stalled_at=time.time(), error=f"no frame for {idle:.1f}s; reconnecting")
                 try:
                     self.r.hincrby(self.registry.status_key(self.cam.name), "stalls", 1)
                 except redis.RedisError:
@@ -302,6 +379,7 @@ class CameraRunner(threading.Thread):
         wd = threading.Thread(target=self._watchdog, name=f"watchdog-{self.cam.name}", daemon=True)
         wd.start()
         pub = FramePublisher(self.r, self.settings, self.cam.name, token=self.lease.token or "")
+        self.clock = StreamClock(self.r, self.settings, self.cam.name)
         attempt = 0
         opened_before = False
         self._set_state("connecting", error="")
@@ -319,6 +397,8 @@ class CameraRunner(threading.Thread):
                 self.r.hincrby(self.registry.status_key(self.cam.name), "reconnects", 1)
             opened_before = True
             log.info("camera %s: opened %s", self.cam.name, redact_url(self.cam.url))
+            self.clock.new_epoch()
+            self._stalled.clear()
             self._last_frame = time.monotonic()
             self._connected = True
             try:
@@ -342,10 +422,27 @@ class CameraRunner(threading.Thread):
         got = 0
         win_start, win_frames = time.monotonic(), 0
         last_status = 0.0
+        limit = self.settings.workers.watchdog_s
+        epoch_wall: float | None = None  # wall time and pts of this connection's first frame
+        epoch_pts = 0.0
         while not self.stop.is_set():
             if not cap.grab():
                 return got
+            if self._stalled.is_set():  # the watchdog gave up on this connection while grab() was blocked
+                log.info("camera %s: frames after a stall on the old connection dropped; reconnecting",
+                         self.cam.name)
+                return got
             now_m = time.monotonic()
+            wall = time.time()
+            pts_raw = cap.get(cv2.CAP_PROP_POS_MSEC) / 1000.0
+            if epoch_wall is None:
+                epoch_wall, epoch_pts = wall, pts_raw
+            elif (wall - epoch_wall) - (pts_raw - epoch_pts) > limit:
+                # the source hands out frames from the past (it buffered them while frozen): they would be
+                # published under the current time. Drop them by reconnecting.
+                log.warning("camera %s: frames lag real time by %.1fs (buffered during a freeze): reconnecting",
+                            self.cam.name, (wall - epoch_wall) - (pts_raw - epoch_pts))
+                return got
             self._last_frame = now_m
             got += 1
             if got == 1 or self._state != "live":
@@ -359,8 +456,8 @@ class CameraRunner(threading.Thread):
             if not ok or img is None:
                 continue
             captured_at = time.time()
-            pts = cap.get(cv2.CAP_PROP_POS_MSEC) / 1000.0
-            pub.publish(img, captured_at=captured_at, pts=pts, mode="drop")
+            pts = self.clock.stamp(cap.get(cv2.CAP_PROP_POS_MSEC) / 1000.0, captured_at)
+            pub.publish(img, captured_at=captured_at, pts=pts, mode="drop", epoch=self.clock.epoch)
             self.metrics.batch(1)
             win_frames += 1
             if now_m - last_status >= 1.0:

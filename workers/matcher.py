@@ -29,7 +29,7 @@ from pipeline.events.sinks import SinkDispatcher, build_sinks
 from pipeline.events.store import EventStore, FencedError
 from pipeline.messages import EmbeddingsMsg
 from pipeline.metrics import Heartbeat, StageMetrics
-from pipeline.streams import StreamNames, ensure_group
+from pipeline.streams import StreamNames, all_gone, ensure_group
 from pipeline.tracking import MatcherStage, ReorderBuffer, StageOutput
 
 log = logging.getLogger("facetrail.matcher")
@@ -84,8 +84,15 @@ class CameraRunner:
         self.stream = self.names.embeddings(camera)
         self.lease = Lease(r, lease_key(settings, camera), consumer, int(settings.tracking.lease_ttl_s * 1000))
         self.stage = MatcherStage.from_settings(camera, search, settings, name_of=getattr(search, "name_of", None))
-        self.buffer: ReorderBuffer = ReorderBuffer(None, settings.tracking.reorder_timeout_ms / 1000.0,
-                                                   name=camera)
+        # a missing seq is skipped after reorder_timeout_ms only when it is known gone (dropped at the source,
+        # dead-lettered); one still in flight (held by a killed worker until reclaimed) is waited for, up to
+        # twice the reclaim time
+        timeout_s = settings.tracking.reorder_timeout_ms / 1000.0
+        self.buffer: ReorderBuffer = ReorderBuffer(
+            None, timeout_s, name=camera, can_skip=lambda lo, hi: all_gone(r, self.names, camera, lo, hi),
+            max_wait_s=timeout_s + 2 * settings.workers.reclaim_idle_ms / 1000.0 + 3 * settings.workers.heartbeat_s)
+        self.late = 0  # frames that came after their seq was skipped (acked without being applied)
+        self.reported = (0, 0)  # (buffer.skipped, late) already added to the matcher's metrics
         self.to_ack: list[str] = []
         self.last_renew = 0.0
         self.last_trim = self.last_frame = self.last_reclaim = time.monotonic()
@@ -203,6 +210,8 @@ class CameraRunner:
         if held is not None and held[0] == msg_id:
             return  # the entry we already hold, delivered again (reclaimed): nothing to do
         if not self.buffer.push(msg.frame.seq, (msg_id, msg)):
+            if self.buffer.next_seq is not None and msg.frame.seq >= self.buffer.floor:
+                self.late += 1
             log.info("camera=%s seq=%d id=%s: late or duplicate frame (next seq %s); acked without applying",
                      self.camera, msg.frame.seq, msg_id, self.buffer.next_seq)
             self.to_ack.append(msg_id)
@@ -410,6 +419,10 @@ def run(settings: Settings, *, consumer: str, stop: threading.Event, search=None
                     if now - rn.last_trim >= 10.0:
                         rn.last_trim = now
                         rn.trim()
+                for rn in runners.values():  # seqs skipped (gone, or waited for in vain) and late arrivals
+                    metrics.skipped += rn.buffer.skipped - rn.reported[0]
+                    metrics.late += rn.late - rn.reported[1]
+                    rn.reported = (rn.buffer.skipped, rn.late)
                 if applied:
                     metrics.batch(applied)
                 else:
