@@ -213,6 +213,8 @@ def test_bounded_frames_stream_drops_oldest_and_counts(settings, faces_dir):
     reg = CameraRegistry(r, s)
     assert reg.status("busy")["drops"] == 7
     assert int(r.get(drops_key(s))) == 7
+    # each dropped seq is recorded as gone, so the matcher skips it at once instead of waiting for it
+    assert [int(x) for x in r.zrange(names.gone("busy"), 0, -1)] == seqs[:7]
     # 'wait' mode (files) never drops: it blocks until there is room
     pub = FramePublisher(r, s, "busy")
     import threading
