@@ -140,9 +140,17 @@ def read_metrics(r: redis.Redis, settings: Settings) -> dict:
 
     stages: dict = {}
     prefix = key(settings, "metrics", "")
+    workers = alive_workers(r, settings)
+    live = {(w.get("role"), w.get("consumer")) for w in workers}
+    registered = set(CameraRegistry(r, settings).names())
     for k in r.scan_iter(match=prefix + "*:*", count=500):
         name = _s(k)[len(prefix):]
         stage, _, consumer = name.partition(":")
+        # only live workers (a heartbeat) and registered cameras: a crashed worker's or a removed camera's
+        # counters would otherwise stay in /metrics for the hash's TTL (an hour) as if they were current
+        base, _, cam = consumer.partition(":")  # grabbers report per camera as <consumer>:<camera>
+        if (stage, base) not in live or (cam and cam not in registered):
+            continue
         raw = r.hgetall(k)
         if not raw:
             continue
@@ -157,12 +165,15 @@ def read_metrics(r: redis.Redis, settings: Settings) -> dict:
         tot = st["total"]
         for f in ("frames", "batches", "errors", "drops", "reclaimed", "skipped", "fps"):
             tot[f] = tot.get(f, 0) + float(vals.get(f, 0) or 0)
+    from .backbone import transient_client
+
     names = StreamNames(settings.redis.key_prefix)
     reg = CameraRegistry(r, settings)
     cams = reg.names()
-    queues = {names.frames(c): stream_backlog(r, names.frames(c), "detectors") for c in cams}
-    queues[names.faces] = stream_backlog(r, names.faces, "embedders")
+    rt = transient_client(settings, r)  # frames and faces in flight live there
+    queues = {names.frames(c): stream_backlog(rt, names.frames(c), "detectors") for c in cams}
+    queues[names.faces] = stream_backlog(rt, names.faces, "embedders")
     for c in cams:
         queues[names.embeddings(c)] = {"length": int(r.xlen(names.embeddings(c)))}
     return {"stages": stages, "queues": queues, "cameras": reg.all_status(),
-            "drops_total": int(r.get(drops_key(settings)) or 0), "workers": alive_workers(r, settings)}
+            "drops_total": int(r.get(drops_key(settings)) or 0), "workers": workers}

@@ -507,6 +507,7 @@ def test_healthz_and_metrics(client, settings):
     m.maybe_flush(force=True)
     for role in ("grabber", "detector", "embedder", "matcher"):
         Heartbeat(r, settings, role, f"{role}-1").beat(force=True)
+    Heartbeat(r, settings, "detector", "det-1").beat(force=True)  # /metrics lists live workers only
     EventStore(r, settings).add([_event(1), _event(2), _event(3, type_="track.ended")])
     text = client.get("/metrics").text
     assert 'facetrail_stage_frames_total{consumer="det-1",stage="detector"} 12.0' in text

@@ -98,6 +98,7 @@ def test_detector_and_embedder_redelivery_never_duplicates(settings, faces_dir):
 
     for w in (a, b, ea, eb):
         w.metrics.maybe_flush(force=True)
+        w.heartbeat.beat(force=True)  # /metrics lists live workers only
     m = read_metrics(r, s)
     assert m["stages"]["detector"]["total"]["frames"] == 8 and m["stages"]["embedder"]["total"]["frames"] == 8
     assert m["stages"]["detector"]["total"]["reclaimed"] == 0  # set by the run loop, not by handle()

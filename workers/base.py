@@ -51,8 +51,9 @@ class BatchReader:
 
     def __init__(self, r: redis.Redis, settings: Settings, group: str, consumer: str,
                  streams_fn: Callable[[], Sequence[str]], *, refresh_s: float = 1.0, idle_block_ms: int = 500,
-                 role: str | None = None):
-        self.r = r
+                 role: str | None = None, hb: redis.Redis | None = None):
+        self.r = r  # the server of the streams read (transient for frames/faces)
+        self.hb = hb if hb is not None else r  # the server of the heartbeats (durable)
         self.settings = settings
         self.role = role
         self._last_dead_check = 0.0
@@ -115,7 +116,7 @@ class BatchReader:
                 continue
             for c in summary.get("consumers") or []:
                 name = c["name"].decode() if isinstance(c["name"], bytes) else c["name"]
-                if name == self.consumer or self.r.exists(heartbeat_key(self.settings, self.role, name)):
+                if name == self.consumer or self.hb.exists(heartbeat_key(self.settings, self.role, name)):
                     continue
                 rows = self.r.xpending_range(s, self.group, min="-", max="+", count=self.batch_max - len(out),
                                              consumername=name, idle=self.DEAD_IDLE_MS)
@@ -203,7 +204,8 @@ class BatchReader:
 
 
 def dead_letter(r: redis.Redis, settings: Settings, stage: str, stream: str, msg_id: str, error: str,
-                payload: bytes | None = None, *, camera: str | None = None, seq: int | None = None) -> None:
+                payload: bytes | None = None, *, camera: str | None = None, seq: int | None = None,
+                rt: redis.Redis | None = None) -> None:
     """A message that can never be processed: keep it (bounded) with the reason, so nothing is lost silently.
     camera/seq are recorded when the message could be read that far (`facetrail process` counts them)."""
     log.error("%s: dead-lettering %s %s (camera=%s seq=%s): %s", stage, stream, msg_id, camera, seq, error)
@@ -218,7 +220,7 @@ def dead_letter(r: redis.Redis, settings: Settings, stage: str, stream: str, msg
     if camera is not None and seq is not None and stage in ("detector", "embedder"):
         from pipeline.streams import StreamNames, mark_gone
 
-        mark_gone(r, StreamNames(settings.redis.key_prefix), camera, [seq])  # the matcher need not wait for it
+        mark_gone(rt if rt is not None else r, StreamNames(settings.redis.key_prefix), camera, [seq])  # the matcher need not wait for it
 
 
 def run_loop(role: str, consumer: str, stop: threading.Event, reader: BatchReader,

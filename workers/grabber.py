@@ -22,13 +22,13 @@ import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 import redis  # noqa: E402
 
-from pipeline.backbone import connect, key  # noqa: E402
+from pipeline.backbone import connect, key, transient_client  # noqa: E402
 from pipeline.cameras import CameraRegistry, Lease, grabber_lease_key, is_file_source, redact_url  # noqa: E402
 from pipeline.config import CameraConfig, Settings  # noqa: E402
 from pipeline.engine.framecodec import encode_frame  # noqa: E402
 from pipeline.messages import FrameMsg, FrameRef  # noqa: E402
 from pipeline.metrics import Heartbeat, StageMetrics, drops_key  # noqa: E402
-from pipeline.streams import FramePusher, StreamNames  # noqa: E402
+from pipeline.streams import FramePusher, LeaseMirror, StreamNames  # noqa: E402
 
 log = logging.getLogger("facetrail.grabber")
 
@@ -105,16 +105,25 @@ def open_capture(url: str, settings: Settings, *, read_timeout_s: float | None =
 class FramePublisher:
     """Numbers frames (seq continues across runs of a camera, never reused) and pushes them bounded."""
 
-    def __init__(self, r: redis.Redis, settings: Settings, camera: str, *, token: str = ""):
+    def __init__(self, r: redis.Redis, settings: Settings, camera: str, *, token: str = "",
+                 rt: redis.Redis | None = None):
+        """r: the durable server (registry, lease, seq, counters); rt: where frames go (backbone.transient_client;
+        default r). On a separate transient server the push is fenced by a mirror of the lease token."""
         self.r = r
+        self.rt = rt if rt is not None else transient_client(settings, r)
         self.settings = settings
         self.camera = camera
         self.token = token
         self.names = StreamNames(settings.redis.key_prefix)
         self.registry = CameraRegistry(r, settings)
-        self.pusher = FramePusher(r)
+        self.pusher = FramePusher(self.rt, durable=r)
+        self.lease_key = grabber_lease_key(settings, camera)
+        self.mirror = LeaseMirror(r, self.rt, self.lease_key, LEASE_TTL_MS) if self.rt is not r else None
         self.stream = self.names.frames(camera)
         self.seq = self.registry.next_seq(camera)
+        if self.rt is not r:  # the transient copy is exact when that server survived; the durable one is >= last-1
+            v = self.rt.get(self.registry.seq_key(camera))
+            self.seq = max(self.seq, int(v) if v else 0)
         self.first_seq = self.seq
         self.frames = 0
         self.drops = 0
@@ -123,16 +132,23 @@ class FramePublisher:
     def _push(self, msg: FrameMsg, mode: str, stop: threading.Event | None) -> int:
         payload = msg.encode()
         delay = 0.005
+        lease_key = self.lease_key
+        if self.mirror is not None and self.token:
+            if not self.mirror.refresh(self.token):
+                raise LeaseLost(f"camera {self.camera}: grabber lease taken over by another process")
+            lease_key = self.mirror.key
         while True:
             res = self.pusher.push(stream=self.stream, seq_key=self.registry.seq_key(self.camera),
                                    status_key=self.registry.status_key(self.camera),
-                                   lease_key=grabber_lease_key(self.settings, self.camera),
+                                   lease_key=lease_key,
                                    drops_key=drops_key(self.settings), maxlen=self.settings.workers.frames_maxlen,
                                    payload=payload, next_seq=msg.frame.seq + 1, mode=mode, token=self.token,
                                    gone_key=self.names.gone(self.camera), seq=msg.frame.seq)
             if res == -2:
                 raise LeaseLost(f"camera {self.camera}: grabber lease taken over by another process")
             if res >= 0:
+                if self.rt is not self.r:
+                    self.r.set(self.registry.seq_key(self.camera), msg.frame.seq + 1)  # durable copy of the seq
                 if res:
                     self.drops += res
                     log.warning("camera %s: detectors behind, dropped %d oldest frame(s)", self.camera, res)

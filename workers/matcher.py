@@ -22,7 +22,7 @@ import time
 
 import redis
 
-from pipeline.backbone import connect, key
+from pipeline.backbone import connect, key, transient_client
 from pipeline.cameras import CameraRegistry, Lease
 from pipeline.config import Settings
 from pipeline.events.sinks import SinkDispatcher, build_sinks
@@ -89,7 +89,8 @@ class CameraRunner:
         # twice the reclaim time
         timeout_s = settings.tracking.reorder_timeout_ms / 1000.0
         self.buffer: ReorderBuffer = ReorderBuffer(
-            None, timeout_s, name=camera, can_skip=lambda lo, hi: all_gone(r, self.names, camera, lo, hi),
+            None, timeout_s, name=camera,
+            can_skip=lambda lo, hi: all_gone(transient_client(settings, r), self.names, camera, lo, hi),
             max_wait_s=timeout_s + 2 * settings.workers.reclaim_idle_ms / 1000.0 + 3 * settings.workers.heartbeat_s)
         self.late = 0  # frames that came after their seq was skipped (acked without being applied)
         self.reported = (0, 0)  # (buffer.skipped, late) already added to the matcher's metrics
