@@ -8,7 +8,8 @@ subprocesses) with the real GStreamer RTSP server looping the Hamilton clip:
 - kill -9 of a detector and of an embedder loses no frame and duplicates none, checked seq by seq up to the
   matcher (no seq the matcher skipped unless it was dropped at the source; no frame arrived too late).
 
-One `up` serves the three tests (models load once); each test makes its own trouble and checks its own window."""
+Frames and faces go through a second, non-persistent Redis (redis.transient_url), as with the embedded
+servers of a default `up`. One `up` serves the three tests (models load once); each test makes its own trouble and checks its own window."""
 from __future__ import annotations
 
 import json
@@ -26,7 +27,7 @@ import yaml
 from pipeline.events.model import Event
 from pipeline.messages import EmbeddingsMsg
 
-from conftest import CLIP, RtspServer, free_port, gst_available, in_ci
+from conftest import CLIP, RedisProc, RtspServer, free_port, gst_available, in_ci
 
 CLI = [sys.executable, "-c", "import sys; from pipeline.cli import main; sys.exit(main())"]
 CAM = "door"
@@ -83,8 +84,9 @@ class Collector(threading.Thread):
 
 
 class Live:
-    def __init__(self, r, rtsp, up, col):
+    def __init__(self, r, rtsp, up, col, rt):
         self.r, self.rtsp, self.up, self.col = r, rtsp, up, col
+        self.rt = rt  # the transient server: frames, faces, gone sets
 
     def status(self) -> dict:
         return {k.decode(): v.decode() for k, v in self.r.hgetall(f"ft:camera:{CAM}:status").items()}
@@ -125,11 +127,13 @@ def live(tmp_path_factory, faces_dir, models_dir, redis_proc):
         pytest.skip("GStreamer RTSP server is missing (run .ci/system-deps.sh)")
     redis.Redis.from_url(redis_proc.url).flushdb()
     tmp = tmp_path_factory.mktemp("live")
+    transient = RedisProc(tmp_path_factory.mktemp("transient")).start()  # frames in flight: a second server
     rtsp = RtspServer(faces_dir / CLIP, free_port()).start()
     cfg = tmp / "live.yaml"
     cfg.write_text(yaml.safe_dump({"cameras": [{"name": CAM, "url": rtsp.url, "fps": 5}]}))
     env = dict(os.environ, FACETRAIL_DATA_DIR=str(tmp / "data"), FACETRAIL_MODELS_DIR=str(models_dir),
-               FACETRAIL_REDIS_URL=redis_proc.url, FACETRAIL_WORKERS__WATCHDOG_S=str(WATCHDOG_S),
+               FACETRAIL_REDIS_URL=redis_proc.url, FACETRAIL_REDIS__TRANSIENT_URL=transient.url,
+               FACETRAIL_WORKERS__WATCHDOG_S=str(WATCHDOG_S),
                FACETRAIL_TRACKING__MAX_AGE_S=str(MAX_AGE_S), FACETRAIL_WORKERS__CV_THREADS="1")
     env.pop("FACETRAIL_CONFIG", None)
     log = open(tmp / "up.log", "w")
@@ -138,7 +142,7 @@ def live(tmp_path_factory, faces_dir, models_dir, redis_proc):
     r = redis.Redis.from_url(redis_proc.url)
     col = Collector(r)
     col.start()
-    lv = Live(r, rtsp, up, col)
+    lv = Live(r, rtsp, up, col, redis.Redis.from_url(transient.url))
     try:
         lv.wait(lambda: lv.status().get("state") == "live", 60, "the camera to go live")
         lv.wait(lambda: any(ev.type == "track.started" for ev in list(col.events.values())), 120,
@@ -152,6 +156,7 @@ def live(tmp_path_factory, faces_dir, models_dir, redis_proc):
         except subprocess.TimeoutExpired:
             up.kill()
         rtsp.kill()
+        transient.stop()
         log.close()
         print((tmp / "up.log").read_text()[-6000:])
 
@@ -221,7 +226,7 @@ def _kill_holding(live: Live, role: str, stream: str, group: str) -> int:
             hb = json.loads(live.r.get(k) or "{}")
             if not hb:
                 continue
-            for c in live.r.xpending(stream, group).get("consumers") or []:
+            for c in live.rt.xpending(stream, group).get("consumers") or []:
                 if c["name"].decode() == hb["consumer"] and int(c["pending"]) > 0:
                     return hb
         return None
@@ -243,7 +248,7 @@ def test_kill9_detector_and_embedder_lose_no_frame_seq_by_seq(live):
                     "frames captured 10 s after the kills at embeddings")
     live.wait(lambda: live.matcher_progress() >= end, 120, "the matcher past those frames")
     live.col.poll()
-    gone = {int(x) for x in live.r.zrange(f"ft:gone:{CAM}", 0, -1)}
+    gone = {int(x) for x in live.rt.zrange(f"ft:gone:{CAM}", 0, -1)}
     got: dict[int, int] = {}
     for m in live.col.frames.values():
         got[m.frame.seq] = got.get(m.frame.seq, 0) + 1
