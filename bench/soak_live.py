@@ -87,12 +87,16 @@ def main() -> int:
     ap.add_argument("--outage-s", type=float, default=20.0, help="... for this long")
     ap.add_argument("--json", help="also write the results here")
     ap.add_argument("--keep", action="store_true", help="keep the data dir")
+    ap.add_argument("--single-redis", action="store_true",
+                    help="for comparison: frames and faces through the durable (AOF) server too, as before")
     args = ap.parse_args()
 
     tmp = Path(tempfile.mkdtemp(prefix="ft-soak-"))
     data = tmp / "data"
     env = {k: v for k, v in os.environ.items() if not k.startswith("FACETRAIL_")}
     env.update(FACETRAIL_DATA_DIR=str(data), PYTHONPATH=str(REPO))
+    if args.single_redis:
+        env["FACETRAIL_REDIS__TRANSIENT_URL"] = f"unix://{data / 'redis' / 'redis.sock'}"
     for name in PEOPLE:
         subprocess.run(CLI + ["gallery", "enroll", name, str(SHARED / "face_recognition" / f"{name}.png")], env=env,
                        check=True, capture_output=True, timeout=300)
@@ -104,7 +108,8 @@ def main() -> int:
                                  "embedder", "--role", "matcher"], env=env, stdout=log, stderr=subprocess.STDOUT)
     durable_sock, transient_sock = data / "redis" / "redis.sock", data / "redis-transient" / "redis.sock"
     deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and not (_server_pid(durable_sock) and _server_pid(transient_sock)):
+    while time.monotonic() < deadline and not (_server_pid(durable_sock)
+                                               and (args.single_redis or _server_pid(transient_sock))):
         time.sleep(0.5)
     pids = {"durable": _server_pid(durable_sock), "transient": _server_pid(transient_sock)}
     w0 = {k: _write_bytes(p) for k, p in pids.items()}
@@ -160,7 +165,8 @@ def main() -> int:
             matched[ev.identity] = matched.get(ev.identity, 0) + 1
     wrote = {k: w1[k] - w0[k] for k in w0}
     res = {
-        "minutes": round(hours * 60, 2), "fps": args.fps, "bounces": len(outages), "outage_s": args.outage_s,
+        "minutes": round(hours * 60, 2), "fps": args.fps, "single_redis": args.single_redis,
+        "bounces": len(outages), "outage_s": args.outage_s,
         "frames": int(status.get("frames") or 0), "reconnects": int(status.get("reconnects") or 0),
         "stalls": int(status.get("stalls") or 0), "drops": int(status.get("drops") or 0),
         "disk_written_bytes": wrote,

@@ -505,7 +505,7 @@ def test_healthz_and_metrics(client, settings):
     m.batch(12, latency_ms=40)
     m.count("errors", 2)
     m.maybe_flush(force=True)
-    for role in ("grabber", "detector", "embedder", "matcher"):
+    for role in ("grabber", "embedder", "matcher"):
         Heartbeat(r, settings, role, f"{role}-1").beat(force=True)
     Heartbeat(r, settings, "detector", "det-1").beat(force=True)  # /metrics lists live workers only
     EventStore(r, settings).add([_event(1), _event(2), _event(3, type_="track.ended")])
