@@ -38,7 +38,12 @@ GROUP = "matchers"
 CHECKPOINT_VERSION = 1
 SCAN_EVERY_S = 15.0   # how often to look for embeddings streams of cameras that are not registered
 IDLE_RELEASE_S = 30.0  # an unregistered camera without frames for this long is released
-TRIM_AFTER_S = 60.0  # applied input entries stay this long (readers such as `facetrail process` tail the stream)
+TRIM_AFTER_S = 60.0
+# The checkpoint (tracker state, ~3 KB per open track) and the input acks are committed at most this often (and
+# at every end of stream / shutdown); events are committed with every batch. A takeover replays the unacked
+# frames from the checkpoint: the stage is deterministic and event ids are too, so the replay repeats no event.
+# Per batch, the checkpoint was 59 % of all bytes the durable Redis wrote (bench/soak_live.py).
+CHECKPOINT_EVERY_S = 1.0  # applied input entries stay this long (readers such as `facetrail process` tail the stream)
 
 
 def lease_key(settings: Settings, camera: str) -> str:
@@ -93,6 +98,9 @@ class CameraRunner:
             can_skip=lambda lo, hi: all_gone(transient_client(settings, r), self.names, camera, lo, hi),
             max_wait_s=timeout_s + 2 * settings.workers.reclaim_idle_ms / 1000.0 + 3 * settings.workers.heartbeat_s)
         self.late = 0  # frames that came after their seq was skipped (acked without being applied)
+        self.ckpt_every_s = min(CHECKPOINT_EVERY_S, settings.tracking.lease_ttl_s / 4)  # < orphan-reclaim idle
+        self.last_ckpt = time.monotonic()
+        self.pending_seq: int | None = None  # last seq applied but not yet checkpointed
         self.reported = (0, 0)  # (buffer.skipped, late) already added to the matcher's metrics
         self.to_ack: list[str] = []
         self.last_renew = 0.0
@@ -235,15 +243,21 @@ class CameraRunner:
 
     def close(self) -> int:
         """End the open tracks of a camera that went away (track.ended events), commit. Returns events."""
+        self.flush(force=True)  # checkpoint and ack what was applied first
         out = self.stage.end_all()
         if not out.events:
             return 0
         return self._commit(out, [], None)
 
-    def flush(self) -> int:
-        """Apply every frame that is ready, commit. Returns frames applied."""
+    def flush(self, force: bool = False) -> int:
+        """Apply every frame that is ready and commit its events; checkpoint and ack when due (or `force`).
+        Returns frames applied."""
         ready = self.buffer.pop_ready()
         if not ready and not self.to_ack:
+            return 0
+        now = time.monotonic()
+        due = force or now - self.last_ckpt >= self.ckpt_every_s
+        if not ready and not due:
             return 0
         out = StageOutput()
         acks = list(self.to_ack)
@@ -263,17 +277,37 @@ class CameraRunner:
             last_seq = seq
             if msg.frame.eos:
                 self.buffer.restart(seq + 1)
+                due = True  # `facetrail process` waits for the EOS in the progress key
                 log.info("camera=%s: end of stream at seq %d", self.camera, seq)
-        self._commit(out, acks, last_seq)
+        if last_seq is not None:
+            self.pending_seq = last_seq
+        if due:
+            self._commit(out, acks, self.pending_seq)
+            self.last_ckpt, self.pending_seq = now, None
+        else:
+            self._commit_events(out)
+            self.to_ack = acks
         self.frames += len(ready)
         return len(ready)
 
-    def _commit(self, out: StageOutput, acks: list[str], last_seq: int | None) -> int:
+    def _put_snapshots(self, out: StageOutput) -> None:
         if out.snapshots:
             pipe = self.r.pipeline(transaction=False)
             for sid, jpeg in out.snapshots.items():
                 self.store.put_snapshot(sid, jpeg, pipe=pipe)
             pipe.execute()
+
+    def _commit_events(self, out: StageOutput) -> int:
+        """Events (each id once) and snapshots, under the lease; no checkpoint, no ack (see CHECKPOINT_EVERY_S)."""
+        self._put_snapshots(out)
+        if not out.events:
+            return 0
+        n = self.store.commit(out.events, fence=(self.lease.key, self.lease.token or ""))
+        self.events += n
+        return n
+
+    def _commit(self, out: StageOutput, acks: list[str], last_seq: int | None) -> int:
+        self._put_snapshots(out)
         ck = {"v": CHECKPOINT_VERSION, "next_seq": self.buffer.next_seq, "floor": self.buffer.floor,
               "stage": self.stage.to_state(), "at": round(time.time(), 3)}
         sets = [(checkpoint_key(self.settings, self.camera), json.dumps(ck, separators=(",", ":")))]
@@ -445,7 +479,7 @@ def run(settings: Settings, *, consumer: str, stop: threading.Event, search=None
     finally:
         for cam, rn in list(runners.items()):
             try:
-                rn.flush()
+                rn.flush(force=True)
             except (redis.RedisError, FencedError):
                 pass
             rn.release()
