@@ -3,10 +3,11 @@
 The embedded server lives under <data_dir>/redis (AOF on, unix socket only), so what one CLI command writes
 the next one sees.
 
-Two kinds of data, two servers. Durable: gallery, events, snapshots, keys, camera registry, checkpoints,
-embeddings:{camera} (the matcher acks it in the same Lua call that writes events). Transient: frames:{camera},
-faces, their consumer groups and done:detect markers, the gone sets — JPEGs and crops in flight, about a
-megabyte a second per camera, which through the AOF wrote ~1 GB in 13.5 minutes. Redis cannot exclude keys from
+Two kinds of data, two servers. Durable: gallery, events, snapshots, keys, camera registry, matcher
+checkpoints. Transient: frames:{camera}, faces, embeddings:{camera}, their consumer groups, done markers and
+gone sets — JPEGs, crops and thumbnails in flight, which through the AOF wrote ~1 GB in 13.5 minutes. The
+matcher commits events + checkpoint on the durable server, then acks the embeddings on the transient one (a
+crash in between: the next owner sees those seqs below the checkpoint and acks them unapplied). Redis cannot exclude keys from
 AOF or RDB, so the transient streams get their own embedded redis-server with no persistence at all
 (<data_dir>/redis-transient), or redis.transient_url. With an external redis.url and no transient_url both kinds
 share that one server, as before. Losing the transient server loses only frames in flight (counted as gone by

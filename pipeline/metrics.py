@@ -174,6 +174,6 @@ def read_metrics(r: redis.Redis, settings: Settings) -> dict:
     queues = {names.frames(c): stream_backlog(rt, names.frames(c), "detectors") for c in cams}
     queues[names.faces] = stream_backlog(rt, names.faces, "embedders")
     for c in cams:
-        queues[names.embeddings(c)] = {"length": int(r.xlen(names.embeddings(c)))}
+        queues[names.embeddings(c)] = {"length": int(rt.xlen(names.embeddings(c)))}
     return {"stages": stages, "queues": queues, "cameras": reg.all_status(),
             "drops_total": int(r.get(drops_key(settings)) or 0), "workers": workers}

@@ -38,16 +38,18 @@ WATCHDOG_S = 2.0
 class Collector(threading.Thread):
     """Tails embeddings:{cam} and the events stream into memory (the matcher trims applied entries)."""
 
-    def __init__(self, r: redis.Redis):
+    def __init__(self, r: redis.Redis, rt: redis.Redis):
         super().__init__(daemon=True)
-        self.r = r
+        self.r, self.rt = r, rt  # events on the durable server, embeddings on the transient one
         self.frames: dict[str, EmbeddingsMsg] = {}  # entry id -> message
         self.events: dict[str, Event] = {}
         self.stop = threading.Event()
         self._last = {f"ft:embeddings:{CAM}": "0-0", "ft:events": "0-0"}
 
     def poll(self) -> None:
-        resp = self.r.xread(self._last, count=1000) or []
+        emb = f"ft:embeddings:{CAM}"
+        resp = (self.rt.xread({emb: self._last[emb]}, count=1000) or []) + \
+            (self.r.xread({"ft:events": self._last["ft:events"]}, count=1000) or [])
         for stream, rows in resp:
             stream = stream.decode()
             for mid, f in rows:
@@ -140,7 +142,7 @@ def live(tmp_path_factory, faces_dir, models_dir, redis_proc):
     up = subprocess.Popen(CLI + ["-c", str(cfg), "-v", "up", "--role", "grabber", "--role", "detector", "--role",
                                  "embedder", "--role", "matcher"], env=env, stdout=log, stderr=subprocess.STDOUT)
     r = redis.Redis.from_url(redis_proc.url)
-    col = Collector(r)
+    col = Collector(r, redis.Redis.from_url(transient.url))
     col.start()
     lv = Live(r, rtsp, up, col, redis.Redis.from_url(transient.url))
     try:

@@ -18,7 +18,7 @@ from pipeline.config import Settings
 from pipeline.engine.engine import FaceEngine
 from pipeline.messages import EmbeddedFace, EmbeddingsMsg, FacesMsg
 from pipeline.metrics import Heartbeat, StageMetrics
-from pipeline.streams import ConsumingEmitter, Emitter, StreamNames
+from pipeline.streams import ConsumingEmitter, StreamNames
 
 from .base import BatchReader, Entry, apply_cv_threads, dead_letter, run_loop
 
@@ -71,11 +71,11 @@ class EmbedderWorker:
         self.settings = settings
         self.consumer = consumer
         self.r = r or connect(settings)
-        self.rt = transient_client(settings, self.r)  # faces: the transient server; embeddings: durable
+        self.rt = transient_client(settings, self.r)  # faces and embeddings: the transient server
         self.names = StreamNames(settings.redis.key_prefix)
         self.stage = stage or EmbedStage(settings)
-        self.emitter = ConsumingEmitter(self.r, settings.workers.done_marker_ttl_s)
-        self.durable_emitter = Emitter(self.r, settings.workers.done_marker_ttl_s)
+        # faces in, embeddings out, done:embed markers: all on the transient server, one Lua call per frame
+        self.emitter = ConsumingEmitter(self.rt, settings.workers.done_marker_ttl_s)
         self.metrics = StageMetrics(self.r, settings, "embedder", consumer)
         self.heartbeat = Heartbeat(self.r, settings, "embedder", consumer)
         self.reader = BatchReader(self.rt, settings, GROUP, consumer, lambda: [self.names.faces],
@@ -106,7 +106,7 @@ class EmbedderWorker:
             cam = msg.frame.camera
             items.append((self.names.done("embed", f"{cam}:{msg.frame.seq}"), stream, GROUP, msg_id,
                           [(self.names.embeddings(cam), emb.encode(), maxlen)]))
-        fresh = self._emit(items)
+        fresh = self.emitter.emit_many(items)
         dup = len(fresh) - sum(fresh)
         if dup:
             log.info("%s: %d redelivered message(s) were already done; acked without output", self.consumer, dup)
@@ -114,28 +114,6 @@ class EmbedderWorker:
         lat = [now - g[2].frame.captured_at for g in good if not g[2].frame.eos]
         self.metrics.batch(len(good), latency_ms=1000 * sum(lat) / len(lat) if lat else None)
         self.metrics.lag = self.rt.xlen(self.names.faces) if self.metrics.batches % 8 == 0 else self.metrics.lag
-
-    def _emit(self, items) -> list[bool]:
-        """Write embeddings and ack faces. One server: one Lua call per frame (marker + output + ack + delete).
-        Faces on a separate transient server: marker + output atomically on the durable server first, then
-        ack + delete on the transient one; a crash in between redelivers the faces entry, whose marker says
-        it is done, so it is acked without a second output (effectively once, as before)."""
-        if self.rt is self.r:
-            return self.emitter.emit_many(items)
-        pipe = self.r.pipeline(transaction=False)
-        for marker, _stream, _group, _mid, outputs in items:
-            keys = [marker, ""] + [o[0] for o in outputs]
-            args: list = ["", "", self.durable_emitter.ttl, len(outputs)]
-            for _, payload, maxlen in outputs:
-                args += [maxlen, payload]
-            self.durable_emitter._script(keys=keys, args=args, client=pipe)
-        fresh = [bool(x) for x in pipe.execute()]
-        pipe = self.rt.pipeline(transaction=False)
-        for _marker, stream, group, mid, _outputs in items:
-            pipe.xack(stream, group, mid)
-            pipe.xdel(stream, mid)
-        pipe.execute()
-        return fresh
 
     def run(self, stop: threading.Event) -> None:
         run_loop("embedder", self.consumer, stop, self.reader, self.handle, self.metrics, self.heartbeat)

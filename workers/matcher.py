@@ -80,11 +80,13 @@ class CameraRunner:
     """State of one owned camera: lease, reorder buffer, stage; `feed` + `flush` apply and commit."""
 
     def __init__(self, r: redis.Redis, settings: Settings, camera: str, consumer: str, search, store: EventStore):
-        self.r = r
+        self.r = r  # durable: lease, checkpoint, events, snapshots
+        self.rs = transient_client(settings, r)  # the embeddings stream (in flight, not persisted)
         self.settings = settings
         self.camera = camera
         self.consumer = consumer
         self.store = store
+        self.resume_seq: int | None = None  # the checkpoint's next seq at takeover: older seqs were applied
         self.names = StreamNames(settings.redis.key_prefix)
         self.stream = self.names.embeddings(camera)
         self.lease = Lease(r, lease_key(settings, camera), consumer, int(settings.tracking.lease_ttl_s * 1000))
@@ -95,7 +97,7 @@ class CameraRunner:
         timeout_s = settings.tracking.reorder_timeout_ms / 1000.0
         self.buffer: ReorderBuffer = ReorderBuffer(
             None, timeout_s, name=camera,
-            can_skip=lambda lo, hi: all_gone(transient_client(settings, r), self.names, camera, lo, hi),
+            can_skip=lambda lo, hi: all_gone(self.rs, self.names, camera, lo, hi),
             max_wait_s=timeout_s + 2 * settings.workers.reclaim_idle_ms / 1000.0 + 3 * settings.workers.heartbeat_s)
         self.late = 0  # frames that came after their seq was skipped (acked without being applied)
         self.ckpt_every_s = min(CHECKPOINT_EVERY_S, settings.tracking.lease_ttl_s / 4)  # < orphan-reclaim idle
@@ -115,7 +117,8 @@ class CameraRunner:
         self.last_renew = time.monotonic()
         try:
             self._load_checkpoint()
-            ensure_group(self.r, self.stream, GROUP)
+            self.resume_seq = self.buffer.next_seq
+            ensure_group(self.rs, self.stream, GROUP)
             self._claim_pending()
         except Exception:
             self.lease.release()
@@ -144,7 +147,7 @@ class CameraRunner:
         floor = (int((time.time() - keep_s) * 1000), 0)
         try:
             groups = {g["name"].decode() if isinstance(g["name"], bytes) else g["name"]: g
-                      for g in self.r.xinfo_groups(self.stream)}
+                      for g in self.rs.xinfo_groups(self.stream)}
         except redis.ResponseError:
             return 0
         g = groups.get(GROUP)
@@ -152,12 +155,12 @@ class CameraRunner:
             return 0
         last = sid(g["last-delivered-id"])
         floor = min(floor, (last[0], last[1] + 1))
-        pend = self.r.xpending(self.stream, GROUP)
+        pend = self.rs.xpending(self.stream, GROUP)
         if pend["pending"]:
             floor = min(floor, sid(pend["min"]))
         if floor <= (0, 0):
             return 0
-        return int(self.r.xtrim(self.stream, minid=f"{floor[0]}-{floor[1]}", approximate=False))
+        return int(self.rs.xtrim(self.stream, minid=f"{floor[0]}-{floor[1]}", approximate=False))
 
     def _load_checkpoint(self) -> None:
         raw = self.r.get(checkpoint_key(self.settings, self.camera))
@@ -176,7 +179,7 @@ class CameraRunner:
         start = "0-0"
         while True:
             try:
-                res = self.r.xautoclaim(self.stream, GROUP, self.consumer, min_idle_time=0, start_id=start,
+                res = self.rs.xautoclaim(self.stream, GROUP, self.consumer, min_idle_time=0, start_id=start,
                                         count=500)
             except redis.ResponseError as e:
                 if "NOGROUP" in str(e):
@@ -187,7 +190,7 @@ class CameraRunner:
                 break
         last = "0"
         while True:
-            resp = self.r.xreadgroup(GROUP, self.consumer, {self.stream: last}, count=500)
+            resp = self.rs.xreadgroup(GROUP, self.consumer, {self.stream: last}, count=500)
             rows = resp[0][1] if resp else []
             if not rows:
                 break
@@ -219,8 +222,8 @@ class CameraRunner:
         if held is not None and held[0] == msg_id:
             return  # the entry we already hold, delivered again (reclaimed): nothing to do
         if not self.buffer.push(msg.frame.seq, (msg_id, msg)):
-            if self.buffer.next_seq is not None and msg.frame.seq >= self.buffer.floor:
-                self.late += 1
+            if self.buffer.next_seq is not None and msg.frame.seq >= max(self.buffer.floor, self.resume_seq or 0):
+                self.late += 1  # (below resume_seq: applied before the takeover, acked now)
             log.info("camera=%s seq=%d id=%s: late or duplicate frame (next seq %s); acked without applying",
                      self.camera, msg.frame.seq, msg_id, self.buffer.next_seq)
             self.to_ack.append(msg_id)
@@ -231,7 +234,7 @@ class CameraRunner:
         start, n = "0-0", 0
         idle = int(self.settings.tracking.lease_ttl_s * 1000)
         while True:
-            res = self.r.xautoclaim(self.stream, GROUP, self.consumer, min_idle_time=idle, start_id=start,
+            res = self.rs.xautoclaim(self.stream, GROUP, self.consumer, min_idle_time=idle, start_id=start,
                                     count=200)
             for mid, fields in res[1]:
                 if fields:
@@ -313,8 +316,13 @@ class CameraRunner:
         sets = [(checkpoint_key(self.settings, self.camera), json.dumps(ck, separators=(",", ":")))]
         if last_seq is not None:
             sets.append((progress_key(self.settings, self.camera), str(last_seq)))
+        same = self.rs is self.r  # one server: events, checkpoint and acks in one Lua call
         n = self.store.commit(out.events, fence=(self.lease.key, self.lease.token or ""), sets=sets,
-                              ack=(self.stream, GROUP, acks) if acks else None)
+                              ack=(self.stream, GROUP, acks) if acks and same else None)
+        if acks and not same:
+            # embeddings on the transient server: ack after the durable commit. A crash in between leaves them
+            # pending; the next owner finds their seqs below the checkpoint's next seq and acks them unapplied.
+            self.rs.xack(self.stream, GROUP, *acks)
         self.to_ack = []
         self.events += n
         for ev in out.events:
@@ -332,7 +340,7 @@ def _configured(settings: Settings, registry: CameraRegistry) -> set[str]:
     return cams
 
 
-def _scan_streams(r: redis.Redis, settings: Settings) -> set[str]:
+def _scan_streams(r: redis.Redis, settings: Settings) -> set[str]:  # r: the embeddings (transient) server
     """Cameras with a non-empty embeddings stream (e.g. one left with work after its camera was removed).
     A full SCAN: done rarely (SCAN_EVERY_S), the registry is read every second."""
     pre = StreamNames(settings.redis.key_prefix).embeddings("")
@@ -352,6 +360,7 @@ def _fair_share(r: redis.Redis, settings: Settings, n_cams: int) -> int:
 def run(settings: Settings, *, consumer: str, stop: threading.Event, search=None) -> None:
     """The matcher worker loop, until `stop` is set (graceful: the batch in hand is committed, leases freed)."""
     r = connect(settings)
+    rt = transient_client(settings, r)  # embeddings:{camera}
     store = EventStore(r, settings)
     registry = CameraRegistry(r, settings)
     search = search or make_searcher(r, settings)
@@ -386,7 +395,7 @@ def run(settings: Settings, *, consumer: str, stop: threading.Event, search=None
                     last_discover = now
                     if last_scan == 0.0 or now - last_scan >= SCAN_EVERY_S:
                         last_scan = now
-                        scanned = _scan_streams(r, settings)
+                        scanned = _scan_streams(rt, settings)
                     configured = _configured(settings, registry)
                     cams = sorted(c for c in configured | scanned if c)
                     for cam, rn in list(runners.items()):  # a finished, unregistered camera: let it go
@@ -424,7 +433,7 @@ def run(settings: Settings, *, consumer: str, stop: threading.Event, search=None
                     stop.wait(0.2)
                     continue
                 by_stream = {rn.stream: rn for rn in runners.values()}
-                resp = r.xreadgroup(GROUP, consumer, {s: ">" for s in by_stream},
+                resp = rt.xreadgroup(GROUP, consumer, {s: ">" for s in by_stream},
                                     count=settings.workers.batch_max * 4, block=100)
                 n_in = 0
                 for stream, rows in resp or []:

@@ -196,7 +196,7 @@ def _workers_running(r, settings) -> dict[str, bool]:
 
 
 def cmd_process(args) -> int:
-    from ..backbone import child_env, connect, redis_url
+    from ..backbone import child_env, connect, redis_url, transient_client
     from ..cameras import CameraRegistry, Lease, grabber_lease_key, is_file_source, redact_url
     from ..config import CameraConfig
     from ..streams import StreamNames
@@ -266,7 +266,8 @@ def cmd_process(args) -> int:
 
     renewer = threading.Thread(target=_renew, daemon=True, name="process-lease")
     dl_start = _last_id(r, deadletter_key(settings))
-    watcher = _EmbeddingsWatcher(connect(settings), names.embeddings(name), _last_id(r, names.embeddings(name)))
+    rt = transient_client(settings, connect(settings))  # embeddings:{camera} live on the transient server
+    watcher = _EmbeddingsWatcher(rt, names.embeddings(name), _last_id(rt, names.embeddings(name)))
     previous = reg.get(name)  # a configured camera borrowed by name is put back afterwards
     try:
         reg.add(cam)
