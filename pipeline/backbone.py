@@ -1,20 +1,20 @@
 """Redis connection: an external server when redis.url is set, else a private embedded redis-server.
 
 The embedded server lives under <data_dir>/redis (AOF on, unix socket only), so what one CLI command writes
-the next one sees.
-
-Two kinds of data, two servers. Durable: gallery, events, snapshots, keys, camera registry, matcher
-checkpoints. Transient: frames:{camera}, faces, embeddings:{camera}, their consumer groups, done markers and
-gone sets — JPEGs, crops and thumbnails in flight, which through the AOF wrote ~1 GB in 13.5 minutes. The
-matcher commits events + checkpoint on the durable server, then acks the embeddings on the transient one (a
-crash in between: the next owner sees those seqs below the checkpoint and acks them unapplied). Redis cannot exclude keys from
-AOF or RDB, so the transient streams get their own embedded redis-server with no persistence at all
-(<data_dir>/redis-transient), or redis.transient_url. With an external redis.url and no transient_url both kinds
-share that one server, as before. Losing the transient server loses only frames in flight (counted as gone by
-nobody: the matcher waits for them up to its bound, then skips them). The process that starts it owns it: the server gets PR_SET_PDEATHSIG so it can never
+the next one sees. The process that starts it owns it: the server gets PR_SET_PDEATHSIG so it can never
 outlive its owner (even after SIGKILL), and SIGTERM/SIGINT shut it down cleanly (AOF flushed). Other
 processes that find it running just connect. When its owner exits the server goes with it, so run long-lived
 workers under one owner (`facetrail up`) or point them at a real server (redis.url).
+
+Two kinds of data, two servers. Durable: gallery, events, snapshots, keys, camera registry, matcher
+checkpoints. Transient: frames:{camera}, faces, embeddings:{camera}, their consumer groups, done markers and
+gone sets: JPEGs, crops and thumbnails in flight, which through the AOF wrote ~1 GB in 13.5 minutes. Redis
+cannot exclude keys from AOF or RDB, so the transient streams get their own embedded redis-server with no
+persistence at all (<data_dir>/redis-transient, same ownership rules), or redis.transient_url. With an external
+redis.url and no transient_url both kinds share that one server, as before. The matcher commits events and its
+checkpoint on the durable server, then acks the embeddings on the transient one (after a crash in between, the
+next owner sees those seqs below the checkpoint and acks them unapplied). Losing the transient server loses only
+frames in flight: the matcher waits for them up to its bound, then skips them.
 """
 from __future__ import annotations
 

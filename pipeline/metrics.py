@@ -1,8 +1,9 @@
 """Per-stage metrics and worker heartbeats, kept in Redis so any process (the API's /metrics, /healthz) reads them.
 
 Keys (prefix = redis.key_prefix):
-  <p>:metrics:{stage}:{consumer}   hash: frames, batches, batch_size_avg, errors, drops, reclaimed, skipped, late, fps, lag,
-                                   latency_ms (capture -> this stage's output, last batch), updated_at; TTL 1 h
+  <p>:metrics:{stage}:{consumer}   hash: frames, batches, batch_size_avg, errors, drops, reclaimed, skipped, late,
+                                   fps, lag, latency_ms (capture -> this stage's output, last batch), updated_at;
+                                   TTL 1 h
   <p>:metrics:drops                total frames dropped at the source (all cameras)
   <p>:hb:{role}:{consumer}         heartbeat JSON {role, consumer, pid, host, started_at}; TTL 3 x heartbeat_s
 Stages: grabber, detector, embedder (matcher and others may write the same shape).
@@ -83,7 +84,8 @@ class StageMetrics:
             pipe = self.r.pipeline(transaction=False)
             pipe.hset(self.key, mapping={
                 "frames": self.frames, "batches": self.batches, "errors": self.errors, "drops": self.drops,
-                "reclaimed": self.reclaimed, "skipped": self.skipped, "late": self.late, "fps": round(self._fps, 2), "lag": self.lag,
+                "reclaimed": self.reclaimed, "skipped": self.skipped, "late": self.late,
+                "fps": round(self._fps, 2), "lag": self.lag,
                 "batch_size_avg": round(self.batch_items / self.batches, 2) if self.batches else 0,
                 "latency_ms": round(self.latency_ms, 1), "updated_at": round(time.time(), 3)})
             pipe.expire(self.key, METRICS_TTL_S)

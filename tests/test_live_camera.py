@@ -9,7 +9,8 @@ subprocesses) with the real GStreamer RTSP server looping the Hamilton clip:
   matcher (no seq the matcher skipped unless it was dropped at the source; no frame arrived too late).
 
 Frames and faces go through a second, non-persistent Redis (redis.transient_url), as with the embedded
-servers of a default `up`. One `up` serves the three tests (models load once); each test makes its own trouble and checks its own window."""
+servers of a default `up`. One `up` serves the three tests (models load once); each test makes its own trouble
+and checks its own window."""
 from __future__ import annotations
 
 import json

@@ -220,7 +220,8 @@ def dead_letter(r: redis.Redis, settings: Settings, stage: str, stream: str, msg
     if camera is not None and seq is not None and stage in ("detector", "embedder"):
         from pipeline.streams import StreamNames, mark_gone
 
-        mark_gone(rt if rt is not None else r, StreamNames(settings.redis.key_prefix), camera, [seq])  # the matcher need not wait for it
+        # the matcher need not wait for it
+        mark_gone(rt if rt is not None else r, StreamNames(settings.redis.key_prefix), camera, [seq])
 
 
 def run_loop(role: str, consumer: str, stop: threading.Event, reader: BatchReader,
