@@ -5,8 +5,9 @@ subprocesses) with the real GStreamer RTSP server looping the Hamilton clip:
   even with tracking.max_age_s far longer than the outage (only the new stream epoch can end them);
 - a freeze (server SIGSTOPped, TCP left open) gives one `stalled`, a reconnect, and no frame published under a
   time it was not captured at;
-- kill -9 of a detector and of an embedder loses no frame and duplicates none, checked seq by seq up to the
-  matcher (no seq the matcher skipped unless it was dropped at the source; no frame arrived too late).
+- kill -9 of each worker kind (detector, embedder, grabber, matcher) loses no frame and duplicates none, checked
+  seq by seq up to the matcher (no seq skipped unless it was dropped at the source; no frame arrived too late;
+  no event repeated).
 
 Frames and faces go through a second, non-persistent Redis (redis.transient_url), as with the embedded
 servers of a default `up`. One `up` serves the three tests (models load once); each test makes its own trouble
@@ -44,6 +45,7 @@ class Collector(threading.Thread):
         self.r, self.rt = r, rt  # events on the durable server, embeddings on the transient one
         self.frames: dict[str, EmbeddingsMsg] = {}  # entry id -> message
         self.events: dict[str, Event] = {}
+        self.event_entries = 0  # entries in the events stream (== len(events) when no event is repeated)
         self.stop = threading.Event()
         self._last = {f"ft:embeddings:{CAM}": "0-0", "ft:events": "0-0"}
 
@@ -58,6 +60,7 @@ class Collector(threading.Thread):
                 self._last[stream] = mid
                 if stream == "ft:events":
                     ev = Event.decode(f[b"m"])
+                    self.event_entries += 1
                     self.events[ev.id] = ev
                 else:
                     self.frames[mid] = EmbeddingsMsg.decode(f[b"m"])
@@ -239,11 +242,20 @@ def _kill_holding(live: Live, role: str, stream: str, group: str) -> int:
     return hb["pid"]
 
 
-def test_kill9_detector_and_embedder_lose_no_frame_seq_by_seq(live):
+def _kill_role(live: Live, role: str) -> int:
+    hb = json.loads(live.r.get(next(iter(live.r.scan_iter(f"ft:hb:{role}:*")))))
+    os.kill(hb["pid"], signal.SIGKILL)
+    return hb["pid"]
+
+
+def test_kill9_of_each_worker_kind_loses_no_frame_seq_by_seq(live):
     live.wait(lambda: live.status().get("state") == "live", 60, "the camera live")
     start = live.matcher_progress() + 1
     _kill_holding(live, "detector", f"ft:frames:{CAM}", "detectors")
     _kill_holding(live, "embedder", "ft:faces", "embedders")
+    time.sleep(1.0)
+    _kill_role(live, "matcher")  # the next matcher takes the lease after tracking.lease_ttl_s, from the checkpoint
+    _kill_role(live, "grabber")  # the next grabber continues the camera's seqs (and its stream time)
     killed_at = time.time()
     # the killed workers' frames are redone (dead consumer: no heartbeat) and the matcher waits for them
     end = live.wait(lambda: max((m.frame.seq for m in list(live.col.frames.values())
@@ -251,6 +263,7 @@ def test_kill9_detector_and_embedder_lose_no_frame_seq_by_seq(live):
                     "frames captured 10 s after the kills at embeddings")
     live.wait(lambda: live.matcher_progress() >= end, 120, "the matcher past those frames")
     live.col.poll()
+    assert live.col.event_entries == len(live.col.events), "an event was published twice"
     gone = {int(x) for x in live.rt.zrange(f"ft:gone:{CAM}", 0, -1)}
     got: dict[int, int] = {}
     for m in live.col.frames.values():
