@@ -108,3 +108,12 @@ def test_gone_set_records_source_drops(settings):
     assert not all_gone(r, names, "cam", 3, 5)
     mark_gone(r, names, "cam", [3, 4])
     assert all_gone(r, names, "cam", 3, 5) and not all_gone(r, names, "cam", 3, 6)
+
+
+def test_stream_clock_falls_back_to_wall_time_when_pts_does_not_advance(settings):
+    """Some MJPEG/HTTP sources report pts 0 (or a constant) for every frame: time still advances, in real time,
+    and that is no reason for a new epoch."""
+    c = StreamClock(connect(settings), settings, "mjpeg")
+    ts = [c.stamp(0.0, 1000.0 + i * 0.5) for i in range(5)]
+    assert ts == [0.0, 0.5, 1.0, 1.5, 2.0] and c.epoch == 0
+    assert c.stamp(None, 1003.0) == 3.0 and c.epoch == 0

@@ -251,9 +251,10 @@ class StreamClock:
         self.epoch = int(raw.get("epoch", -1))  # the first frame of this reader starts a new epoch
         self.last_t: float | None = raw.get("t")
         self.last_wall: float | None = raw.get("wall")
-        self._pts0: float | None = None
+        self._pts0: float | None = None  # None: the next frame starts an epoch
         self._base = 0.0
-        self._prev_pts = 0.0
+        self._elapsed = 0.0
+        self._prev_raw: float | None = None
         self._saved = 0.0
 
     def new_epoch(self) -> None:
@@ -261,26 +262,30 @@ class StreamClock:
         self._pts0 = None
 
     def stamp(self, pts: float | None, wall: float) -> float:
-        """Stream time of a frame with this pts, read at wall-clock time `wall`."""
-        if pts is None or pts < 0:
-            pts = None
-        if self._pts0 is None or pts is None or pts + 1e-3 < self._prev_pts:
-            if self._pts0 is not None:
+        """Stream time of a frame with this pts, read at wall-clock time `wall`. Where the source's pts does not
+        advance (some MJPEG/HTTP sources report 0 or a constant), the wall clock advances the time instead."""
+        raw = pts if pts is not None and pts >= 0 else None
+        back = raw is not None and self._prev_raw is not None and raw + 1e-3 < self._prev_raw
+        if self._pts0 is None or back:
+            if back:
                 log.warning("camera %s: stream time went back (pts %.3f after %.3f): new epoch", self.camera,
-                            pts if pts is not None else -1.0, self._prev_pts)
+                            raw, self._prev_raw)
             self.epoch += 1
             if self.last_t is None:
                 self._base = 0.0
             else:
                 self._base = self.last_t + max(1e-3, wall - (self.last_wall or wall))
-            self._pts0 = pts if pts is not None else 0.0
-            self._prev_pts = self._pts0
+            self._pts0 = 0.0
+            self._elapsed = 0.0  # stream seconds since this epoch's first frame
             self._save(wall, force=True)
-        p = pts if pts is not None else self._pts0 + max(0.0, wall - (self.last_wall or wall))
-        t = self._base + (p - self._pts0)
+        elif raw is not None and self._prev_raw is not None and raw > self._prev_raw:
+            self._elapsed += raw - self._prev_raw
+        else:  # no usable pts: real time
+            self._elapsed += max(0.0, wall - (self.last_wall or wall))
+        self._prev_raw = raw
+        t = self._base + self._elapsed
         if self.last_t is not None and t <= self.last_t:
             t = self.last_t + 1e-3  # same pts twice, or rounding: still strictly forward
-        self._prev_pts = p
         self.last_t, self.last_wall = t, wall
         self._save(wall)
         return t
@@ -316,6 +321,9 @@ class CameraRunner(threading.Thread):
         self._connected = False
         self._lock = threading.Lock()
         self._stalled = threading.Event()  # set by the watchdog: drop this connection, reconnect
+        # reconnects for frames that lag real time (a short freeze); a camera whose pts does not follow real
+        # time would trip it again and again, so after 3 in a row without a stall the check is switched off
+        self._lag_checks_left = 3
         self.clock: StreamClock | None = None
 
     # -- status -----------------------------------------------------------------------------------------------
@@ -414,6 +422,8 @@ class CameraRunner(threading.Thread):
             opened_before = True
             log.info("camera %s: opened %s", self.cam.name, redact_url(self.cam.url))
             self.clock.new_epoch()
+            if self._stalled.is_set():
+                self._lag_checks_left = 3  # a real freeze happened: the lag check proved nothing wrong
             self._stalled.clear()
             self._last_frame = time.monotonic()
             self._connected = True
@@ -440,7 +450,7 @@ class CameraRunner(threading.Thread):
         last_status = 0.0
         limit = self.settings.workers.watchdog_s
         epoch_wall: float | None = None  # wall time and pts of this connection's first frame
-        epoch_pts = 0.0
+        epoch_pts = min_lag = 0.0
         while not self.stop.is_set():
             if not cap.grab():
                 return got
@@ -452,13 +462,22 @@ class CameraRunner(threading.Thread):
             wall = time.time()
             pts_raw = cap.get(cv2.CAP_PROP_POS_MSEC) / 1000.0
             if epoch_wall is None:
-                epoch_wall, epoch_pts = wall, pts_raw
-            elif (wall - epoch_wall) - (pts_raw - epoch_pts) > limit:
-                # the source hands out frames from the past (it buffered them while frozen): they would be
-                # published under the current time. Drop them by reconnecting.
-                log.warning("camera %s: frames lag real time by %.1fs (buffered during a freeze): reconnecting",
-                            self.cam.name, (wall - epoch_wall) - (pts_raw - epoch_pts))
-                return got
+                epoch_wall, epoch_pts, min_lag = wall, pts_raw, 0.0
+            elif pts_raw > epoch_pts:
+                lag = (wall - epoch_wall) - (pts_raw - epoch_pts)
+                min_lag = min(min_lag, lag)
+                drift = lag - min_lag
+                if self._lag_checks_left > 0 and drift > limit:
+                    # the source hands out frames from the past (it buffered them while frozen for less than
+                    # the watchdog): they would be published under the current time. Drop them: reconnect.
+                    self._lag_checks_left -= 1
+                    log.warning("camera %s: frames lag real time by %.1fs (buffered during a freeze): "
+                                "reconnecting%s", self.cam.name, drift,
+                                "" if self._lag_checks_left else "; this camera's pts does not follow real time, "
+                                                                 "the check is off until it does")
+                    return got
+                if self._lag_checks_left < 3 and wall - epoch_wall > 60.0 and drift < limit / 2:
+                    self._lag_checks_left = 3  # a minute in step with real time: earlier ones were real freezes
             self._last_frame = now_m
             got += 1
             if got == 1 or self._state != "live":
