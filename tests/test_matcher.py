@@ -97,7 +97,7 @@ def spawn(env, name):
 
 
 @pytest.mark.parametrize("transient", [False, True], ids=["one-redis", "transient-redis"])
-def test_kill9_failover_no_event_lost_or_duplicated(settings, cli_env, world, tmp_path, transient):
+def test_kill9_failover_no_event_lost_or_duplicated(settings, cli_env, world, tmp_path, transient, request):
     """transient-redis: embeddings on a second server (redis.transient_url), so the owner's events and checkpoint
     (durable) and its acks (transient) are two writes: a takeover must still lose and repeat nothing."""
     r = redis.Redis.from_url(settings.redis.url)
@@ -107,6 +107,7 @@ def test_kill9_failover_no_event_lost_or_duplicated(settings, cli_env, world, tm
 
         (tmp_path / "t").mkdir()
         tproc = RedisProc(tmp_path / "t").start()
+        request.addfinalizer(tproc.stop)
         rs = redis.Redis.from_url(tproc.url)
         cli_env = dict(cli_env, FACETRAIL_REDIS__TRANSIENT_URL=tproc.url)
     settings.tracking.lease_ttl_s = 1.0
@@ -170,7 +171,6 @@ def test_kill9_failover_no_event_lost_or_duplicated(settings, cli_env, world, tm
     assert [f[b"m"] for _, f in rs.xrange(stream)] == [b"not yet read"]  # applied entries trimmed, unread kept
     if transient:
         assert not r.exists(stream), "the embeddings stream never touched the durable server"
-        tproc.stop()
     for e in got:
         if e.snapshot_id:
             assert store.snapshot(e.snapshot_id) == b"\xff\xd8thumb"
