@@ -23,6 +23,7 @@ models: install
 
 demo: install models
 	$(VENV)/bin/facetrail demo
+	@echo "facetrail is installed in $(VENV), not on your PATH: run $(VENV)/bin/facetrail ... (or '. $(VENV)/bin/activate' once per shell)"
 
 system-deps:
 	bash .ci/system-deps.sh

@@ -5,6 +5,16 @@ the next one sees. The process that starts it owns it: the server gets PR_SET_PD
 outlive its owner (even after SIGKILL), and SIGTERM/SIGINT shut it down cleanly (AOF flushed). Other
 processes that find it running just connect. When its owner exits the server goes with it, so run long-lived
 workers under one owner (`facetrail up`) or point them at a real server (redis.url).
+
+Two kinds of data, two servers. Durable: gallery, events, snapshots, keys, camera registry, matcher
+checkpoints. Transient: frames:{camera}, faces, embeddings:{camera}, their consumer groups, done markers and
+gone sets: JPEGs, crops and thumbnails in flight, which through the AOF wrote ~1 GB in 13.5 minutes. Redis
+cannot exclude keys from AOF or RDB, so the transient streams get their own embedded redis-server with no
+persistence at all (<data_dir>/redis-transient, same ownership rules), or redis.transient_url. With an external
+redis.url and no transient_url both kinds share that one server, as before. The matcher commits events and its
+checkpoint on the durable server, then acks the embeddings on the transient one (after a crash in between, the
+next owner sees those seqs below the checkpoint and acks them unapplied). Losing the transient server loses only
+frames in flight: the matcher waits for them up to its bound, then skips them.
 """
 from __future__ import annotations
 
@@ -62,8 +72,9 @@ def _set_pdeathsig() -> None:  # runs in the child between fork and exec
 
 
 class EmbeddedRedis:
-    def __init__(self, data_dir: Path):
-        self.dir = Path(data_dir).expanduser().resolve() / "redis"
+    def __init__(self, data_dir: Path, *, name: str = "redis", persistent: bool = True):
+        self.persistent = persistent
+        self.dir = Path(data_dir).expanduser().resolve() / name
         self.dir.mkdir(parents=True, exist_ok=True)
         sock = self.dir / "redis.sock"
         if len(str(sock)) > _MAX_UNIX_PATH:  # unix socket paths are limited to ~107 bytes
@@ -95,7 +106,8 @@ class EmbeddedRedis:
             self.socket.unlink(missing_ok=True)
             args = [
                 redis_server_binary(), "--port", "0", "--unixsocket", str(self.socket), "--unixsocketperm", "700",
-                "--dir", str(self.dir), "--appendonly", "yes", "--appendfsync", "everysec", "--save", "",
+                "--dir", str(self.dir), "--appendonly", "yes" if self.persistent else "no",
+                "--appendfsync", "everysec", "--save", "",
                 "--daemonize", "no", "--logfile", str(self.dir / "redis.log"), "--databases", "16",
             ]
             self.proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
@@ -158,9 +170,40 @@ def redis_url(settings: Settings) -> str:
     return EmbeddedRedis(settings.paths.data_dir).ensure()
 
 
-def connect(settings: Settings, *, decode_responses: bool = False) -> redis.Redis:
+def transient_redis_url(settings: Settings) -> str:
+    """Where frames and faces go: redis.transient_url, else the redis.url server, else an embedded server with
+    no persistence (started on first use, owned by the process that starts it, like the durable one)."""
+    if settings.redis.transient_url:
+        return settings.redis.transient_url
+    if settings.redis.url:
+        return settings.redis.url
+    return EmbeddedRedis(settings.paths.data_dir, name="redis-transient", persistent=False).ensure()
+
+
+def child_env(settings: Settings) -> dict[str, str]:
+    """Env for worker subprocesses: both servers by URL (embedded ones are started here, owned by this process)."""
+    return {"FACETRAIL_REDIS_URL": redis_url(settings),
+            "FACETRAIL_REDIS__TRANSIENT_URL": transient_redis_url(settings)}
+
+
+_transient_clients: dict[tuple, redis.Redis] = {}
+
+
+def transient_client(settings: Settings, r: redis.Redis | None = None) -> redis.Redis:
+    """The client for frames/faces: `r` itself when the transient data shares the durable server (so callers
+    can test `rt is r`), else one cached client per URL."""
+    turl = transient_redis_url(settings)
+    if turl == redis_url(settings):
+        return r if r is not None else connect(settings)
+    k = (turl, settings.redis.socket_timeout_s)
+    if k not in _transient_clients:
+        _transient_clients[k] = connect(settings, url=turl)
+    return _transient_clients[k]
+
+
+def connect(settings: Settings, *, decode_responses: bool = False, url: str | None = None) -> redis.Redis:
     """A checked client: raises BackboneError with one clear line when the server can't be reached."""
-    url = redis_url(settings)
+    url = url or redis_url(settings)
     client = redis.Redis.from_url(url, decode_responses=decode_responses,
                                   socket_timeout=settings.redis.socket_timeout_s,
                                   socket_connect_timeout=settings.redis.connect_timeout_s,

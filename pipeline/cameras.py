@@ -90,8 +90,40 @@ class CameraRegistry:
         return True
 
     def seed(self, cameras: list[CameraConfig]) -> int:
-        """Add the YAML cameras that are not registered yet (runtime edits win over the file). Returns how many."""
-        return sum(1 for c in cameras if self.add(c, replace=False))
+        """Register the config file's cameras. Returns how many were added or updated.
+
+        A camera not registered yet is added. One registered from the file and not changed at runtime since
+        follows the file (an edited `fps` or url applies at the next `up`). One changed at runtime
+        (`facetrail camera add`, the API) keeps the runtime setting, and a WARNING says which setting is ignored
+        and how to go back to the file: never silently. The file's last seeded body per camera is kept in
+        <p>:cameras:seeded to tell the two apart."""
+        seeded_key = self.hash + ":seeded"
+        n = 0
+        for c in cameras:
+            body = c.model_dump_json()
+            cur = self.r.hget(self.hash, c.name)
+            last = self.r.hget(seeded_key, c.name)
+            if cur is None:
+                self.add(c)
+                self.r.hset(seeded_key, c.name, body)
+                n += 1
+                continue
+            cur, last = _s(cur), _s(last) if last is not None else None
+            if cur == body:
+                self.r.hset(seeded_key, c.name, body)
+                continue
+            if last is not None and cur == last:  # the file changed, the camera was not edited at runtime
+                old = CameraConfig.model_validate_json(cur)
+                self.add(c)
+                self.r.hset(seeded_key, c.name, body)
+                log.warning("camera %s: config file changed (%s): applied", c.name, _diff(old, c))
+                n += 1
+                continue
+            runtime = CameraConfig.model_validate_json(cur)
+            log.warning("camera %s: the config file's settings (%s) are ignored: the camera was changed at runtime "
+                        "and the runtime settings win; `facetrail camera remove %s` and restart `up` to use the "
+                        "file again", c.name, _diff(runtime, c), c.name)
+        return n
 
     def _announce(self, cmd: CameraCommand) -> None:
         self.r.xadd(self.changes, {"m": cmd.encode()}, maxlen=1000, approximate=True)
@@ -147,6 +179,18 @@ class CameraRegistry:
     def next_seq(self, name: str) -> int:
         v = self.r.get(self.seq_key(name))
         return int(v) if v else 0
+
+
+def _diff(old: CameraConfig, new: CameraConfig) -> str:
+    """'fps 5.0 -> 10.0, url ...' for the fields that differ (urls redacted)."""
+    parts = []
+    for f in ("url", "fps", "enabled", "external"):
+        a, b = getattr(old, f), getattr(new, f)
+        if a != b:
+            if f == "url":
+                a, b = _redact(a), _redact(b)
+            parts.append(f"{f} {a} -> {b}")
+    return ", ".join(parts) or "no change"
 
 
 def _redact(url: str) -> str:

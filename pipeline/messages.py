@@ -43,10 +43,15 @@ class FrameRef(BaseModel):
     width: int
     height: int
     eos: bool = Field(False, description="end of a finite source: seq is one past the last frame, no pixels")
+    # Optional with a default, so v1 stays v1: a writer that never sets it means "one epoch". A live camera
+    # starts a new epoch at every (re)connect and after every gap; the matcher ends every open track of the
+    # camera when the epoch changes, so no track spans an outage.
+    epoch: int = Field(0, ge=0, description="stream epoch: bumped at each reconnect or gap of a live camera")
 
     @property
     def stream_time(self) -> float:
-        """The frame's time for tracking and the re-embedding gate: pts, or the capture time without one."""
+        """The frame's time for tracking and the re-embedding gate: pts, or the capture time without one.
+        Live cameras publish a pts that is monotonic per camera across reconnects (workers/grabber.StreamClock)."""
         return self.pts if self.pts is not None else self.captured_at
 
 

@@ -1,8 +1,9 @@
 """Per-stage metrics and worker heartbeats, kept in Redis so any process (the API's /metrics, /healthz) reads them.
 
 Keys (prefix = redis.key_prefix):
-  <p>:metrics:{stage}:{consumer}   hash: frames, batches, batch_size_avg, errors, drops, reclaimed, skipped, fps, lag,
-                                   latency_ms (capture -> this stage's output, last batch), updated_at; TTL 1 h
+  <p>:metrics:{stage}:{consumer}   hash: frames, batches, batch_size_avg, errors, drops, reclaimed, skipped, late,
+                                   fps, lag, latency_ms (capture -> this stage's output, last batch), updated_at;
+                                   TTL 1 h
   <p>:metrics:drops                total frames dropped at the source (all cameras)
   <p>:hb:{role}:{consumer}         heartbeat JSON {role, consumer, pid, host, started_at}; TTL 3 x heartbeat_s
 Stages: grabber, detector, embedder (matcher and others may write the same shape).
@@ -46,8 +47,10 @@ class StageMetrics:
         self.key = metrics_key(settings, stage, consumer)
         self.flush_s = flush_s
         self.frames = self.batches = self.errors = self.drops = self.reclaimed = 0
-        self.skipped = 0  # items passed over on purpose (detector: faces tracked without a new embedding)
+        self.skipped = 0  # items passed over on purpose (detector: faces tracked without a new embedding;
+        # matcher: missing seqs skipped by the reorder buffer, e.g. frames dropped at the source)
         self.motion_skipped = 0  # detector: frames passed on without a detector pass (no motion)
+        self.late = 0  # matcher: frames that arrived after their seq was skipped, so never applied (lost work)
         self.batch_items = 0
         self.lag = 0
         self.latency_ms = 0.0
@@ -83,6 +86,7 @@ class StageMetrics:
             pipe.hset(self.key, mapping={
                 "frames": self.frames, "batches": self.batches, "errors": self.errors, "drops": self.drops,
                 "reclaimed": self.reclaimed, "skipped": self.skipped, "motion_skipped": self.motion_skipped,
+                "late": self.late,
                 "fps": round(self._fps, 2), "lag": self.lag,
                 "batch_size_avg": round(self.batch_items / self.batches, 2) if self.batches else 0,
                 "latency_ms": round(self.latency_ms, 1), "updated_at": round(time.time(), 3)})
@@ -140,9 +144,17 @@ def read_metrics(r: redis.Redis, settings: Settings) -> dict:
 
     stages: dict = {}
     prefix = key(settings, "metrics", "")
+    workers = alive_workers(r, settings)
+    live = {(w.get("role"), w.get("consumer")) for w in workers}
+    registered = set(CameraRegistry(r, settings).names())
     for k in r.scan_iter(match=prefix + "*:*", count=500):
         name = _s(k)[len(prefix):]
         stage, _, consumer = name.partition(":")
+        # only live workers (a heartbeat) and registered cameras: a crashed worker's or a removed camera's
+        # counters would otherwise stay in /metrics for the hash's TTL (an hour) as if they were current
+        base, _, cam = consumer.partition(":")  # grabbers report per camera as <consumer>:<camera>
+        if (stage, base) not in live or (cam and cam not in registered):
+            continue
         raw = r.hgetall(k)
         if not raw:
             continue
@@ -157,12 +169,15 @@ def read_metrics(r: redis.Redis, settings: Settings) -> dict:
         tot = st["total"]
         for f in ("frames", "batches", "errors", "drops", "reclaimed", "skipped", "motion_skipped", "fps"):
             tot[f] = tot.get(f, 0) + float(vals.get(f, 0) or 0)
+    from .backbone import transient_client
+
     names = StreamNames(settings.redis.key_prefix)
     reg = CameraRegistry(r, settings)
     cams = reg.names()
-    queues = {names.frames(c): stream_backlog(r, names.frames(c), "detectors") for c in cams}
-    queues[names.faces] = stream_backlog(r, names.faces, "embedders")
+    rt = transient_client(settings, r)  # frames and faces in flight live there
+    queues = {names.frames(c): stream_backlog(rt, names.frames(c), "detectors") for c in cams}
+    queues[names.faces] = stream_backlog(rt, names.faces, "embedders")
     for c in cams:
-        queues[names.embeddings(c)] = {"length": int(r.xlen(names.embeddings(c)))}
+        queues[names.embeddings(c)] = {"length": int(rt.xlen(names.embeddings(c)))}
     return {"stages": stages, "queues": queues, "cameras": reg.all_status(),
-            "drops_total": int(r.get(drops_key(settings)) or 0), "workers": alive_workers(r, settings)}
+            "drops_total": int(r.get(drops_key(settings)) or 0), "workers": workers}

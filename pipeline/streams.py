@@ -36,6 +36,34 @@ class StreamNames:
     def counter(self, name: str) -> str:
         return f"{self.prefix}:metrics:{name}"
 
+    def gone(self, camera: str) -> str:
+        """Sorted set of a camera's seqs that will never reach the matcher (dropped at the source before any
+        detector took them, or dead-lettered). The matcher skips a missing seq at once only when it is here;
+        any other missing seq is still in flight (e.g. held by a worker killed with -9 until it is reclaimed)
+        and is waited for."""
+        return f"{self.prefix}:gone:{camera}"
+
+
+GONE_KEEP = 20_000  # seqs kept per camera in the gone set (oldest trimmed): far more than any reorder window
+
+
+def mark_gone(r: redis.Redis, names: StreamNames, camera: str, seqs) -> None:
+    """Record seqs that will never reach embeddings:{camera} (see StreamNames.gone)."""
+    seqs = [int(q) for q in seqs]
+    if not seqs:
+        return
+    pipe = r.pipeline(transaction=False)
+    pipe.zadd(names.gone(camera), {str(q): q for q in seqs})
+    pipe.zremrangebyrank(names.gone(camera), 0, -GONE_KEEP - 1)
+    pipe.execute()
+
+
+def all_gone(r: redis.Redis, names: StreamNames, camera: str, lo: int, hi: int) -> bool:
+    """True when every seq in [lo, hi) is recorded as gone."""
+    if hi <= lo:
+        return True
+    return int(r.zcount(names.gone(camera), lo, hi - 1)) >= hi - lo
+
 
 def ensure_group(r: redis.Redis, stream: str, group: str) -> None:
     try:
@@ -153,14 +181,16 @@ class ConsumingEmitter(Emitter):
         return [bool(x) for x in pipe.execute()]
 
 
-# KEYS: 1 frames stream, 2 seq counter, 3 camera status hash, 4 grabber lease key, 5 global drops counter
+# KEYS: 1 frames stream, 2 seq counter, 3 (unused), 4 grabber lease key (or its mirror on a transient server),
+#       5 (unused), 6 the camera's gone set (dropped seqs, see StreamNames.gone)
 # ARGV: 1 maxlen, 2 payload, 3 next seq (stored after the add), 4 mode ('drop' | 'wait'), 5 lease token ('' = none),
-#       6 consumer group of the stream
+#       6 consumer group of the stream, 7 this frame's seq (an entry field 's', so a drop knows which seq it drops)
 # Returns: >= 0 number of frames dropped (oldest first) to make room; -1 full in 'wait' mode (nothing written);
 #          -2 the lease is held by someone else (fenced off, nothing written).
 # Only frames no detector has taken yet (after the group's last-delivered-id) are dropped, so every counted drop
 # is a frame that is never processed; frames in flight are left alone (the stream may then exceed maxlen by the
-# in-flight count, itself bounded by batch_max x detectors).
+# in-flight count, itself bounded by batch_max x detectors). The caller counts the drops on the durable server
+# (camera status `drops`, global drops counter): this script may run on the transient one.
 _PUSH_FRAME = """
 if ARGV[5] ~= '' and redis.call('GET', KEYS[4]) ~= ARGV[5] then return -2 end
 local maxlen = tonumber(ARGV[1])
@@ -180,13 +210,16 @@ if n >= maxlen then
   for _, e in ipairs(old) do
     redis.call('XDEL', KEYS[1], e[1])
     dropped = dropped + 1
+    local f = e[2]
+    for i = 1, #f, 2 do
+      if f[i] == 's' then redis.call('ZADD', KEYS[6], tonumber(f[i + 1]), f[i + 1]) end
+    end
   end
   if dropped > 0 then
-    redis.call('HINCRBY', KEYS[3], 'drops', dropped)
-    redis.call('INCRBY', KEYS[5], dropped)
+    redis.call('ZREMRANGEBYRANK', KEYS[6], 0, -20001)
   end
 end
-redis.call('XADD', KEYS[1], '*', 'm', ARGV[2])
+redis.call('XADD', KEYS[1], '*', 'm', ARGV[2], 's', ARGV[7])
 redis.call('SET', KEYS[2], ARGV[3])
 return dropped
 """
@@ -199,14 +232,69 @@ class FramePusher:
     is counted (camera status `drops` and the global drops counter). mode 'wait' (files): returns -1 and the
     caller waits."""
 
-    def __init__(self, r: redis.Redis):
+    def __init__(self, r: redis.Redis, durable: redis.Redis | None = None):
+        """r: the server of the frames stream (transient); durable: where drops are counted (default: r)."""
         self.r = r
+        self.durable = durable if durable is not None else r
         self._script = r.register_script(_PUSH_FRAME)
 
     def push(self, *, stream: str, seq_key: str, status_key: str, lease_key: str, drops_key: str, maxlen: int,
-             payload: bytes, next_seq: int, mode: str = "drop", token: str = "", group: str = "detectors") -> int:
-        return int(self._script(keys=[stream, seq_key, status_key, lease_key, drops_key],
-                                args=[maxlen, payload, next_seq, mode, token, group]))
+             payload: bytes, next_seq: int, mode: str = "drop", token: str = "", group: str = "detectors",
+             gone_key: str = "", seq: int | None = None) -> int:
+        """gone_key/seq: where a dropped frame's seq is recorded (default: <stream prefix>:gone:<camera>)."""
+        if not gone_key:
+            prefix, _, camera = stream.partition(":frames:")
+            gone_key = StreamNames(prefix).gone(camera)
+        res = int(self._script(keys=[stream, seq_key, status_key, lease_key, drops_key, gone_key],
+                               args=[maxlen, payload, next_seq, mode, token, group,
+                                     next_seq - 1 if seq is None else seq]))
+        if res > 0:
+            pipe = self.durable.pipeline(transaction=False)
+            pipe.hincrby(status_key, "drops", res)
+            pipe.incrby(drops_key, res)
+            pipe.execute()
+        return res
+
+
+# KEYS[1] the lease mirror on the transient server. ARGV: token "<fence>:<owner>:<id>", its fence, ttl ms.
+# A lower fence never overwrites a higher one: an old owner that has not noticed the takeover cannot fence
+# the new owner out.
+_MIRROR_LEASE = """
+local cur = redis.call('GET', KEYS[1])
+if cur then
+  local f = tonumber(string.match(cur, '^(%d+):'))
+  if f and f > tonumber(ARGV[2]) then return 0 end
+end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', tonumber(ARGV[3]))
+return 1
+"""
+
+
+class LeaseMirror:
+    """The grabber lease lives on the durable server; the frame push (on the transient one) is fenced by a
+    copy of its token there, refreshed about once a second after checking the real lease."""
+
+    def __init__(self, durable: redis.Redis, transient: redis.Redis, lease_key: str, ttl_ms: int):
+        self.durable, self.transient = durable, transient
+        self.lease_key = lease_key
+        self.key = lease_key + ":mirror"
+        self.ttl_ms = ttl_ms
+        self._script = transient.register_script(_MIRROR_LEASE)
+        self._at = 0.0
+
+    def refresh(self, token: str, force: bool = False) -> bool:
+        """False when the real lease is no longer `token` (then the push will be refused too)."""
+        import time
+
+        now = time.monotonic()
+        if not force and now - self._at < 1.0:
+            return True
+        held = self.durable.get(self.lease_key)
+        if held is None or _s(held) != token:
+            return False
+        self._at = now
+        fence = int(token.split(":", 1)[0]) if token.split(":", 1)[0].isdigit() else 0
+        return bool(self._script(keys=[self.key], args=[token, fence, self.ttl_ms]))
 
 
 def reclaim_entries(r: redis.Redis, stream: str, group: str, consumer: str, min_idle_ms: int,

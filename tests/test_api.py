@@ -102,6 +102,17 @@ def test_require_keys_auto_depends_on_bind_address(settings):
         assert c.get("/v1/gallery").status_code == 200
 
 
+def test_wrong_key_is_refused_even_when_keys_are_not_required(settings):
+    """A loopback-only API needs no key, but a key that is sent and wrong is a mistake to report (401), never
+    silently accepted: the client would believe its key works."""
+    with _client(settings, require_keys="auto", host="127.0.0.1") as c:
+        _err(c.get("/v1/gallery", headers={"X-API-Key": "ft_wrong"}), 401, "invalid_api_key")
+        _err(c.get("/v1/gallery", headers={"Authorization": "Bearer ft_wrong"}), 401, "invalid_api_key")
+        _, raw = c.app.state.ft.keys.create("ok")
+        assert c.get("/v1/gallery", headers={"X-API-Key": raw}).status_code == 200
+        assert c.get("/v1/gallery").status_code == 200
+
+
 def test_apikey_cli_create_list_revoke(settings, cli_env):
     def cli(*args):
         return subprocess.run([PY, "-m", "pipeline.cli", "apikey", *args], env=cli_env, capture_output=True,
@@ -494,8 +505,9 @@ def test_healthz_and_metrics(client, settings):
     m.batch(12, latency_ms=40)
     m.count("errors", 2)
     m.maybe_flush(force=True)
-    for role in ("grabber", "detector", "embedder", "matcher"):
+    for role in ("grabber", "embedder", "matcher"):
         Heartbeat(r, settings, role, f"{role}-1").beat(force=True)
+    Heartbeat(r, settings, "detector", "det-1").beat(force=True)  # /metrics lists live workers only
     EventStore(r, settings).add([_event(1), _event(2), _event(3, type_="track.ended")])
     text = client.get("/metrics").text
     assert 'facetrail_stage_frames_total{consumer="det-1",stage="detector"} 12.0' in text

@@ -96,8 +96,20 @@ def spawn(env, name):
                                                                                 f"{name}.log"), "w"))
 
 
-def test_kill9_failover_no_event_lost_or_duplicated(settings, cli_env, world, tmp_path):
+@pytest.mark.parametrize("transient", [False, True], ids=["one-redis", "transient-redis"])
+def test_kill9_failover_no_event_lost_or_duplicated(settings, cli_env, world, tmp_path, transient, request):
+    """transient-redis: embeddings on a second server (redis.transient_url), so the owner's events and checkpoint
+    (durable) and its acks (transient) are two writes: a takeover must still lose and repeat nothing."""
     r = redis.Redis.from_url(settings.redis.url)
+    rs, tproc = r, None
+    if transient:
+        from conftest import RedisProc
+
+        (tmp_path / "t").mkdir()
+        tproc = RedisProc(tmp_path / "t").start()
+        request.addfinalizer(tproc.stop)
+        rs = redis.Redis.from_url(tproc.url)
+        cli_env = dict(cli_env, FACETRAIL_REDIS__TRANSIENT_URL=tproc.url)
     settings.tracking.lease_ttl_s = 1.0
     expected = reference_events(r, settings, world)
     kinds = {(e.type, e.identity) for e in expected}
@@ -117,14 +129,14 @@ def test_kill9_failover_no_event_lost_or_duplicated(settings, cli_env, world, tm
     first = [m for m in order[:half] if m.frame.seq != gap]
     rest = [world[gap]] + [m for m in order[half:] if m.frame.seq != gap]
     for m in first:
-        r.xadd(stream, {"m": m.encode()})
+        rs.xadd(stream, {"m": m.encode()})
 
     procs = {n: spawn(env, n) for n in ("mA", "mB")}
     try:
         prog = lambda: int(r.get(progress_key(settings, CAM)) or -1)  # noqa: E731
         assert wait_until(lambda: prog() == gap - 1), "no matcher made progress"
-        held = r.xpending(stream, "matchers")["pending"]
-        assert wait_until(lambda: r.xpending(stream, "matchers")["pending"] == len(first) - gap)
+        held = rs.xpending(stream, "matchers")["pending"]
+        assert wait_until(lambda: rs.xpending(stream, "matchers")["pending"] == len(first) - gap)
 
         holder = r.get(lease_key(settings, CAM)).decode()
         fence1, owner = int(holder.split(":")[0]), holder.split(":")[1]
@@ -132,7 +144,7 @@ def test_kill9_failover_no_event_lost_or_duplicated(settings, cli_env, world, tm
         procs[owner].wait()
         assert prog() == gap - 1 and held > 0  # mid-stream, with frames in flight
         for m in rest:
-            r.xadd(stream, {"m": m.encode()})
+            rs.xadd(stream, {"m": m.encode()})
         other = "mB" if owner == "mA" else "mA"
         assert wait_until(lambda: prog() == N, 90), f"stuck at {prog()}"
         holder2 = r.get(lease_key(settings, CAM)).decode()
@@ -142,6 +154,9 @@ def test_kill9_failover_no_event_lost_or_duplicated(settings, cli_env, world, tm
             if p.poll() is None:
                 p.send_signal(signal.SIGTERM)
                 p.wait(20)
+    if transient:
+        settings = settings.model_copy(update={"redis": settings.redis.model_copy(
+            update={"transient_url": tproc.url})})
 
     store = EventStore(r, settings)
     got = store.query(camera=CAM, limit=10_000).events
@@ -149,11 +164,13 @@ def test_kill9_failover_no_event_lost_or_duplicated(settings, cli_env, world, tm
     streamed = [EventStore(r, settings).get(f[b"m"] and __import__("json").loads(f[b"m"])["id"]).id
                 for _, f in r.xrange(names.events)]
     assert sorted(streamed) == sorted(e.id for e in expected)  # published once each, none lost
-    assert r.xpending(stream, "matchers")["pending"] == 0  # every input applied and acked
+    assert rs.xpending(stream, "matchers")["pending"] == 0  # every input applied and acked
     from workers.matcher import CameraRunner
-    r.xadd(stream, {"m": b"not yet read"})
+    rs.xadd(stream, {"m": b"not yet read"})
     CameraRunner(r, settings, CAM, "t", None, store).trim(keep_s=0)
-    assert [f[b"m"] for _, f in r.xrange(stream)] == [b"not yet read"]  # applied entries trimmed, unread kept
+    assert [f[b"m"] for _, f in rs.xrange(stream)] == [b"not yet read"]  # applied entries trimmed, unread kept
+    if transient:
+        assert not r.exists(stream), "the embeddings stream never touched the durable server"
     for e in got:
         if e.snapshot_id:
             assert store.snapshot(e.snapshot_id) == b"\xff\xd8thumb"

@@ -98,6 +98,7 @@ def test_detector_and_embedder_redelivery_never_duplicates(settings, faces_dir):
 
     for w in (a, b, ea, eb):
         w.metrics.maybe_flush(force=True)
+        w.heartbeat.beat(force=True)  # /metrics lists live workers only
     m = read_metrics(r, s)
     assert m["stages"]["detector"]["total"]["frames"] == 8 and m["stages"]["embedder"]["total"]["frames"] == 8
     assert m["stages"]["detector"]["total"]["reclaimed"] == 0  # set by the run loop, not by handle()
@@ -213,6 +214,8 @@ def test_bounded_frames_stream_drops_oldest_and_counts(settings, faces_dir):
     reg = CameraRegistry(r, s)
     assert reg.status("busy")["drops"] == 7
     assert int(r.get(drops_key(s))) == 7
+    # each dropped seq is recorded as gone, so the matcher skips it at once instead of waiting for it
+    assert [int(x) for x in r.zrange(names.gone("busy"), 0, -1)] == seqs[:7]
     # 'wait' mode (files) never drops: it blocks until there is room
     pub = FramePublisher(r, s, "busy")
     import threading

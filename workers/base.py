@@ -41,11 +41,22 @@ def deadletter_key(settings: Settings) -> str:
 class BatchReader:
     """XREADGROUP across the streams streams_fn() names (re-read every refresh_s, so cameras added at runtime
     are picked up), up to batch_max entries, waiting at most batch_wait_ms after the first one arrives.
-    Entries pending on a dead consumer for longer than reclaim_idle_ms are claimed first (XAUTOCLAIM)."""
+    Entries pending on a dead consumer for longer than reclaim_idle_ms are claimed first (XAUTOCLAIM).
+
+    With `role` set, a consumer of the group whose heartbeat (<p>:hb:{role}:{consumer}) has expired is known dead
+    (kill -9, OOM): its entries are claimed as soon as they are DEAD_IDLE_MS idle, not reclaim_idle_ms, so the
+    frames a killed worker held are redone within seconds and the matcher never waits long for them."""
+
+    DEAD_IDLE_MS = 1000
 
     def __init__(self, r: redis.Redis, settings: Settings, group: str, consumer: str,
-                 streams_fn: Callable[[], Sequence[str]], *, refresh_s: float = 1.0, idle_block_ms: int = 500):
-        self.r = r
+                 streams_fn: Callable[[], Sequence[str]], *, refresh_s: float = 1.0, idle_block_ms: int = 500,
+                 role: str | None = None, hb: redis.Redis | None = None):
+        self.r = r  # the server of the streams read (transient for frames/faces)
+        self.hb = hb if hb is not None else r  # the server of the heartbeats (durable)
+        self.settings = settings
+        self.role = role
+        self._last_dead_check = 0.0
         self.group = group
         self.consumer = consumer
         self.streams_fn = streams_fn
@@ -93,8 +104,47 @@ class BatchReader:
             except redis.ResponseError:
                 continue
 
+    def _claim_dead(self) -> list[Entry]:
+        """Entries of consumers whose heartbeat is gone (dead), claimed after DEAD_IDLE_MS of idleness."""
+        from pipeline.metrics import heartbeat_key
+
+        out: list[Entry] = []
+        for s in self.streams:
+            try:
+                summary = self.r.xpending(s, self.group)
+            except redis.ResponseError:
+                continue
+            for c in summary.get("consumers") or []:
+                name = c["name"].decode() if isinstance(c["name"], bytes) else c["name"]
+                if name == self.consumer or self.hb.exists(heartbeat_key(self.settings, self.role, name)):
+                    continue
+                rows = self.r.xpending_range(s, self.group, min="-", max="+", count=self.batch_max - len(out),
+                                             consumername=name, idle=self.DEAD_IDLE_MS)
+                ids = [row["message_id"] for row in rows]
+                if not ids:
+                    continue
+                got = self.r.xclaim(s, self.group, self.consumer, self.DEAD_IDLE_MS, ids)
+                live = [(s, i.decode() if isinstance(i, bytes) else i, f.get(b"m", f.get("m")))
+                        for i, f in got if f]
+                gone = [i for i in ids if i not in {g[0] for g in got if g[1]}]
+                for i in gone:  # claimed, but the message was deleted meanwhile: nothing to redo
+                    self.r.xack(s, self.group, i)
+                if live:
+                    log.warning("%s: consumer %s is dead (no heartbeat): took over %d entries of %s",
+                                self.consumer, name, len(live), s)
+                out += live
+                if len(out) >= self.batch_max:
+                    return out
+        return out
+
     def _reclaim(self) -> list[Entry]:
         now = time.monotonic()
+        if self.role and now - self._last_dead_check >= 1.0:
+            self._last_dead_check = now
+            got = self._claim_dead()
+            if got:
+                self.reclaimed += len(got)
+                return got
         if now - self._last_reclaim < self.reclaim_every_s:
             return []
         self._last_reclaim = now
@@ -154,7 +204,8 @@ class BatchReader:
 
 
 def dead_letter(r: redis.Redis, settings: Settings, stage: str, stream: str, msg_id: str, error: str,
-                payload: bytes | None = None, *, camera: str | None = None, seq: int | None = None) -> None:
+                payload: bytes | None = None, *, camera: str | None = None, seq: int | None = None,
+                rt: redis.Redis | None = None) -> None:
     """A message that can never be processed: keep it (bounded) with the reason, so nothing is lost silently.
     camera/seq are recorded when the message could be read that far (`facetrail process` counts them)."""
     log.error("%s: dead-lettering %s %s (camera=%s seq=%s): %s", stage, stream, msg_id, camera, seq, error)
@@ -166,6 +217,11 @@ def dead_letter(r: redis.Redis, settings: Settings, stage: str, stream: str, msg
     if payload is not None and len(payload) < 4_000_000:
         fields["m"] = payload
     r.xadd(deadletter_key(settings), fields, maxlen=10_000, approximate=True)
+    if camera is not None and seq is not None and stage in ("detector", "embedder"):
+        from pipeline.streams import StreamNames, mark_gone
+
+        # the matcher need not wait for it
+        mark_gone(rt if rt is not None else r, StreamNames(settings.redis.key_prefix), camera, [seq])
 
 
 def run_loop(role: str, consumer: str, stop: threading.Event, reader: BatchReader,

@@ -16,7 +16,7 @@ import cv2
 import numpy as np
 import redis
 
-from pipeline.backbone import connect
+from pipeline.backbone import connect, transient_client
 from pipeline.cameras import CameraRegistry
 from pipeline.config import Settings
 from pipeline.engine.engine import FaceEngine
@@ -116,13 +116,15 @@ class DetectorWorker:
         self.settings = settings
         self.consumer = consumer
         self.r = r or connect(settings)
+        self.rt = transient_client(settings, self.r)  # frames and faces: the transient server
         self.names = StreamNames(settings.redis.key_prefix)
         self.registry = CameraRegistry(self.r, settings)
         self.stage = stage or DetectStage(settings)
-        self.emitter = ConsumingEmitter(self.r, settings.workers.done_marker_ttl_s)
+        self.emitter = ConsumingEmitter(self.rt, settings.workers.done_marker_ttl_s)
         self.metrics = StageMetrics(self.r, settings, "detector", consumer)
         self.heartbeat = Heartbeat(self.r, settings, "detector", consumer)
-        self.reader = BatchReader(self.r, settings, GROUP, consumer, frame_streams(self.registry, self.names))
+        self.reader = BatchReader(self.rt, settings, GROUP, consumer, frame_streams(self.registry, self.names),
+                                  role="detector", hb=self.r)
         self._faces_full_logged = 0.0
         self._lag_at = 0.0
 
@@ -132,11 +134,11 @@ class DetectorWorker:
         now = time.monotonic()
         if now - self._lag_at >= 1.0:  # lag = frames waiting in every camera's stream
             self._lag_at = now
-            pipe = self.r.pipeline(transaction=False)
+            pipe = self.rt.pipeline(transaction=False)
             for s in self.reader.streams:
                 pipe.xlen(s)
             self.metrics.lag = sum(pipe.execute()) if self.reader.streams else 0
-        n = self.r.xlen(self.names.faces)
+        n = self.rt.xlen(self.names.faces)
         if n < self.settings.workers.faces_maxlen:
             return True
         if time.monotonic() - self._faces_full_logged > 10:
@@ -158,9 +160,10 @@ class DetectorWorker:
             except ValueError as e:
                 self.metrics.errors += 1
                 dead_letter(self.r, self.settings, "detector", stream, msg_id, str(e), payload,
-                            camera=msg.frame.camera if msg else None, seq=msg.frame.seq if msg else None)
-                self.r.xack(stream, GROUP, msg_id)
-                self.r.xdel(stream, msg_id)  # kept in the dead-letter stream; no longer counts as backlog
+                            camera=msg.frame.camera if msg else None, seq=msg.frame.seq if msg else None,
+                            rt=self.rt)
+                self.rt.xack(stream, GROUP, msg_id)
+                self.rt.xdel(stream, msg_id)  # kept in the dead-letter stream; no longer counts as backlog
                 continue
             decoded.append((stream, msg_id, msg, img))
         if not decoded:

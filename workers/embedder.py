@@ -13,7 +13,7 @@ import time
 import numpy as np
 import redis
 
-from pipeline.backbone import connect
+from pipeline.backbone import connect, transient_client
 from pipeline.config import Settings
 from pipeline.engine.engine import FaceEngine
 from pipeline.messages import EmbeddedFace, EmbeddingsMsg, FacesMsg
@@ -71,12 +71,15 @@ class EmbedderWorker:
         self.settings = settings
         self.consumer = consumer
         self.r = r or connect(settings)
+        self.rt = transient_client(settings, self.r)  # faces and embeddings: the transient server
         self.names = StreamNames(settings.redis.key_prefix)
         self.stage = stage or EmbedStage(settings)
-        self.emitter = ConsumingEmitter(self.r, settings.workers.done_marker_ttl_s)
+        # faces in, embeddings out, done:embed markers: all on the transient server, one Lua call per frame
+        self.emitter = ConsumingEmitter(self.rt, settings.workers.done_marker_ttl_s)
         self.metrics = StageMetrics(self.r, settings, "embedder", consumer)
         self.heartbeat = Heartbeat(self.r, settings, "embedder", consumer)
-        self.reader = BatchReader(self.r, settings, GROUP, consumer, lambda: [self.names.faces])
+        self.reader = BatchReader(self.rt, settings, GROUP, consumer, lambda: [self.names.faces],
+                                  role="embedder", hb=self.r)
 
     def handle(self, batch: list[Entry]) -> None:
         good: list[tuple[str, str, FacesMsg, list[np.ndarray | None]]] = []
@@ -88,9 +91,10 @@ class EmbedderWorker:
             except ValueError as e:
                 self.metrics.errors += 1
                 dead_letter(self.r, self.settings, "embedder", stream, msg_id, str(e), payload,
-                            camera=msg.frame.camera if msg else None, seq=msg.frame.seq if msg else None)
-                self.r.xack(stream, GROUP, msg_id)
-                self.r.xdel(stream, msg_id)  # kept in the dead-letter stream; no longer counts as backlog
+                            camera=msg.frame.camera if msg else None, seq=msg.frame.seq if msg else None,
+                            rt=self.rt)
+                self.rt.xack(stream, GROUP, msg_id)
+                self.rt.xdel(stream, msg_id)  # kept in the dead-letter stream; no longer counts as backlog
                 continue
             good.append((stream, msg_id, msg, crops))
         if not good:
@@ -109,7 +113,7 @@ class EmbedderWorker:
         now = time.time()
         lat = [now - g[2].frame.captured_at for g in good if not g[2].frame.eos]
         self.metrics.batch(len(good), latency_ms=1000 * sum(lat) / len(lat) if lat else None)
-        self.metrics.lag = self.r.xlen(self.names.faces) if self.metrics.batches % 8 == 0 else self.metrics.lag
+        self.metrics.lag = self.rt.xlen(self.names.faces) if self.metrics.batches % 8 == 0 else self.metrics.lag
 
     def run(self, stop: threading.Event) -> None:
         run_loop("embedder", self.consumer, stop, self.reader, self.handle, self.metrics, self.heartbeat)

@@ -22,13 +22,13 @@ import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 import redis  # noqa: E402
 
-from pipeline.backbone import connect  # noqa: E402
+from pipeline.backbone import connect, key, transient_client  # noqa: E402
 from pipeline.cameras import CameraRegistry, Lease, grabber_lease_key, is_file_source, redact_url  # noqa: E402
 from pipeline.config import CameraConfig, Settings  # noqa: E402
 from pipeline.engine.framecodec import encode_frame  # noqa: E402
 from pipeline.messages import FrameMsg, FrameRef  # noqa: E402
 from pipeline.metrics import Heartbeat, StageMetrics, drops_key  # noqa: E402
-from pipeline.streams import FramePusher, StreamNames  # noqa: E402
+from pipeline.streams import FramePusher, LeaseMirror, StreamNames  # noqa: E402
 
 log = logging.getLogger("facetrail.grabber")
 
@@ -105,16 +105,25 @@ def open_capture(url: str, settings: Settings, *, read_timeout_s: float | None =
 class FramePublisher:
     """Numbers frames (seq continues across runs of a camera, never reused) and pushes them bounded."""
 
-    def __init__(self, r: redis.Redis, settings: Settings, camera: str, *, token: str = ""):
+    def __init__(self, r: redis.Redis, settings: Settings, camera: str, *, token: str = "",
+                 rt: redis.Redis | None = None):
+        """r: the durable server (registry, lease, seq, counters); rt: where frames go (backbone.transient_client;
+        default r). On a separate transient server the push is fenced by a mirror of the lease token."""
         self.r = r
+        self.rt = rt if rt is not None else transient_client(settings, r)
         self.settings = settings
         self.camera = camera
         self.token = token
         self.names = StreamNames(settings.redis.key_prefix)
         self.registry = CameraRegistry(r, settings)
-        self.pusher = FramePusher(r)
+        self.pusher = FramePusher(self.rt, durable=r)
+        self.lease_key = grabber_lease_key(settings, camera)
+        self.mirror = LeaseMirror(r, self.rt, self.lease_key, LEASE_TTL_MS) if self.rt is not r else None
         self.stream = self.names.frames(camera)
         self.seq = self.registry.next_seq(camera)
+        if self.rt is not r:  # the transient copy is exact when that server survived; the durable one is >= last-1
+            v = self.rt.get(self.registry.seq_key(camera))
+            self.seq = max(self.seq, int(v) if v else 0)
         self.first_seq = self.seq
         self.frames = 0
         self.drops = 0
@@ -123,15 +132,23 @@ class FramePublisher:
     def _push(self, msg: FrameMsg, mode: str, stop: threading.Event | None) -> int:
         payload = msg.encode()
         delay = 0.005
+        lease_key = self.lease_key
+        if self.mirror is not None and self.token:
+            if not self.mirror.refresh(self.token):
+                raise LeaseLost(f"camera {self.camera}: grabber lease taken over by another process")
+            lease_key = self.mirror.key
         while True:
             res = self.pusher.push(stream=self.stream, seq_key=self.registry.seq_key(self.camera),
                                    status_key=self.registry.status_key(self.camera),
-                                   lease_key=grabber_lease_key(self.settings, self.camera),
+                                   lease_key=lease_key,
                                    drops_key=drops_key(self.settings), maxlen=self.settings.workers.frames_maxlen,
-                                   payload=payload, next_seq=msg.frame.seq + 1, mode=mode, token=self.token)
+                                   payload=payload, next_seq=msg.frame.seq + 1, mode=mode, token=self.token,
+                                   gone_key=self.names.gone(self.camera), seq=msg.frame.seq)
             if res == -2:
                 raise LeaseLost(f"camera {self.camera}: grabber lease taken over by another process")
             if res >= 0:
+                if self.rt is not self.r:
+                    self.r.set(self.registry.seq_key(self.camera), msg.frame.seq + 1)  # durable copy of the seq
                 if res:
                     self.drops += res
                     log.warning("camera %s: detectors behind, dropped %d oldest frame(s)", self.camera, res)
@@ -142,10 +159,11 @@ class FramePublisher:
             delay = min(delay * 2, 0.05)
 
     def publish(self, img: np.ndarray, *, captured_at: float, pts: float | None, mode: str = "drop",
-                stop: threading.Event | None = None) -> int:
+                stop: threading.Event | None = None, epoch: int = 0) -> int:
         h, w = img.shape[:2]
         self.size = (w, h)
-        ref = FrameRef(camera=self.camera, seq=self.seq, captured_at=captured_at, pts=pts, width=w, height=h)
+        ref = FrameRef(camera=self.camera, seq=self.seq, captured_at=captured_at, pts=pts, width=w, height=h,
+                       epoch=epoch)
         self._push(FrameMsg(frame=ref, jpeg=encode_frame(img, self.settings.workers.jpeg_quality)), mode, stop)
         self.seq += 1
         self.frames += 1
@@ -210,6 +228,79 @@ def push_file(r: redis.Redis, settings: Settings, camera: str, path: str, *, fps
     return res
 
 
+class StreamClock:
+    """Stream time of a live camera that never goes back, and its epoch.
+
+    FFmpeg's pts restarts near zero at every reconnect (and a camera may reset it on its own), so raw pts would
+    send time backwards and the tracker would glue the faces after an outage onto the tracks before it. Here
+    each epoch (a connection, or the stretch after a gap) maps pts onto a per-camera timeline:
+    t = base + (pts - pts0), where base = the last published t + the wall time that passed since it. So the
+    timeline keeps real durations (a 20 s outage is a 20 s jump, longer than tracking.max_age_s) and is
+    monotonic per camera. The state lives in Redis (<p>:camera:{name}:clock), so a grabber that takes a camera
+    over continues the timeline with a new epoch instead of restarting it."""
+
+    def __init__(self, r: redis.Redis, settings: Settings, camera: str):
+        self.r = r
+        self.key = key(settings, "camera", camera, "clock")
+        self.camera = camera
+        raw = {}
+        try:
+            raw = {k.decode() if isinstance(k, bytes) else k: float(v) for k, v in r.hgetall(self.key).items()}
+        except (redis.RedisError, ValueError):
+            pass
+        self.epoch = int(raw.get("epoch", -1))  # the first frame of this reader starts a new epoch
+        self.last_t: float | None = raw.get("t")
+        self.last_wall: float | None = raw.get("wall")
+        self._pts0: float | None = None  # None: the next frame starts an epoch
+        self._base = 0.0
+        self._elapsed = 0.0
+        self._prev_raw: float | None = None
+        self._saved = 0.0
+
+    def new_epoch(self) -> None:
+        """The next frame starts a new epoch (a reconnect, a stall)."""
+        self._pts0 = None
+
+    def stamp(self, pts: float | None, wall: float) -> float:
+        """Stream time of a frame with this pts, read at wall-clock time `wall`. Where the source's pts does not
+        advance (some MJPEG/HTTP sources report 0 or a constant), the wall clock advances the time instead."""
+        raw = pts if pts is not None and pts >= 0 else None
+        back = raw is not None and self._prev_raw is not None and raw + 1e-3 < self._prev_raw
+        if self._pts0 is None or back:
+            if back:
+                log.warning("camera %s: stream time went back (pts %.3f after %.3f): new epoch", self.camera,
+                            raw, self._prev_raw)
+            self.epoch += 1
+            if self.last_t is None:
+                self._base = 0.0
+            else:
+                self._base = self.last_t + max(1e-3, wall - (self.last_wall or wall))
+            self._pts0 = 0.0
+            self._elapsed = 0.0  # stream seconds since this epoch's first frame
+            self._save(wall, force=True)
+        elif raw is not None and self._prev_raw is not None and raw > self._prev_raw:
+            self._elapsed += raw - self._prev_raw
+        else:  # no usable pts: real time
+            self._elapsed += max(0.0, wall - (self.last_wall or wall))
+        self._prev_raw = raw
+        t = self._base + self._elapsed
+        if self.last_t is not None and t <= self.last_t:
+            t = self.last_t + 1e-3  # same pts twice, or rounding: still strictly forward
+        self.last_t, self.last_wall = t, wall
+        self._save(wall)
+        return t
+
+    def _save(self, wall: float, force: bool = False) -> None:
+        if not force and wall - self._saved < 1.0:
+            return
+        self._saved = wall
+        try:
+            self.r.hset(self.key, mapping={"epoch": self.epoch, "t": self.last_t if self.last_t is not None else 0.0,
+                                           "wall": wall})
+        except redis.RedisError as e:
+            log.warning("camera %s: cannot save the stream clock: %s", self.camera, e)
+
+
 class CameraRunner(threading.Thread):
     """Reads one camera while this process holds its lease."""
 
@@ -229,6 +320,11 @@ class CameraRunner(threading.Thread):
         self._last_frame = time.monotonic()
         self._connected = False
         self._lock = threading.Lock()
+        self._stalled = threading.Event()  # set by the watchdog: drop this connection, reconnect
+        # reconnects for frames that lag real time (a short freeze); a camera whose pts does not follow real
+        # time would trip it again and again, so after 3 in a row without a stall the check is switched off
+        self._lag_checks_left = 3
+        self.clock: StreamClock | None = None
 
     # -- status -----------------------------------------------------------------------------------------------
     def _set_state(self, state: str, **fields) -> None:
@@ -247,9 +343,14 @@ class CameraRunner(threading.Thread):
             if not self._connected or self._state not in ("live",):
                 continue
             idle = time.monotonic() - self._last_frame
-            if idle > limit:
-                log.warning("camera %s: no frame for %.1fs (watchdog %.1fs): stalled", self.cam.name, idle, limit)
-                self._set_state("stalled", stalled_at=time.time(), error=f"no frame for {idle:.1f}s")
+            if idle > limit and not self._stalled.is_set():
+                # one stall per outage: the state stays `stalled` (no flapping) until frames flow again on a
+                # new connection; the reader drops this connection at its next return from the source, and
+                # frames the source buffered meanwhile are never published (they would carry stale times)
+                log.warning("camera %s: no frame for %.1fs (watchdog %.1fs): stalled, reconnecting",
+                            self.cam.name, idle, limit)
+                self._stalled.set()
+                self._set_state("stalled", stalled_at=time.time(), error=f"no frame for {idle:.1f}s; reconnecting")
                 try:
                     self.r.hincrby(self.registry.status_key(self.cam.name), "stalls", 1)
                 except redis.RedisError:
@@ -302,6 +403,7 @@ class CameraRunner(threading.Thread):
         wd = threading.Thread(target=self._watchdog, name=f"watchdog-{self.cam.name}", daemon=True)
         wd.start()
         pub = FramePublisher(self.r, self.settings, self.cam.name, token=self.lease.token or "")
+        self.clock = StreamClock(self.r, self.settings, self.cam.name)
         attempt = 0
         opened_before = False
         self._set_state("connecting", error="")
@@ -319,6 +421,10 @@ class CameraRunner(threading.Thread):
                 self.r.hincrby(self.registry.status_key(self.cam.name), "reconnects", 1)
             opened_before = True
             log.info("camera %s: opened %s", self.cam.name, redact_url(self.cam.url))
+            self.clock.new_epoch()
+            if self._stalled.is_set():
+                self._lag_checks_left = 3  # a real freeze happened: the lag check proved nothing wrong
+            self._stalled.clear()
             self._last_frame = time.monotonic()
             self._connected = True
             try:
@@ -342,10 +448,36 @@ class CameraRunner(threading.Thread):
         got = 0
         win_start, win_frames = time.monotonic(), 0
         last_status = 0.0
+        limit = self.settings.workers.watchdog_s
+        epoch_wall: float | None = None  # wall time and pts of this connection's first frame
+        epoch_pts = min_lag = 0.0
         while not self.stop.is_set():
             if not cap.grab():
                 return got
+            if self._stalled.is_set():  # the watchdog gave up on this connection while grab() was blocked
+                log.info("camera %s: frames after a stall on the old connection dropped; reconnecting",
+                         self.cam.name)
+                return got
             now_m = time.monotonic()
+            wall = time.time()
+            pts_raw = cap.get(cv2.CAP_PROP_POS_MSEC) / 1000.0
+            if epoch_wall is None:
+                epoch_wall, epoch_pts, min_lag = wall, pts_raw, 0.0
+            elif pts_raw > epoch_pts:
+                lag = (wall - epoch_wall) - (pts_raw - epoch_pts)
+                min_lag = min(min_lag, lag)
+                drift = lag - min_lag
+                if self._lag_checks_left > 0 and drift > limit:
+                    # the source hands out frames from the past (it buffered them while frozen for less than
+                    # the watchdog): they would be published under the current time. Drop them: reconnect.
+                    self._lag_checks_left -= 1
+                    log.warning("camera %s: frames lag real time by %.1fs (buffered during a freeze): "
+                                "reconnecting%s", self.cam.name, drift,
+                                "" if self._lag_checks_left else "; this camera's pts does not follow real time, "
+                                                                 "the check is off until it does")
+                    return got
+                if self._lag_checks_left < 3 and wall - epoch_wall > 60.0 and drift < limit / 2:
+                    self._lag_checks_left = 3  # a minute in step with real time: earlier ones were real freezes
             self._last_frame = now_m
             got += 1
             if got == 1 or self._state != "live":
@@ -359,8 +491,8 @@ class CameraRunner(threading.Thread):
             if not ok or img is None:
                 continue
             captured_at = time.time()
-            pts = cap.get(cv2.CAP_PROP_POS_MSEC) / 1000.0
-            pub.publish(img, captured_at=captured_at, pts=pts, mode="drop")
+            pts = self.clock.stamp(cap.get(cv2.CAP_PROP_POS_MSEC) / 1000.0, captured_at)
+            pub.publish(img, captured_at=captured_at, pts=pts, mode="drop", epoch=self.clock.epoch)
             self.metrics.batch(1)
             win_frames += 1
             if now_m - last_status >= 1.0:

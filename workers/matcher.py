@@ -22,14 +22,14 @@ import time
 
 import redis
 
-from pipeline.backbone import connect, key
+from pipeline.backbone import connect, key, transient_client
 from pipeline.cameras import CameraRegistry, Lease
 from pipeline.config import Settings
 from pipeline.events.sinks import SinkDispatcher, build_sinks
 from pipeline.events.store import EventStore, FencedError
 from pipeline.messages import EmbeddingsMsg
 from pipeline.metrics import Heartbeat, StageMetrics
-from pipeline.streams import StreamNames, ensure_group
+from pipeline.streams import StreamNames, all_gone, ensure_group
 from pipeline.tracking import MatcherStage, ReorderBuffer, StageOutput
 from pipeline.unknowns import keys as ukeys
 from pipeline.unknowns.store import UnknownStore
@@ -40,7 +40,12 @@ GROUP = "matchers"
 CHECKPOINT_VERSION = 1
 SCAN_EVERY_S = 15.0   # how often to look for embeddings streams of cameras that are not registered
 IDLE_RELEASE_S = 30.0  # an unregistered camera without frames for this long is released
-TRIM_AFTER_S = 60.0  # applied input entries stay this long (readers such as `facetrail process` tail the stream)
+TRIM_AFTER_S = 60.0
+# The checkpoint (tracker state, ~3 KB per open track) and the input acks are committed at most this often (and
+# at every end of stream / shutdown); events are committed with every batch. A takeover replays the unacked
+# frames from the checkpoint: the stage is deterministic and event ids are too, so the replay repeats no event.
+# Per batch, the checkpoint was 59 % of all bytes the durable Redis wrote (bench/soak_live.py).
+CHECKPOINT_EVERY_S = 1.0  # applied input entries stay this long (readers such as `facetrail process` tail the stream)
 
 
 def lease_key(settings: Settings, camera: str) -> str:
@@ -80,17 +85,30 @@ class CameraRunner:
     """State of one owned camera: lease, reorder buffer, stage; `feed` + `flush` apply and commit."""
 
     def __init__(self, r: redis.Redis, settings: Settings, camera: str, consumer: str, search, store: EventStore):
-        self.r = r
+        self.r = r  # durable: lease, checkpoint, events, snapshots
+        self.rs = transient_client(settings, r)  # the embeddings stream (in flight, not persisted)
         self.settings = settings
         self.camera = camera
         self.consumer = consumer
         self.store = store
+        self.resume_seq: int | None = None  # the checkpoint's next seq at takeover: older seqs were applied
         self.names = StreamNames(settings.redis.key_prefix)
         self.stream = self.names.embeddings(camera)
         self.lease = Lease(r, lease_key(settings, camera), consumer, int(settings.tracking.lease_ttl_s * 1000))
         self.stage = MatcherStage.from_settings(camera, search, settings, name_of=getattr(search, "name_of", None))
-        self.buffer: ReorderBuffer = ReorderBuffer(None, settings.tracking.reorder_timeout_ms / 1000.0,
-                                                   name=camera)
+        # a missing seq is skipped after reorder_timeout_ms only when it is known gone (dropped at the source,
+        # dead-lettered); one still in flight (held by a killed worker until reclaimed) is waited for, up to
+        # twice the reclaim time
+        timeout_s = settings.tracking.reorder_timeout_ms / 1000.0
+        self.buffer: ReorderBuffer = ReorderBuffer(
+            None, timeout_s, name=camera,
+            can_skip=lambda lo, hi: all_gone(self.rs, self.names, camera, lo, hi),
+            max_wait_s=timeout_s + 2 * settings.workers.reclaim_idle_ms / 1000.0 + 3 * settings.workers.heartbeat_s)
+        self.late = 0  # frames that came after their seq was skipped (acked without being applied)
+        self.ckpt_every_s = min(CHECKPOINT_EVERY_S, settings.tracking.lease_ttl_s / 4)  # < orphan-reclaim idle
+        self.last_ckpt = time.monotonic()
+        self.pending_seq: int | None = None  # last seq applied but not yet checkpointed
+        self.reported = (0, 0)  # (buffer.skipped, late) already added to the matcher's metrics
         self.to_ack: list[str] = []
         self.last_renew = 0.0
         self.last_trim = self.last_frame = self.last_reclaim = time.monotonic()
@@ -105,7 +123,8 @@ class CameraRunner:
         self.last_renew = time.monotonic()
         try:
             self._load_checkpoint()
-            ensure_group(self.r, self.stream, GROUP)
+            self.resume_seq = self.buffer.next_seq
+            ensure_group(self.rs, self.stream, GROUP)
             self._claim_pending()
         except Exception:
             self.lease.release()
@@ -134,7 +153,7 @@ class CameraRunner:
         floor = (int((time.time() - keep_s) * 1000), 0)
         try:
             groups = {g["name"].decode() if isinstance(g["name"], bytes) else g["name"]: g
-                      for g in self.r.xinfo_groups(self.stream)}
+                      for g in self.rs.xinfo_groups(self.stream)}
         except redis.ResponseError:
             return 0
         g = groups.get(GROUP)
@@ -142,12 +161,12 @@ class CameraRunner:
             return 0
         last = sid(g["last-delivered-id"])
         floor = min(floor, (last[0], last[1] + 1))
-        pend = self.r.xpending(self.stream, GROUP)
+        pend = self.rs.xpending(self.stream, GROUP)
         if pend["pending"]:
             floor = min(floor, sid(pend["min"]))
         if floor <= (0, 0):
             return 0
-        return int(self.r.xtrim(self.stream, minid=f"{floor[0]}-{floor[1]}", approximate=False))
+        return int(self.rs.xtrim(self.stream, minid=f"{floor[0]}-{floor[1]}", approximate=False))
 
     def _load_checkpoint(self) -> None:
         raw = self.r.get(checkpoint_key(self.settings, self.camera))
@@ -166,7 +185,7 @@ class CameraRunner:
         start = "0-0"
         while True:
             try:
-                res = self.r.xautoclaim(self.stream, GROUP, self.consumer, min_idle_time=0, start_id=start,
+                res = self.rs.xautoclaim(self.stream, GROUP, self.consumer, min_idle_time=0, start_id=start,
                                         count=500)
             except redis.ResponseError as e:
                 if "NOGROUP" in str(e):
@@ -177,7 +196,7 @@ class CameraRunner:
                 break
         last = "0"
         while True:
-            resp = self.r.xreadgroup(GROUP, self.consumer, {self.stream: last}, count=500)
+            resp = self.rs.xreadgroup(GROUP, self.consumer, {self.stream: last}, count=500)
             rows = resp[0][1] if resp else []
             if not rows:
                 break
@@ -209,6 +228,8 @@ class CameraRunner:
         if held is not None and held[0] == msg_id:
             return  # the entry we already hold, delivered again (reclaimed): nothing to do
         if not self.buffer.push(msg.frame.seq, (msg_id, msg)):
+            if self.buffer.next_seq is not None and msg.frame.seq >= max(self.buffer.floor, self.resume_seq or 0):
+                self.late += 1  # (below resume_seq: applied before the takeover, acked now)
             log.info("camera=%s seq=%d id=%s: late or duplicate frame (next seq %s); acked without applying",
                      self.camera, msg.frame.seq, msg_id, self.buffer.next_seq)
             self.to_ack.append(msg_id)
@@ -219,7 +240,7 @@ class CameraRunner:
         start, n = "0-0", 0
         idle = int(self.settings.tracking.lease_ttl_s * 1000)
         while True:
-            res = self.r.xautoclaim(self.stream, GROUP, self.consumer, min_idle_time=idle, start_id=start,
+            res = self.rs.xautoclaim(self.stream, GROUP, self.consumer, min_idle_time=idle, start_id=start,
                                     count=200)
             for mid, fields in res[1]:
                 if fields:
@@ -231,15 +252,21 @@ class CameraRunner:
 
     def close(self) -> int:
         """End the open tracks of a camera that went away (track.ended events), commit. Returns events."""
+        self.flush(force=True)  # checkpoint and ack what was applied first
         out = self.stage.end_all()
         if not out.events:
             return 0
         return self._commit(out, [], None)
 
-    def flush(self) -> int:
-        """Apply every frame that is ready, commit. Returns frames applied."""
+    def flush(self, force: bool = False) -> int:
+        """Apply every frame that is ready and commit its events; checkpoint and ack when due (or `force`).
+        Returns frames applied."""
         ready = self.buffer.pop_ready()
         if not ready and not self.to_ack:
+            return 0
+        now = time.monotonic()
+        due = force or now - self.last_ckpt >= self.ckpt_every_s
+        if not ready and not due:
             return 0
         out = StageOutput()
         acks = list(self.to_ack)
@@ -259,30 +286,63 @@ class CameraRunner:
             last_seq = seq
             if msg.frame.eos:
                 self.buffer.restart(seq + 1)
+                due = True  # `facetrail process` waits for the EOS in the progress key
                 log.info("camera=%s: end of stream at seq %d", self.camera, seq)
-        self._commit(out, acks, last_seq)
+        if last_seq is not None:
+            self.pending_seq = last_seq
+        if due:
+            self._commit(out, acks, self.pending_seq)
+            self.last_ckpt, self.pending_seq = now, None
+        else:
+            self._commit_events(out)
+            self.to_ack = acks
         self.frames += len(ready)
         return len(ready)
 
-    def _commit(self, out: StageOutput, acks: list[str], last_seq: int | None) -> int:
+    def _put_snapshots(self, out: StageOutput) -> None:
         if out.snapshots or out.crops:
             pipe = self.r.pipeline(transaction=False)
             for sid, jpeg in {**out.crops, **out.snapshots}.items():
                 self.store.put_snapshot(sid, jpeg, pipe=pipe)
             pipe.execute()
+
+    def _track_writes(self, out: StageOutput) -> tuple[list, list]:
+        """Ended tracks' face records (kept with the events' retention) and the unknown ones' clustering queue
+        entries: written in the same commit as their track.ended events. A replay after a takeover writes the
+        same records again; clustering skips a track it already has."""
+        sets, xadds = [], []
+        for rec in out.tracks:
+            sets.append((ukeys.track_faces(self.settings, rec.track_id), rec.encode(), self.store.retention_s))
+            if rec.identity_id is None and self.settings.unknowns.enabled:
+                xadds.append((ukeys.unk(self.settings, "ingest"), "t", rec.track_id))
+        self.unknowns += len(xadds)
+        return sets, xadds
+
+    def _commit_events(self, out: StageOutput) -> int:
+        """Events (each id once) and snapshots, under the lease; no checkpoint, no ack (see CHECKPOINT_EVERY_S)."""
+        self._put_snapshots(out)
+        if not out.events:
+            return 0
+        sets, xadds = self._track_writes(out)
+        n = self.store.commit(out.events, fence=(self.lease.key, self.lease.token or ""), sets=sets, xadds=xadds)
+        self.events += n
+        return n
+
+    def _commit(self, out: StageOutput, acks: list[str], last_seq: int | None) -> int:
+        self._put_snapshots(out)
         ck = {"v": CHECKPOINT_VERSION, "next_seq": self.buffer.next_seq, "floor": self.buffer.floor,
               "stage": self.stage.to_state(), "at": round(time.time(), 3)}
         sets = [(checkpoint_key(self.settings, self.camera), json.dumps(ck, separators=(",", ":")))]
         if last_seq is not None:
             sets.append((progress_key(self.settings, self.camera), str(last_seq)))
-        xadds = []
-        for rec in out.tracks:  # kept with the events' retention; unknown ones queued for clustering
-            sets.append((ukeys.track_faces(self.settings, rec.track_id), rec.encode(), self.store.retention_s))
-            if rec.identity_id is None and self.settings.unknowns.enabled:
-                xadds.append((ukeys.unk(self.settings, "ingest"), "t", rec.track_id))
-        n = self.store.commit(out.events, fence=(self.lease.key, self.lease.token or ""), sets=sets,
-                              ack=(self.stream, GROUP, acks) if acks else None, xadds=xadds)
-        self.unknowns += len(xadds)
+        same = self.rs is self.r  # one server: events, checkpoint and acks in one Lua call
+        tsets, xadds = self._track_writes(out)
+        n = self.store.commit(out.events, fence=(self.lease.key, self.lease.token or ""), sets=sets + tsets,
+                              ack=(self.stream, GROUP, acks) if acks and same else None, xadds=xadds)
+        if acks and not same:
+            # embeddings on the transient server: ack after the durable commit. A crash in between leaves them
+            # pending; the next owner finds their seqs below the checkpoint's next seq and acks them unapplied.
+            self.rs.xack(self.stream, GROUP, *acks)
         self.to_ack = []
         self.events += n
         for ev in out.events:
@@ -300,7 +360,7 @@ def _configured(settings: Settings, registry: CameraRegistry) -> set[str]:
     return cams
 
 
-def _scan_streams(r: redis.Redis, settings: Settings) -> set[str]:
+def _scan_streams(r: redis.Redis, settings: Settings) -> set[str]:  # r: the embeddings (transient) server
     """Cameras with a non-empty embeddings stream (e.g. one left with work after its camera was removed).
     A full SCAN: done rarely (SCAN_EVERY_S), the registry is read every second."""
     pre = StreamNames(settings.redis.key_prefix).embeddings("")
@@ -320,6 +380,7 @@ def _fair_share(r: redis.Redis, settings: Settings, n_cams: int) -> int:
 def run(settings: Settings, *, consumer: str, stop: threading.Event, search=None) -> None:
     """The matcher worker loop, until `stop` is set (graceful: the batch in hand is committed, leases freed)."""
     r = connect(settings)
+    rt = transient_client(settings, r)  # embeddings:{camera}
     store = EventStore(r, settings)
     registry = CameraRegistry(r, settings)
     search = search or make_searcher(r, settings)
@@ -356,7 +417,7 @@ def run(settings: Settings, *, consumer: str, stop: threading.Event, search=None
                     last_discover = now
                     if last_scan == 0.0 or now - last_scan >= SCAN_EVERY_S:
                         last_scan = now
-                        scanned = _scan_streams(r, settings)
+                        scanned = _scan_streams(rt, settings)
                     configured = _configured(settings, registry)
                     cams = sorted(c for c in configured | scanned if c)
                     for cam, rn in list(runners.items()):  # a finished, unregistered camera: let it go
@@ -396,7 +457,7 @@ def run(settings: Settings, *, consumer: str, stop: threading.Event, search=None
                     stop.wait(0.2)
                     continue
                 by_stream = {rn.stream: rn for rn in runners.values()}
-                resp = r.xreadgroup(GROUP, consumer, {s: ">" for s in by_stream},
+                resp = rt.xreadgroup(GROUP, consumer, {s: ">" for s in by_stream},
                                     count=settings.workers.batch_max * 4, block=100)
                 n_in = 0
                 for stream, rows in resp or []:
@@ -426,6 +487,10 @@ def run(settings: Settings, *, consumer: str, stop: threading.Event, search=None
                     if now - rn.last_trim >= 10.0:
                         rn.last_trim = now
                         rn.trim()
+                for rn in runners.values():  # seqs skipped (gone, or waited for in vain) and late arrivals
+                    metrics.skipped += rn.buffer.skipped - rn.reported[0]
+                    metrics.late += rn.late - rn.reported[1]
+                    rn.reported = (rn.buffer.skipped, rn.late)
                 queued = sum(rn.unknowns for rn in runners.values())
                 if unknowns is not None and (queued or now - last_cluster >= 2.0):
                     last_cluster = now  # cluster the unknown tracks just ended (or any another process left)
@@ -458,7 +523,7 @@ def run(settings: Settings, *, consumer: str, stop: threading.Event, search=None
     finally:
         for cam, rn in list(runners.items()):
             try:
-                rn.flush()
+                rn.flush(force=True)
             except (redis.RedisError, FencedError):
                 pass
             rn.release()

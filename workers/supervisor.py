@@ -13,7 +13,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 
-from pipeline.backbone import connect, redis_url
+from pipeline.backbone import child_env, connect, redis_url
 from pipeline.cameras import CameraRegistry
 from pipeline.config import Settings
 
@@ -78,8 +78,8 @@ class Supervisor:
 
     def prepare(self) -> str:
         """Start (or find) Redis once, seed the YAML cameras into the registry; returns the URL children use."""
-        url = redis_url(self.settings)  # embedded: started here, owned by this process
-        self.env["FACETRAIL_REDIS_URL"] = url
+        url = redis_url(self.settings)  # embedded: started here, owned by this process (both servers)
+        self.env.update(child_env(self.settings))
         r = connect(self.settings)
         added = CameraRegistry(r, self.settings).seed(self.settings.cameras)
         log.info("redis %s; %d camera(s) from config registered (%d new)", url.split("@")[-1],
@@ -128,9 +128,36 @@ class Supervisor:
                 p.kill()
                 p.wait()
 
+    def banner(self) -> str:
+        """What `up` is running and where to look: printed even without -v (without it `up` said nothing)."""
+        st = self.settings
+        roles: dict[str, int] = {}
+        for c in self.children:
+            roles[c.role] = roles.get(c.role, 0) + 1
+        lines = ["facetrail up: " + ", ".join(f"{n} {r}" for r, n in roles.items())]
+        lines.append(f"  redis (durable): {self.env.get('FACETRAIL_REDIS_URL', '').split('@')[-1]}")
+        lines.append(f"  redis (frames in flight): "
+                     f"{self.env.get('FACETRAIL_REDIS__TRANSIENT_URL', '').split('@')[-1]}")
+        if "api" in roles:
+            host = "127.0.0.1" if st.api.host in ("0.0.0.0", "::") else st.api.host
+            lines.append(f"  API: http://{host}:{st.api.port}  (docs /docs, events /v1/events, metrics /metrics)")
+        lines.append(f"  events: Redis stream {st.redis.key_prefix}:events, `facetrail events --follow`"
+                     + (f", MQTT {st.sinks.mqtt.host}:{st.sinks.mqtt.port} topics {st.sinks.mqtt.topic_prefix}/#"
+                        if st.sinks.mqtt.enabled else " (MQTT off: sinks.mqtt.enabled)"))
+        try:
+            cams = CameraRegistry(connect(st), st).list()
+            shown = ", ".join(f"{c.name} (fps {c.fps if c.fps else 'every frame'})" for c in cams) or "none"
+            lines.append(f"  cameras: {shown} (`facetrail camera list` for their state)")
+        except Exception:  # noqa: BLE001 - the banner never stops `up`
+            pass
+        if not self.verbose:
+            lines.append("  logs: run `facetrail -v up` (-vv for debug); Ctrl-C stops every worker")
+        return "\n".join(lines)
+
     def run(self, stop: threading.Event | None = None) -> int:
         stop = stop or threading.Event()
         self.prepare()
+        print(self.banner(), file=sys.stderr, flush=True)
 
         def _sig(signum, _frame):
             log.info("signal %d: stopping workers", signum)

@@ -12,7 +12,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from fastapi import Depends, FastAPI
-from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import JSONResponse
 
 from ..backbone import connect
@@ -131,6 +130,11 @@ def create_app(settings: Settings, *, redis_client=None) -> FastAPI:
 
     @app.get("/docs", include_in_schema=False)
     def docs_page():
-        return get_swagger_ui_html(openapi_url="/openapi.json", title="facetrail API")
+        # self-contained (no CDN): Swagger UI's assets from a CDN left /docs blank on an offline box
+        from fastapi.responses import HTMLResponse
+
+        from .docs_page import offline_docs_html
+
+        return HTMLResponse(offline_docs_html("facetrail API"))
 
     return app

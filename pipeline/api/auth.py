@@ -30,9 +30,9 @@ def keys_required(mode: str, host: str) -> bool:
 def require_api_key(request: Request, x_api_key: str | None = Depends(_header),
                     bearer: HTTPAuthorizationCredentials | None = Depends(_bearer)):
     st = request.app.state.ft
-    if not st.keys_required:
-        return None
     raw = x_api_key or (bearer.credentials if bearer else None)
+    if not st.keys_required and not raw:
+        return None  # loopback-only API: no key needed, but a key that IS sent must be a valid one (below)
     challenge = {"WWW-Authenticate": 'Bearer realm="facetrail"'}
     if not raw:
         raise ApiError(401, "missing_api_key",

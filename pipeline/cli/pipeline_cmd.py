@@ -4,6 +4,7 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import sys
 import threading
 import time
 from pathlib import Path
@@ -104,7 +105,13 @@ def cmd_camera_add(args) -> int:
     except CameraError as e:
         raise _user_error(str(e)) from None
     cam.enabled = not args.disabled
-    _registry(args).add(cam)
+    reg = _registry(args)
+    old = reg.get(cam.name)
+    if old is not None and old.fps is not None and cam.fps is None:
+        # replacing a camera replaces all of it: say so rather than silently dropping its analysis fps
+        print(f"note: camera {cam.name} had fps {old.fps:g}; it now analyses every frame (pass --fps to keep a rate)",
+              file=sys.stderr)
+    reg.add(cam)
     return 0
 
 
@@ -189,7 +196,7 @@ def _workers_running(r, settings) -> dict[str, bool]:
 
 
 def cmd_process(args) -> int:
-    from ..backbone import connect, redis_url
+    from ..backbone import child_env, connect, redis_url, transient_client
     from ..cameras import CameraRegistry, Lease, grabber_lease_key, is_file_source, redact_url
     from ..config import CameraConfig
     from ..streams import StreamNames
@@ -228,7 +235,7 @@ def cmd_process(args) -> int:
         if not ok:
             raise _user_error(f"{src}: no decodable video frames")
 
-    url = redis_url(settings)  # embedded: this process owns it for the run
+    redis_url(settings)  # embedded: this process owns it for the run
     r = connect(settings)
     names = StreamNames(settings.redis.key_prefix)
     reg = CameraRegistry(r, settings)
@@ -242,7 +249,7 @@ def cmd_process(args) -> int:
     use_matcher = role_available("matcher") and not args.no_matcher
     if use_matcher and not running["matcher"]:
         need.append("matcher")
-    env = dict(os.environ, FACETRAIL_REDIS_URL=url)
+    env = dict(os.environ, **child_env(settings))
     procs = start_children(need, settings, env, args.config, args.verbose) if need else []
     if need:
         log.info("no running %s: started an embedded pipeline for this run", "/".join(need))
@@ -259,7 +266,8 @@ def cmd_process(args) -> int:
 
     renewer = threading.Thread(target=_renew, daemon=True, name="process-lease")
     dl_start = _last_id(r, deadletter_key(settings))
-    watcher = _EmbeddingsWatcher(connect(settings), names.embeddings(name), _last_id(r, names.embeddings(name)))
+    rt = transient_client(settings, connect(settings))  # embeddings:{camera} live on the transient server
+    watcher = _EmbeddingsWatcher(rt, names.embeddings(name), _last_id(rt, names.embeddings(name)))
     previous = reg.get(name)  # a configured camera borrowed by name is put back afterwards
     try:
         reg.add(cam)

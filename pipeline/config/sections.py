@@ -27,14 +27,17 @@ class PathsConfig(Section):
 
 
 class RedisConfig(Section):
-    """url unset -> a private embedded redis-server on a unix socket under data_dir (AOF on)."""
+    """url unset -> a private embedded redis-server on a unix socket under data_dir (AOF on), and a second one
+    without persistence for frames and faces in flight (transient_url)."""
 
     url: str | None = None
+    transient_url: str | None = Field(None, description="server for frames/faces in flight (no persistence "
+                                                        "needed); unset: redis.url, or an embedded one")
     key_prefix: str = "ft"
     socket_timeout_s: float = 10.0
     connect_timeout_s: float = 3.0
 
-    @field_validator("url")
+    @field_validator("url", "transient_url")
     @classmethod
     def _scheme(cls, v: str | None) -> str | None:
         if v in (None, ""):

@@ -5,7 +5,12 @@ a straggler that arrives after its seq was released or skipped is dropped (and r
 
 `next_seq=None` means "start of a run, first seq unknown" (camera seqs are monotonic across runs and need not
 start at 0): the buffer then waits up to `timeout_s` after the first item and starts at the lowest seq held
-(seqs below `floor` are stale and refused)."""
+(seqs below `floor` are stale and refused).
+
+`can_skip(lo, hi)`, when given, is asked before a timed-out gap [lo, hi) is skipped: the matcher answers True only
+for seqs known to be gone (dropped at the source, dead-lettered). Any other missing seq is still in flight (a
+worker killed with -9 holds it until its entries are reclaimed, reclaim_idle_ms later), so it is waited for, up to
+`max_wait_s`: skipping it and acking it as "late" when it came was how kill -9 lost a frame."""
 from __future__ import annotations
 
 import logging
@@ -19,8 +24,11 @@ T = TypeVar("T")
 
 class ReorderBuffer(Generic[T]):
     def __init__(self, next_seq: int | None = 0, timeout_s: float = 2.0, max_items: int = 2048,
-                 clock: Callable[[], float] = time.monotonic, name: str = "", floor: int = 0):
+                 clock: Callable[[], float] = time.monotonic, name: str = "", floor: int = 0,
+                 can_skip: Callable[[int, int], bool] | None = None, max_wait_s: float | None = None):
         self.next_seq = next_seq
+        self.can_skip = can_skip
+        self.max_wait_s = max(timeout_s, max_wait_s if max_wait_s is not None else timeout_s)
         self.floor = floor
         self.timeout_s = timeout_s
         self.max_items = max_items
@@ -64,8 +72,12 @@ class ReorderBuffer(Generic[T]):
             if self._waiting_since is None:
                 self._waiting_since = now
             overflow = len(self._items) > self.max_items
-            if overflow or now - self._waiting_since >= self.timeout_s:
+            waited = now - self._waiting_since
+            if overflow or waited >= self.timeout_s:
                 nxt = min(self._items)
+                if not overflow and waited < self.max_wait_s and self.can_skip is not None \
+                        and not self.can_skip(self.next_seq, nxt):
+                    break  # still in flight somewhere: keep waiting (bounded by max_wait_s)
                 log.warning("camera=%s reorder: seq %d..%d missing for %.1fs%s; skipped", self.name,
                             self.next_seq, nxt - 1, now - self._waiting_since, " (buffer full)" if overflow else "")
                 self.skipped += nxt - self.next_seq

@@ -61,6 +61,8 @@ class MatcherStage:
         self.name_of = name_of
         self.faces_per_track = faces_per_track
         self.last_seq: int | None = None
+        self.epoch: int | None = None  # stream epoch and time of the last frame (gap / reconnect detection)
+        self.last_t: float | None = None
 
     @classmethod
     def from_settings(cls, camera: str, search: SearchFn, settings, **kw) -> "MatcherStage":
@@ -173,6 +175,7 @@ class MatcherStage:
                 self._end(tr, fr.seq, out)
             return out
         t = fr.stream_time
+        self._new_epoch_ends_tracks(fr.epoch, t, fr.seq, out)
         for tr in self.tracker.expire(t):
             self._end(tr, fr.seq, out)
         faces = list(msg.faces)
@@ -192,6 +195,21 @@ class MatcherStage:
         for tr, det in assigned:
             self._observe(tr, det, results.get(pos[id(det.payload)], []), fr.seq, fr.captured_at, out)
         return out
+
+    def _new_epoch_ends_tracks(self, epoch: int, t: float, seq: int, out: StageOutput) -> None:
+        """A reconnect (new epoch) or stream time that went back ends every open track first: a face after an
+        outage is a new visit, never glued onto a track from before it (that is how false matches were made).
+        A gap longer than max_age_s ends them through tracker.expire(t)."""
+        jumped_back = self.last_t is not None and t < self.last_t
+        if (self.epoch is not None and epoch != self.epoch) or jumped_back:
+            ended = self.tracker.end_all()
+            if ended:
+                log.info("camera=%s seq=%d: %s (epoch %s -> %s, t %.3f -> %.3f): ending %d open track(s)",
+                         self.camera, seq, "stream time went back" if jumped_back else "new stream epoch",
+                         self.epoch, epoch, self.last_t if self.last_t is not None else -1.0, t, len(ended))
+            for tr in ended:
+                self._end(tr, seq, out)
+        self.epoch, self.last_t = epoch, t
 
     def _observe(self, tr: Track, det: Detection, cands: list[Candidate], seq: int, cap: float,
                  out: StageOutput) -> None:
@@ -242,8 +260,11 @@ class MatcherStage:
 
     # ---- checkpoint -----------------------------------------------------------------------------------
     def to_state(self) -> dict:
-        return {"tracks": self.tracker.to_state(), "last_seq": self.last_seq}
+        return {"tracks": self.tracker.to_state(), "last_seq": self.last_seq, "epoch": self.epoch,
+                "last_t": self.last_t}
 
     def load_state(self, state: dict) -> None:
         self.tracker.load_state(state.get("tracks", []))
         self.last_seq = state.get("last_seq")
+        self.epoch = state.get("epoch")
+        self.last_t = state.get("last_t")
