@@ -62,6 +62,12 @@ class ModelsConfig(Section):
     nms_threshold: float = Field(0.3, gt=0.0, lt=1.0)
     min_face_px: int = Field(16, ge=4)
     embed_batch: int = Field(32, ge=1, le=1024)
+    # issue 15, bench/eval_hard.py (README "Hard footage"): frames above detect_max_side where the coarse pass finds
+    # nothing or only faces under small_face_px get a second pass at full resolution
+    small_face_pass: Literal["off", "full", "regions"] = Field(
+        "off", description="full = the whole frame again at full resolution; regions = crops around the coarse "
+                           "pass's small faces only (sharper landmarks, no new faces); off")
+    small_face_px: int = Field(64, ge=8, le=4096, description="a coarse face below this (full-res px) is small")
 
 
 class ThresholdsConfig(Section):

@@ -35,7 +35,8 @@ class FaceEngine:
         return DETECTORS.create(m.detector, path, score_threshold=m.det_score_threshold,
                                 nms_threshold=m.nms_threshold, max_side=m.detect_max_side, min_face_px=m.min_face_px,
                                 cpu_backend=m.cpu_backend, precision=m.cpu_precision,
-                                threads=self.settings.workers.cv_threads or None)
+                                threads=self.settings.workers.cv_threads or None,
+                                small_pass=m.small_face_pass, small_face_px=m.small_face_px)
 
     @cached_property
     def embedder(self) -> Embedder:
