@@ -114,11 +114,17 @@ def _hit(box, gt) -> bool:
     return (cx - gx) ** 2 + (cy - gy) ** 2 <= (0.5 * gt[3]) ** 2 and 0.5 <= box[3] / gt[3] <= 2.0
 
 
-def enroll(eng: FaceEngine) -> dict[str, np.ndarray]:
+def enroll(eng: FaceEngine, lowres: tuple[int, ...] = ()) -> dict[str, np.ndarray]:
+    """Person -> (K, dim) templates: the photo's face, plus (gallery.lowres_templates) copies of its aligned crop
+    brought down to those sizes and blurred, as index/enroll.py makes them."""
+    from pipeline.engine.degrade import degraded_crops
+
     out = {}
     for p, photo in ENROLL.items():
-        f = eng.main_face(cv2.imread(str(FACES / photo)))
-        out[p] = np.asarray(f.embedding, np.float32)
+        img = cv2.imread(str(FACES / photo))
+        f = eng.detect([img])[0][0]
+        crop = eng.align(img, [f])[0]
+        out[p] = eng.embedder.embed([crop] + degraded_crops(crop, lowres))
     return out
 
 
@@ -131,11 +137,17 @@ def evaluate(name: str, settings, eng: FaceEngine, gallery: dict[str, np.ndarray
     for row in truth:
         by_frame[row["frame"]].append(row)
     names = list(gallery)
-    G = np.stack([gallery[n] for n in names])
+    G = np.concatenate([gallery[n] for n in names])
+    owner = np.concatenate([[i] * len(gallery[n]) for i, n in enumerate(names)])
+
+    def best_of(vectors):
+        """(N, people): the best template's cosine per person, as the gallery's search gives it."""
+        sims = np.asarray(vectors, np.float32).reshape(-1, G.shape[1]) @ G.T
+        return np.stack([sims[:, owner == i].max(axis=1) for i in range(len(names))], axis=1)
 
     def search(vectors):
-        sims = np.asarray(vectors, np.float32) @ G.T
-        return [sorted((Match(n, n, float(s)) for n, s in zip(names, row)), key=lambda m: -m.score) for row in sims]
+        return [sorted((Match(n, n, float(s)) for n, s in zip(names, row)), key=lambda m: -m.score)
+                for row in best_of(vectors)]
 
     det, emb = DetectStage(settings, eng), EmbedStage(settings, eng)
     match = MatcherStage.from_settings("hard", search, settings)
@@ -156,7 +168,7 @@ def evaluate(name: str, settings, eng: FaceEngine, gallery: dict[str, np.ndarray
         orig_end(tr, seq, out)
         m = match.voter.mean_embedding(tr.data)
         if m is not None:
-            sims = sorted(((float(m @ gallery[n]), n) for n in names), reverse=True)
+            sims = sorted(((float(x), n) for x, n in zip(best_of(m)[0], names)), reverse=True)
             ended[tr.track_id] = {"top": sims[0][1], "score": round(sims[0][0], 3),
                                   "margin": round(sims[0][0] - sims[1][0], 3), "faces": tr.data.get("en", 0)}
 
@@ -194,8 +206,7 @@ def evaluate(name: str, settings, eng: FaceEngine, gallery: dict[str, np.ndarray
             if gt["visible"] >= 0.7:
                 det_rows.append((v.face_px, hit is not None))
             if hit is not None and hit.embedding and v.person in gallery:
-                vec = hit.vector()
-                sims = {n: float(vec @ gallery[n]) for n in names}
+                sims = dict(zip(names, (float(x) for x in best_of(hit.vector())[0])))
                 cos_rows.append((v.face_px, v.blur, v.gain, sims[v.person], max(sims, key=sims.get) == v.person))
         false_dets += sum(1 for f in em.faces if f.index not in used)
         seq += 1
@@ -302,7 +313,7 @@ def main() -> int:
     env.update(kv.split("=", 1) for kv in args.overrides)
     s = load_settings([], env=env)
     eng = FaceEngine(s)
-    gallery = enroll(eng)
+    gallery = enroll(eng, tuple(s.gallery.lowres_templates))
     results = {}
     with tempfile.TemporaryDirectory(prefix="eval_hard_") as tmp:
         for name in (("tune", "check") if args.set == "both" else (args.set,)):

@@ -68,6 +68,8 @@ class ModelsConfig(Section):
         "off", description="full = the whole frame again at full resolution; regions = crops around the coarse "
                            "pass's small faces only (sharper landmarks, no new faces); off")
     small_face_px: int = Field(64, ge=8, le=4096, description="a coarse face below this (full-res px) is small")
+    embed_flip: bool = Field(False, description="embed every face and its mirror image and average the two "
+                                                "(gallery and live faces alike; twice the embedding cost)")
 
 
 class ThresholdsConfig(Section):
@@ -191,6 +193,11 @@ class GalleryConfig(Section):
                                                           "(README, Benchmarks), hnsw = HNSW graph")
     pq_k_factor: int = Field(16, ge=1, le=1024, description="pq: candidates re-scored exactly per result wanted")
     flip_augment: bool = False
+    # issue 15 (bench/eval_hard.py, README "Hard footage"): a 36 px blurred face scores ~0.25 against the sharp
+    # photo of its own person, but ~0.44 against the same photo brought down to 40 px; strangers stay <= 0.27
+    lowres_templates: list[int] = Field(default_factory=list,
+                                        description="also enroll each photo's aligned face brought down to these "
+                                                    "sizes (px) and blurred, for far cameras; e.g. [40, 56]")
     hnsw_m: int = Field(32, ge=4, le=256, description="HNSW graph degree")
     hnsw_ef_construction: int = Field(80, ge=8, le=4096)
     hnsw_ef_search: int = Field(256, ge=1, le=65536,

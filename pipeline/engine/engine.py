@@ -10,7 +10,7 @@ from ..config import Settings
 from ..models import model_path
 from .align import align_face
 from .detect import DETECTOR_MODELS, DETECTORS, Detector
-from .embed import EMBEDDERS, Embedder
+from .embed import EMBEDDERS, Embedder, FlipAveraged
 from .quality import face_quality
 from .types import Face
 
@@ -42,8 +42,9 @@ class FaceEngine:
     def embedder(self) -> Embedder:
         m = self.settings.models
         path = model_path(EMBEDDER_MODELS.get(m.embedder, m.embedder), m.dir)
-        return EMBEDDERS.create(m.embedder, path, batch=m.embed_batch, device=m.device, cpu_backend=m.cpu_backend,
-                                precision=m.cpu_precision, threads=self.settings.workers.cv_threads)
+        emb = EMBEDDERS.create(m.embedder, path, batch=m.embed_batch, device=m.device, cpu_backend=m.cpu_backend,
+                               precision=m.cpu_precision, threads=self.settings.workers.cv_threads)
+        return FlipAveraged(emb) if m.embed_flip else emb
 
     def detect(self, images: list[np.ndarray]) -> list[list[Face]]:
         """Faces per image, largest first, each with .quality in [0, 1] (see quality.py)."""
