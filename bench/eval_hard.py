@@ -114,13 +114,13 @@ def _hit(box, gt) -> bool:
     return (cx - gx) ** 2 + (cy - gy) ** 2 <= (0.5 * gt[3]) ** 2 and 0.5 <= box[3] / gt[3] <= 2.0
 
 
-def enroll(eng: FaceEngine, lowres: tuple[int, ...] = ()) -> dict[str, np.ndarray]:
+def enroll(eng: FaceEngine, lowres: tuple[int, ...] = (), photos: dict[str, str] = ENROLL) -> dict[str, np.ndarray]:
     """Person -> (K, dim) templates: the photo's face, plus (gallery.lowres_templates) copies of its aligned crop
     brought down to those sizes and blurred, as index/enroll.py makes them."""
     from pipeline.engine.degrade import degraded_crops
 
     out = {}
-    for p, photo in ENROLL.items():
+    for p, photo in photos.items():
         img = cv2.imread(str(FACES / photo))
         f = eng.detect([img])[0][0]
         crop = eng.align(img, [f])[0]
@@ -128,11 +128,14 @@ def enroll(eng: FaceEngine, lowres: tuple[int, ...] = ()) -> dict[str, np.ndarra
     return out
 
 
-def evaluate(name: str, settings, eng: FaceEngine, gallery: dict[str, np.ndarray], workdir: Path) -> dict:
-    visits, bars = plan(name)
+def evaluate(name: str, settings, eng: FaceEngine, gallery: dict[str, np.ndarray], workdir: Path,
+             scene: tuple[list[Visit], list[Bar], int] | None = None, fps: float | None = None) -> dict:
+    """Render set `name` (or `scene`: visits, bars, seed) and run the stages on it; the per-stage numbers."""
+    visits, bars = plan(name) if scene is None else scene[:2]
+    seed = SETS[name]["seed"] if scene is None else scene[2]
+    fps = fps or FPS
     clip = workdir / f"hard-{name}.mp4"
-    truth = render(visits, clip, models_dir=settings.models.dir, size=SIZE, fps=FPS, seed=SETS[name]["seed"],
-                   bars=bars)
+    truth = render(visits, clip, models_dir=settings.models.dir, size=SIZE, fps=fps, seed=seed, bars=bars)
     by_frame = defaultdict(list)
     for row in truth:
         by_frame[row["frame"]].append(row)
@@ -183,7 +186,7 @@ def evaluate(name: str, settings, eng: FaceEngine, gallery: dict[str, np.ndarray
         ok, img = cap.read()
         if not ok:
             break
-        ref = FrameRef(camera="hard", seq=seq, captured_at=seq / FPS, pts=seq / FPS, width=img.shape[1],
+        ref = FrameRef(camera="hard", seq=seq, captured_at=seq / fps, pts=seq / fps, width=img.shape[1],
                        height=img.shape[0])
         t0 = time.perf_counter()
         fm = det.process([(FrameMsg(frame=ref, jpeg=b""), img)])[0]
@@ -210,7 +213,7 @@ def evaluate(name: str, settings, eng: FaceEngine, gallery: dict[str, np.ndarray
                 cos_rows.append((v.face_px, v.blur, v.gain, sims[v.person], max(sims, key=sims.get) == v.person))
         false_dets += sum(1 for f in em.faces if f.index not in used)
         seq += 1
-    events += match.update(EmbeddingsMsg(frame=FrameRef(camera="hard", seq=seq, captured_at=seq / FPS, pts=None,
+    events += match.update(EmbeddingsMsg(frame=FrameRef(camera="hard", seq=seq, captured_at=seq / fps, pts=None,
                                                         width=1, height=1, eos=True))).events
     frames = seq
 
@@ -307,6 +310,7 @@ def main() -> int:
     ap.add_argument("--label", default="current")
     ap.add_argument("--out", default=str(REPO / "bench" / "results" / "hard.json"))
     ap.add_argument("--quiet", action="store_true", help="no per-visit lines")
+    ap.add_argument("--fps", type=float, default=FPS, help="clip frame rate (default %(default)s)")
     ap.add_argument("overrides", nargs="*", help="FACETRAIL_* env overrides, KEY=VALUE")
     args = ap.parse_args()
     env = dict(os.environ)
@@ -317,7 +321,7 @@ def main() -> int:
     results = {}
     with tempfile.TemporaryDirectory(prefix="eval_hard_") as tmp:
         for name in (("tune", "check") if args.set == "both" else (args.set,)):
-            r = evaluate(name, s, eng, gallery, Path(tmp))
+            r = evaluate(name, s, eng, gallery, Path(tmp), fps=args.fps)
             results[name] = r
             print(summary_line(name, r), flush=True)
             if not args.quiet:

@@ -65,7 +65,7 @@ class ModelsConfig(Section):
     # issue 15, bench/eval_hard.py (README "Hard footage"): frames above detect_max_side where the coarse pass finds
     # nothing or only faces under small_face_px get a second pass at full resolution
     small_face_pass: Literal["off", "full", "regions"] = Field(
-        "off", description="full = the whole frame again at full resolution; regions = crops around the coarse "
+        "regions", description="full = the whole frame again at full resolution; regions = crops around the coarse "
                            "pass's small faces only (sharper landmarks, no new faces); off")
     small_face_px: int = Field(64, ge=8, le=4096, description="a coarse face below this (full-res px) is small")
     embed_flip: bool = Field(False, description="embed every face and its mirror image and average the two "
@@ -132,7 +132,9 @@ class TrackingConfig(Section):
     lease_ttl_s: float = Field(5.0, gt=0)
     min_votes: int = Field(1, ge=1)
     vote_ratio: float = Field(2.0, ge=1.0, description="leading identity must outweigh the runner-up this much")
-    track_match: float | None = Field(0.38, ge=-1.0, le=1.0,
+    # 0.40: above the highest different-person pair score with gallery.lowres_templates [40, 56] (0.39, deepface
+    # pairs); bench/eval_hard.py tune set: named tracks' means >= 0.46, strangers' <= 0.29 (README "Hard footage")
+    track_match: float | None = Field(0.40, ge=-1.0, le=1.0,
                                       description="cosine the track's mean embedding needs to name a track no "
                                                   "single face could (null = off)")
     track_margin: float = Field(0.1, ge=0.0, le=1.0, description="track mean's lead over the runner-up identity")
