@@ -172,7 +172,7 @@ def evaluate(name: str, settings, eng: FaceEngine, gallery: dict[str, np.ndarray
         m = match.voter.mean_embedding(tr.data)
         if m is not None:
             sims = sorted(((float(x), n) for x, n in zip(best_of(m)[0], names)), reverse=True)
-            ended[tr.track_id] = {"top": sims[0][1], "score": round(sims[0][0], 3),
+            ended[tr.track_id] = {"top": sims[0][1], "score": round(sims[0][0], 3), "runner_up": sims[1][1],
                                   "margin": round(sims[0][0] - sims[1][0], 3), "faces": tr.data.get("en", 0)}
 
     match._end = end
@@ -292,6 +292,37 @@ def evaluate(name: str, settings, eng: FaceEngine, gallery: dict[str, np.ndarray
     }
 
 
+def cost(settings, workdir: Path, reps: int = 15) -> dict:
+    """CPU ms per 720p frame with three 30-60 px faces: the detector per small-face mode and the embedding of
+    the frame's faces plain and flip-averaged. Modes alternate within each repetition, so load from other
+    processes on the shared VM hits them alike; medians. One thread each (cv_threads=1)."""
+    from pipeline.engine.embed import FlipAveraged
+
+    fr = FACES / "face_recognition"
+    visits = [Visit(person=p, photo=str(fr / ph), start_s=0, dur_s=2, face_px=px, x0=x, x1=x, y=y, blur=1.0)
+              for p, ph, px, x, y in (("obama", "obama2.jpg", 36, 0.2, 0.5), ("alex", "alex-lacamoire.png", 48, 0.5, 0.7),
+                                      ("biden", "biden.jpg", 60, 0.8, 0.3))]
+    clip = workdir / "cost.mp4"
+    render(visits, clip, models_dir=settings.models.dir, size=SIZE, fps=FPS, duration_s=0.5, seed=1)
+    ok, img = cv2.VideoCapture(str(clip)).read()
+    one = settings.model_copy(update={"workers": settings.workers.model_copy(update={"cv_threads": 1})})
+    engines = {m: FaceEngine(one.model_copy(update={"models": one.models.model_copy(update={"small_face_pass": m})}))
+               for m in ("off", "regions", "full")}
+    faces = engines["off"].detect([img])[0]
+    crops = engines["off"].align(img, faces)
+    flip = FlipAveraged(engines["off"].embedder)
+    jobs = {f"detect_{m}": (lambda e=e: e.detect([img])) for m, e in engines.items()}
+    jobs["embed_plain"] = lambda: engines["off"].embedder.embed(crops)
+    jobs["embed_flip"] = lambda: flip.embed(crops)
+    times = defaultdict(list)
+    for _ in range(reps):
+        for k, fn in jobs.items():
+            t0 = time.perf_counter()
+            fn()
+            times[k].append(1000 * (time.perf_counter() - t0))
+    return {"faces": len(faces), **{k: round(float(np.median(v)), 1) for k, v in times.items()}}
+
+
 def summary_line(name: str, r: dict) -> str:
     d = r["decisions"]
     kn = sum(v for k, v in d.items() if k.startswith("known_"))
@@ -311,6 +342,7 @@ def main() -> int:
     ap.add_argument("--out", default=str(REPO / "bench" / "results" / "hard.json"))
     ap.add_argument("--quiet", action="store_true", help="no per-visit lines")
     ap.add_argument("--fps", type=float, default=FPS, help="clip frame rate (default %(default)s)")
+    ap.add_argument("--cost", action="store_true", help="only the CPU cost per frame of each mechanism")
     ap.add_argument("overrides", nargs="*", help="FACETRAIL_* env overrides, KEY=VALUE")
     args = ap.parse_args()
     env = dict(os.environ)
@@ -320,7 +352,10 @@ def main() -> int:
     gallery = enroll(eng, tuple(s.gallery.lowres_templates))
     results = {}
     with tempfile.TemporaryDirectory(prefix="eval_hard_") as tmp:
-        for name in (("tune", "check") if args.set == "both" else (args.set,)):
+        if args.cost:
+            results["cost"] = cost(s, Path(tmp))
+            print(results["cost"])
+        for name in [] if args.cost else (("tune", "check") if args.set == "both" else (args.set,)):
             r = evaluate(name, s, eng, gallery, Path(tmp), fps=args.fps)
             results[name] = r
             print(summary_line(name, r), flush=True)
