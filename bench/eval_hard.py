@@ -114,6 +114,17 @@ def _hit(box, gt) -> bool:
     return (cx - gx) ** 2 + (cy - gy) ** 2 <= (0.5 * gt[3]) ** 2 and 0.5 <= box[3] / gt[3] <= 2.0
 
 
+def open_clip(path: Path) -> cv2.VideoCapture:
+    """The clip, every frame of it: a live source opened earlier in this process (workers/grabber.py) may have
+    left `fflags nobuffer` in OPENCV_FFMPEG_CAPTURE_OPTIONS, which makes FFmpeg drop most frames of a file."""
+    old = os.environ.pop("OPENCV_FFMPEG_CAPTURE_OPTIONS", None)
+    try:
+        return cv2.VideoCapture(str(path))
+    finally:
+        if old is not None:
+            os.environ["OPENCV_FFMPEG_CAPTURE_OPTIONS"] = old
+
+
 def enroll(eng: FaceEngine, lowres: tuple[int, ...] = (), photos: dict[str, str] = ENROLL) -> dict[str, np.ndarray]:
     """Person -> (K, dim) templates: the photo's face, plus (gallery.lowres_templates) copies of its aligned crop
     brought down to those sizes and blurred, as index/enroll.py makes them."""
@@ -176,7 +187,7 @@ def evaluate(name: str, settings, eng: FaceEngine, gallery: dict[str, np.ndarray
                                   "margin": round(sims[0][0] - sims[1][0], 3), "faces": tr.data.get("en", 0)}
 
     match._end = end
-    cap = cv2.VideoCapture(str(clip))
+    cap = open_clip(clip)
     events, seq, cost = [], 0, defaultdict(float)
     det_rows = []   # per visible ground-truth face: size, hit
     cos_rows = []   # per embedded face of an enrolled person: size, blur, gain, cosine, rank-1 right
@@ -304,7 +315,7 @@ def cost(settings, workdir: Path, reps: int = 15) -> dict:
                                       ("biden", "biden.jpg", 60, 0.8, 0.3))]
     clip = workdir / "cost.mp4"
     render(visits, clip, models_dir=settings.models.dir, size=SIZE, fps=FPS, duration_s=0.5, seed=1)
-    ok, img = cv2.VideoCapture(str(clip)).read()
+    ok, img = open_clip(clip).read()
     one = settings.model_copy(update={"workers": settings.workers.model_copy(update={"cv_threads": 1})})
     engines = {m: FaceEngine(one.model_copy(update={"models": one.models.model_copy(update={"small_face_pass": m})}))
                for m in ("off", "regions", "full")}

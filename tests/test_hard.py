@@ -125,6 +125,7 @@ def test_tiny_hard_clip_names_the_small_enrolled_face_once_and_leaves_the_strang
                     start_s=0.5, dur_s=5.0, face_px=48, x0=0.9, x1=0.1, y=0.72, blur=0.8, gain=1.1)]
     r = eval_hard.evaluate("tiny", s, eng, gallery, tmp_path, scene=(visits, [Bar(x=0.55, width=0.06)], 5), fps=6.0)
     rows = {v["person"]: v for v in r["per_visit"]}
-    assert rows["obama"]["verdict"] == "named" and rows["obama"]["tracks"] == 1, r["per_visit"]
-    assert rows["rose"]["verdict"] == "unknown" and not rows["rose"]["names"], r["per_visit"]
+    why = [(v["person"], v["verdict"], v["tracks"], v["names"], v["means"]) for v in r["per_visit"]]
+    assert rows["obama"]["verdict"] == "named" and rows["obama"]["tracks"] == 1, why
+    assert rows["rose"]["verdict"] == "unknown" and not rows["rose"]["names"], why
     assert r["detection_recall"]["all"] > 0.9
