@@ -56,14 +56,17 @@ class Detector:
         return self._finish(faces)
 
     def _regions(self, image: np.ndarray, faces: list[Face]) -> list[Face]:
-        """Full-resolution passes on squares (4 face sides, >= 160 px) around the coarse pass's small faces."""
+        """Full-resolution passes on squares (4 face sides, >= 160 px, a multiple of 32, moved inside the frame
+        rather than cut) around the coarse pass's small faces: few distinct input sizes, so the OpenVINO backend
+        compiles a handful of shapes once instead of one per face."""
         out: list[Face] = []
         h, w = image.shape[:2]
         for f in faces:
             x, y, bw, bh = (float(v) for v in f.box)
-            side = max(160.0, 4.0 * max(bw, bh))
-            x0, y0 = int(max(0, x + bw / 2 - side / 2)), int(max(0, y + bh / 2 - side / 2))
-            x1, y1 = int(min(w, x0 + side)), int(min(h, y0 + side))
+            side = min(-(-max(160, int(4.0 * max(bw, bh))) // 32) * 32, w, h)
+            x0 = int(min(max(0.0, x + bw / 2 - side / 2), w - side))
+            y0 = int(min(max(0.0, y + bh / 2 - side / 2), h - side))
+            x1, y1 = x0 + side, y0 + side
             if x1 - x0 < 32 or y1 - y0 < 32:
                 continue
             for g in self._scaled(np.ascontiguousarray(image[y0:y1, x0:x1]), max(x1 - x0, y1 - y0)):
