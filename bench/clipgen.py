@@ -3,7 +3,10 @@
 Used by tests (unknown visitors on two cameras) and benchmarks. Nothing is committed: clips are written at
 test/bench time from ../shared/data. A visit is one photo's head crop gliding across the frame for a few
 seconds; between visits the scene is empty for longer than tracking.max_age_s, so each visit is one track.
-Optional per-visit blur (Gaussian sigma, px) and gain (brightness factor) make harder footage."""
+Optional per-visit blur (Gaussian sigma, px) and gain (brightness factor) make harder footage; occluding bars
+(pillars, drawn over the faces), several visits at once (crossing at different heights) and long stays make the
+hard development set of bench/eval_hard.py. Each truth row names its visit and how much of the face is visible,
+so an evaluation can tell a face hidden by a pillar from one the detector missed."""
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
@@ -25,6 +28,17 @@ class Visit:
     y: float = 0.5
     blur: float = 0.0
     gain: float = 1.0
+    y1: float | None = None  # end height (None = y): a visit may drift up or down while crossing
+
+
+@dataclass
+class Bar:
+    """An occluder (a pillar or a door frame) in front of everyone: x and width as fractions of the frame width,
+    full height."""
+
+    x: float
+    width: float
+    color: tuple[int, int, int] = (70, 80, 90)
 
 
 def _detector(models_dir: Path):
@@ -66,10 +80,25 @@ def background(size: tuple[int, int], seed: int) -> np.ndarray:
     return np.clip(img, 0, 255).astype(np.uint8)
 
 
+def _visible(box: list[float], bars: list[tuple[int, int]], w: int, h: int) -> float:
+    """Fraction of the face box inside the frame and not behind a bar."""
+    x0, y0, x1, y1 = box[0], box[1], box[0] + box[2], box[1] + box[3]
+    area = max(box[2] * box[3], 1e-6)
+    cx0, cy0, cx1, cy1 = max(0.0, x0), max(0.0, y0), min(float(w), x1), min(float(h), y1)
+    if cx1 <= cx0 or cy1 <= cy0:
+        return 0.0
+    seen = (cx1 - cx0) * (cy1 - cy0)
+    for bx0, bx1 in bars:
+        ox = max(0.0, min(cx1, bx1) - max(cx0, bx0))
+        seen -= ox * (cy1 - cy0)
+    return round(max(0.0, seen) / area, 3)
+
+
 def render(visits: list[Visit], path: Path, *, models_dir: Path, size=(640, 360), fps: float = 10.0,
-           duration_s: float | None = None, seed: int = 0) -> list[dict]:
+           duration_s: float | None = None, seed: int = 0, bars: list[Bar] | tuple = ()) -> list[dict]:
     """Write the clip (mp4v) and return the ground truth: one row per frame with a face
-    {frame, t, person, box: [x, y, w, h]} (box = the pasted head crop's face box, approximately)."""
+    {frame, t, person, box: [x, y, w, h], visit, visible} (box = the pasted head crop's face box,
+    approximately; visit = index into visits; visible = fraction of the box in frame and not behind a bar)."""
     det = _detector(models_dir)
     crops = {v.photo: head_crop(v.photo, det) for v in visits}
     bg = background(size, seed)
@@ -80,11 +109,12 @@ def render(visits: list[Visit], path: Path, *, models_dir: Path, size=(640, 360)
         raise RuntimeError(f"cannot write {path}")
     truth: list[dict] = []
     w, h = size
+    bar_px = [(int(b.x * w), int((b.x + b.width) * w)) for b in bars]
     try:
         for i in range(n):
             t = i / fps
             frame = bg.copy()
-            for v in visits:
+            for vi, v in enumerate(visits):
                 if not v.start_s <= t < v.start_s + v.dur_s:
                     continue
                 crop, face_h = crops[v.photo]
@@ -96,15 +126,19 @@ def render(visits: list[Visit], path: Path, *, models_dir: Path, size=(640, 360)
                 if v.gain != 1.0:
                     head = np.clip(head.astype(np.float32) * v.gain, 0, 255).astype(np.uint8)
                 f = (t - v.start_s) / max(v.dur_s, 1e-6)
-                cx, cy = int((v.x0 + (v.x1 - v.x0) * f) * w), int(v.y * h)
+                yy = v.y if v.y1 is None else v.y + (v.y1 - v.y) * f
+                cx, cy = int((v.x0 + (v.x1 - v.x0) * f) * w), int(yy * h)
                 x0, y0 = cx - cw // 2, cy - ch // 2
                 xa, ya, xb, yb = max(0, x0), max(0, y0), min(w, x0 + cw), min(h, y0 + ch)
                 if xb <= xa or yb <= ya:
                     continue
                 frame[ya:yb, xa:xb] = head[ya - y0:yb - y0, xa - x0:xb - x0]
                 fw = v.face_px * 0.8
-                truth.append({"frame": i, "t": round(t, 3), "person": v.person,
-                              "box": [round(cx - fw / 2, 1), round(cy - v.face_px / 2, 1), round(fw, 1), v.face_px]})
+                box = [round(cx - fw / 2, 1), round(cy - v.face_px / 2, 1), round(fw, 1), v.face_px]
+                truth.append({"frame": i, "t": round(t, 3), "person": v.person, "box": box, "visit": vi,
+                              "visible": _visible(box, bar_px, w, h)})
+            for (bx0, bx1), b in zip(bar_px, bars):
+                frame[:, bx0:bx1] = b.color
             out.write(frame)
     finally:
         out.release()

@@ -63,7 +63,8 @@ def pick_face(faces: list, choice: FaceChoice, name: str) -> tuple[int, object]:
 def templates_from_image(engine, image: np.ndarray, settings: Settings, *, name: str = "<image>",
                          choice: FaceChoice | None = None, flip: bool | None = None,
                          sha256: str | None = None) -> list[NewTemplate]:
-    """One template (two with flip augmentation) for the chosen face of one image. Raises EnrollError."""
+    """One template (two with flip augmentation, and one more per gallery.lowres_templates size) for the chosen
+    face of one image. Raises EnrollError."""
     choice = choice or FaceChoice()
     flip = settings.gallery.flip_augment if flip is None else flip
     faces = engine.detect([image])[0]
@@ -77,6 +78,9 @@ def templates_from_image(engine, image: np.ndarray, settings: Settings, *, name:
     crops = engine.align(image, [face])
     if flip:
         crops.append(cv2.flip(crops[0], 1))  # a mirrored aligned crop is itself an aligned face
+    if settings.gallery.lowres_templates:
+        from pipeline.engine.degrade import degraded_crops
+        crops += degraded_crops(crops[0], tuple(settings.gallery.lowres_templates))
     vecs = engine.embedder.embed(crops)
     sha = sha256 or hashlib.sha256(np.ascontiguousarray(image).tobytes()).hexdigest()
     thumb = thumbnail(image, face.box, settings.gallery.thumbnail_px)

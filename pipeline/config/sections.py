@@ -65,6 +65,14 @@ class ModelsConfig(Section):
     nms_threshold: float = Field(0.3, gt=0.0, lt=1.0)
     min_face_px: int = Field(16, ge=4)
     embed_batch: int = Field(32, ge=1, le=1024)
+    # issue 15, bench/eval_hard.py (README "Hard footage"): frames above detect_max_side where the coarse pass finds
+    # nothing or only faces under small_face_px get a second pass at full resolution
+    small_face_pass: Literal["off", "full", "regions"] = Field(
+        "regions", description="full = the whole frame again at full resolution; regions = crops around the coarse "
+                           "pass's small faces only (sharper landmarks, no new faces); off")
+    small_face_px: int = Field(64, ge=8, le=4096, description="a coarse face below this (full-res px) is small")
+    embed_flip: bool = Field(False, description="embed every face and its mirror image and average the two "
+                                                "(gallery and live faces alike; twice the embedding cost)")
 
 
 class ThresholdsConfig(Section):
@@ -127,7 +135,9 @@ class TrackingConfig(Section):
     lease_ttl_s: float = Field(5.0, gt=0)
     min_votes: int = Field(1, ge=1)
     vote_ratio: float = Field(2.0, ge=1.0, description="leading identity must outweigh the runner-up this much")
-    track_match: float | None = Field(0.38, ge=-1.0, le=1.0,
+    # 0.40: above the highest different-person pair score with gallery.lowres_templates [40, 56] (0.39, deepface
+    # pairs); bench/eval_hard.py tune set: named tracks' means >= 0.46, strangers' <= 0.29 (README "Hard footage")
+    track_match: float | None = Field(0.40, ge=-1.0, le=1.0,
                                       description="cosine the track's mean embedding needs to name a track no "
                                                   "single face could (null = off)")
     track_margin: float = Field(0.1, ge=0.0, le=1.0, description="track mean's lead over the runner-up identity")
@@ -188,6 +198,11 @@ class GalleryConfig(Section):
                                                           "(README, Benchmarks), hnsw = HNSW graph")
     pq_k_factor: int = Field(16, ge=1, le=1024, description="pq: candidates re-scored exactly per result wanted")
     flip_augment: bool = False
+    # issue 15 (bench/eval_hard.py, README "Hard footage"): a 36 px blurred face scores ~0.25 against the sharp
+    # photo of its own person, but ~0.44 against the same photo brought down to 40 px; strangers stay <= 0.27
+    lowres_templates: list[int] = Field(default_factory=list,
+                                        description="also enroll each photo's aligned face brought down to these "
+                                                    "sizes (px) and blurred, for far cameras; e.g. [40, 56]")
     hnsw_m: int = Field(32, ge=4, le=256, description="HNSW graph degree")
     hnsw_ef_construction: int = Field(80, ge=8, le=4096)
     hnsw_ef_search: int = Field(256, ge=1, le=65536,

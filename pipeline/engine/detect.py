@@ -25,20 +25,85 @@ DETECTOR_MODELS: dict[str, str | None] = {"yunet": "yunet", "retinaface": "retin
 
 
 class Detector:
+    """Subclasses implement `_scaled(image, max_side)`: raw faces of one pass on a copy scaled to <= max_side,
+    in full-resolution coordinates. `detect_one` runs the coarse pass and, where it finds nothing or only
+    small faces, the small-face pass (see `small_pass`)."""
+
     name = "base"
     max_side = 640
     min_face_px = 16
+    # small-face pass (issue 15): "full" = the whole frame again at full resolution; "regions" = only crops around
+    # the coarse pass's small faces, at full resolution (sharper landmarks, no new faces); "off"
+    small_pass = "off"
+    small_face_px = 64
+    small_calls = 0  # frames that got the small-face pass (cost accounting)
 
     def detect(self, images: list[np.ndarray]) -> list[list[Face]]:
         return [self.detect_one(im) for im in images]
 
-    def detect_one(self, image: np.ndarray) -> list[Face]:
+    def _scaled(self, image: np.ndarray, max_side: int) -> list[Face]:
         raise NotImplementedError
+
+    def detect_one(self, image: np.ndarray) -> list[Face]:
+        _check_image(image)
+        faces = self._scaled(image, self.max_side)
+        long_side = max(image.shape[:2])
+        if (self.small_pass != "off" and long_side > self.max_side
+                and all(min(f.box[2], f.box[3]) < self.small_face_px for f in faces)):
+            self.small_calls += 1
+            fine = self._scaled(image, long_side) if self.small_pass == "full" else self._regions(image, faces)
+            faces = merge_small(faces, fine, self.small_face_px)
+        return self._finish(faces)
+
+    def _regions(self, image: np.ndarray, faces: list[Face]) -> list[Face]:
+        """Full-resolution passes on squares (4 face sides, >= 160 px, a multiple of 32, moved inside the frame
+        rather than cut) around the coarse pass's small faces: few distinct input sizes, so the OpenVINO backend
+        compiles a handful of shapes once instead of one per face."""
+        out: list[Face] = []
+        h, w = image.shape[:2]
+        for f in faces:
+            x, y, bw, bh = (float(v) for v in f.box)
+            side = min(-(-max(160, int(4.0 * max(bw, bh))) // 32) * 32, w, h)
+            x0 = int(min(max(0.0, x + bw / 2 - side / 2), w - side))
+            y0 = int(min(max(0.0, y + bh / 2 - side / 2), h - side))
+            x1, y1 = x0 + side, y0 + side
+            if x1 - x0 < 32 or y1 - y0 < 32:
+                continue
+            for g in self._scaled(np.ascontiguousarray(image[y0:y1, x0:x1]), max(x1 - x0, y1 - y0)):
+                g.box = np.asarray(g.box, np.float64) + [x0, y0, 0, 0]
+                g.landmarks = np.asarray(g.landmarks, np.float64) + [x0, y0]
+                out.append(g)
+        return out
 
     def _finish(self, faces: list[Face]) -> list[Face]:
         faces = [f for f in faces if min(f.box[2], f.box[3]) >= self.min_face_px]
         faces.sort(key=lambda f: -f.box[2] * f.box[3])
         return faces
+
+
+def _iou(a, b) -> float:
+    ax2, ay2, bx2, by2 = a[0] + a[2], a[1] + a[3], b[0] + b[2], b[1] + b[3]
+    iw, ih = max(0.0, min(ax2, bx2) - max(a[0], b[0])), max(0.0, min(ay2, by2) - max(a[1], b[1]))
+    union = a[2] * a[3] + b[2] * b[3] - iw * ih
+    return iw * ih / union if union > 0 else 0.0
+
+
+def merge_small(coarse: list[Face], fine: list[Face], small_px: float) -> list[Face]:
+    """Coarse faces plus the small-face pass: a fine face replaces the coarse face it overlaps (its landmarks
+    come from twice or more the pixels), a small fine face nobody found is added; large fine faces are left
+    out (the coarse pass is the one that sees large faces right)."""
+    out = list(coarse)
+    for g in sorted(fine, key=lambda f: -f.score):
+        ov = [(_iou(g.box, f.box), i) for i, f in enumerate(out)]
+        best = max(ov, default=(0.0, -1))
+        if best[0] >= 0.3:
+            if min(out[best[1]].box[2], out[best[1]].box[3]) < small_px and not out[best[1]].extras.get("fine"):
+                g.extras["fine"] = True
+                out[best[1]] = g
+        elif min(g.box[2], g.box[3]) < small_px:
+            g.extras["fine"] = True
+            out.append(g)
+    return out
 
 
 def scale_for(shape: tuple[int, ...], max_side: int) -> float:
@@ -68,7 +133,9 @@ class YuNetDetector(Detector):
     name = "yunet"
 
     def __init__(self, model_path: Path, *, score_threshold: float = 0.7, nms_threshold: float = 0.3,
-                 max_side: int = 640, min_face_px: int = 16, top_k: int = 5000):
+                 max_side: int = 640, min_face_px: int = 16, top_k: int = 5000, small_pass: str = "off",
+                 small_face_px: int = 64):
+        self.small_pass, self.small_face_px = small_pass, small_face_px
         self.max_side = max_side
         self.min_face_px = min_face_px
         self.score_threshold = score_threshold
@@ -84,9 +151,8 @@ class YuNetDetector(Detector):
             _, rows = self._net.detect(small)
         return rows
 
-    def detect_one(self, image: np.ndarray) -> list[Face]:
-        _check_image(image)
-        small, s = downscale(image, self.max_side)
+    def _scaled(self, image: np.ndarray, max_side: int) -> list[Face]:
+        small, s = downscale(image, max_side)
         sy = small.shape[0] / image.shape[0]
         rows = self._rows(small)
         faces: list[Face] = []
@@ -97,7 +163,7 @@ class YuNetDetector(Detector):
             box = r[0:4].astype(np.float64) / np.tile(scale, 2)
             lm = r[4:14].reshape(5, 2).astype(np.float64) / scale
             faces.append(Face(box=box, landmarks=lm, score=float(r[14])))
-        return self._finish(faces)
+        return faces
 
 
 class YuNetOpenVinoDetector(YuNetDetector):
@@ -112,12 +178,13 @@ class YuNetOpenVinoDetector(YuNetDetector):
 
     def __init__(self, model_path: Path, *, score_threshold: float = 0.7, nms_threshold: float = 0.3,
                  max_side: int = 640, min_face_px: int = 16, top_k: int = 5000, threads: int = 0,
-                 precision: str = "auto"):
+                 precision: str = "auto", small_pass: str = "off", small_face_px: int = 64):
         try:
             import openvino as ov
         except ImportError:
             raise ModelError("the OpenVINO backend needs the `openvino` extra: pip install -e '.[openvino]'") from None
         self.max_side, self.min_face_px = max_side, min_face_px
+        self.small_pass, self.small_face_px = small_pass, small_face_px
         self.score_threshold, self.nms_threshold, self.top_k = score_threshold, nms_threshold, top_k
         self._core = ov.Core()
         self._model_path = str(model_path)
@@ -214,7 +281,7 @@ class RetinaFaceDetector(Detector):
 
     def __init__(self, model_path: Path, *, score_threshold: float = 0.7, nms_threshold: float = 0.4,
                  max_side: int = 640, min_face_px: int = 16, threads: int | None = None, cpu_backend: str = "auto",
-                 precision: str = "auto"):
+                 precision: str = "auto", small_pass: str = "off", small_face_px: int = 64):
         """cpu_backend, precision: accepted for a uniform factory call; RetinaFace always runs on onnxruntime
         (f32)."""
         try:
@@ -223,6 +290,7 @@ class RetinaFaceDetector(Detector):
             raise ModelError(f"detector 'retinaface' needs onnxruntime (pip install -e '.[retinaface]'): {e}") from None
         self.max_side = max_side
         self.min_face_px = min_face_px
+        self.small_pass, self.small_face_px = small_pass, small_face_px
         self.score_threshold = score_threshold
         self.nms_threshold = nms_threshold
         opts = ort.SessionOptions()
@@ -236,9 +304,8 @@ class RetinaFaceDetector(Detector):
             self._anchors[(w, h)] = retinaface_anchors(w, h)
         return self._anchors[(w, h)]
 
-    def detect_one(self, image: np.ndarray) -> list[Face]:
-        _check_image(image)
-        small, sx = downscale(image, self.max_side)
+    def _scaled(self, image: np.ndarray, max_side: int) -> list[Face]:
+        small, sx = downscale(image, max_side)
         sy = small.shape[0] / image.shape[0]
         h, w = small.shape[:2]
         x = (small.astype(np.float32) - self.MEAN_BGR).transpose(2, 0, 1)[None]
@@ -258,4 +325,4 @@ class RetinaFaceDetector(Detector):
             box = boxes[i].astype(np.float64) / [sx, sy, sx, sy]
             lm = lms[i].astype(np.float64) / [sx, sy]
             faces.append(Face(box=box, landmarks=lm, score=float(scores[keep][i])))
-        return self._finish(faces)
+        return faces

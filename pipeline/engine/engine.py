@@ -10,7 +10,7 @@ from ..config import Settings
 from ..models import model_path
 from .align import align_face
 from .detect import DETECTOR_MODELS, DETECTORS, Detector
-from .embed import EMBEDDERS, Embedder
+from .embed import EMBEDDERS, Embedder, FlipAveraged
 from .quality import face_quality
 from .types import Face
 
@@ -35,14 +35,16 @@ class FaceEngine:
         return DETECTORS.create(m.detector, path, score_threshold=m.det_score_threshold,
                                 nms_threshold=m.nms_threshold, max_side=m.detect_max_side, min_face_px=m.min_face_px,
                                 cpu_backend=m.cpu_backend, precision=m.cpu_precision,
-                                threads=self.settings.workers.cv_threads or None)
+                                threads=self.settings.workers.cv_threads or None,
+                                small_pass=m.small_face_pass, small_face_px=m.small_face_px)
 
     @cached_property
     def embedder(self) -> Embedder:
         m = self.settings.models
         path = model_path(EMBEDDER_MODELS.get(m.embedder, m.embedder), m.dir)
-        return EMBEDDERS.create(m.embedder, path, batch=m.embed_batch, device=m.device, cpu_backend=m.cpu_backend,
-                                precision=m.cpu_precision, threads=self.settings.workers.cv_threads)
+        emb = EMBEDDERS.create(m.embedder, path, batch=m.embed_batch, device=m.device, cpu_backend=m.cpu_backend,
+                               precision=m.cpu_precision, threads=self.settings.workers.cv_threads)
+        return FlipAveraged(emb) if m.embed_flip else emb
 
     def detect(self, images: list[np.ndarray]) -> list[list[Face]]:
         """Faces per image, largest first, each with .quality in [0, 1] (see quality.py)."""
