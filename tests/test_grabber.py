@@ -212,3 +212,17 @@ def test_one_grabber_per_camera_and_takeover(settings, faces_dir):
     seqs = [FrameMsg.decode(f[b"m"]).frame.seq for _, f in r.xrange(names.frames("shared"))]
     assert seqs == list(range(len(seqs))), "one numbering across both owners, no seq reused"
     assert reg.status("shared")["fence"] == 2
+
+
+def test_a_live_open_leaves_no_ffmpeg_options_behind(monkeypatch):
+    """`fflags nobuffer` for live sources must not leak into a later plain file open of the same process (it made
+    FFmpeg drop most frames of a file)."""
+    import os
+
+    from workers import grabber
+
+    monkeypatch.delenv(grabber._ENV, raising=False)
+    monkeypatch.setattr(grabber, "_ORIGINAL", None)
+    seen = grabber._options.open(True, lambda: os.environ.get(grabber._ENV))
+    assert "nobuffer" in seen, "the live open itself gets the low-latency options"
+    assert grabber._ENV not in os.environ, "and they are gone afterwards"

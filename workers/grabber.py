@@ -50,6 +50,16 @@ LIVE_OPTIONS = os.environ.get(_ENV) or "rtsp_transport;tcp|fflags;nobuffer|flags
 FILE_OPTIONS = ""
 
 
+_ORIGINAL = os.environ.get(_ENV)
+
+
+def _restore_env() -> None:
+    if _ORIGINAL is None:
+        os.environ.pop(_ENV, None)
+    else:
+        os.environ[_ENV] = _ORIGINAL
+
+
 class _OptionsLock:
     """Many live opens may share the live options at once; a file open waits for them and has the variable
     to itself (a hung live open therefore delays file opens of the same process, never other live opens)."""
@@ -77,6 +87,8 @@ class _OptionsLock:
                     self._live -= 1
                 else:
                     self._file = False
+                if self._live == 0 and not self._file:  # leave the process as we found it: a later
+                    _restore_env()                       # plain cv2.VideoCapture(file) must not get these
                 self._cond.notify_all()
 
 
