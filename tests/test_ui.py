@@ -14,6 +14,8 @@ import time
 
 import pytest
 import redis
+from fastapi import FastAPI, Request  # module level: the stub's annotations are resolved from here
+from fastapi.responses import JSONResponse, Response
 
 from conftest import RedisProc, in_ci, wait_for
 from pipeline.config import load_settings
@@ -261,7 +263,7 @@ def test_unknowns_name_a_cluster(clip, page):
     assert set(row_names(page)) == {"audience-one"}
     # the name is now in the gallery, so the type-ahead offers it
     page.goto(base + "/ui/unknowns")
-    page.wait_for_function("document.querySelectorAll('#people-names option').length >= 3")
+    page.wait_for_function("() => document.querySelectorAll('#people-names option').length >= 3")
     opts = page.locator("#people-names option").evaluate_all("els => els.map(e => e.value)")
     assert "audience-one" in opts
 
@@ -273,14 +275,14 @@ def test_wrong_person(clip, page):
     _settings, base = clip
     ev = api_get(base, f"/v1/events?identity={LACAMOIRE}&type=identity.matched&limit=1")["events"][0]
     page.goto(base + f"/ui/events/{ev['id']}")
-    page.wait_for_function(f"document.querySelector('#event-name').textContent === '{LACAMOIRE}'")
+    page.wait_for_function(f"() => document.querySelector('#event-name').textContent === '{LACAMOIRE}'")
     page.locator("#wrong").click()
     assert LACAMOIRE in page.locator("#confirm-text").inner_text()
     page.click("#confirm-ok")
     msg = page.locator("#event-msg.ok")
     msg.wait_for()
     assert f"not {LACAMOIRE}" in msg.inner_text()
-    page.wait_for_function("document.querySelector('#event-name').textContent === 'unknown'")
+    page.wait_for_function("() => document.querySelector('#event-name').textContent === 'unknown'")
     assert api_get(base, f"/v1/events/{ev['id']}")["identity"] is None
 
 
@@ -333,7 +335,7 @@ def test_events_page_is_live(settings, page):
         page.goto(base + "/ui/events")
         page.locator("#events .ev").first.wait_for()
         assert row_names(page) == ["early-bird"]
-        page.wait_for_function("document.querySelector('#live').classList.contains('on')")
+        page.wait_for_function("() => document.querySelector('#live').classList.contains('on')")
         store.commit([_event("2", "late-comer", time.time())])
         page.locator("#events .ev.new .name", has_text="late-comer").wait_for()
         assert row_names(page) == ["late-comer", "early-bird"]
@@ -351,9 +353,9 @@ def test_events_page_pages_instead_of_loading_everything(settings, page):
         assert page.locator("#events .ev").count() == 50
         assert row_names(page)[0] == "p119"
         page.click("#older")
-        page.wait_for_function("document.querySelectorAll('#events .ev').length === 100")
+        page.wait_for_function("() => document.querySelectorAll('#events .ev').length === 100")
         page.click("#older")
-        page.wait_for_function("document.querySelectorAll('#events .ev').length === 120")
+        page.wait_for_function("() => document.querySelectorAll('#events .ev').length === 120")
         assert page.locator("#older").is_hidden()
         assert row_names(page)[-1] == "p0"
 
@@ -534,3 +536,128 @@ def test_keyed_server_login_in_the_browser(settings, page):
         page.wait_for_url("**/ui/login")
         page.goto(base + "/ui/events")
         assert "/ui/login" in page.url
+
+
+# ---- the unknowns page against the REST contract (/work/notes/UNKNOWNS-API.md), with a stub backend ----------
+class UnknownsStub:
+    """The issue-13 routes as an in-memory stub in front of the real app: checks what the page sends (every
+    action of the page, independent of clustering quality on a real clip)."""
+
+    def __init__(self):
+        import cv2
+        import numpy as np
+
+        img = np.full((64, 64, 3), 150, np.uint8)
+        cv2.circle(img, (32, 30), 18, (90, 120, 200), -1)
+        self.jpeg = cv2.imencode(".jpg", img)[1].tobytes()
+        now = time.time()
+        self.calls: list[tuple[str, str, object]] = []
+        self.clusters = {
+            f"u-{i:04x}": {"id": f"u-{i:04x}", "tracks": i + 1, "cameras": ["hamilton"], "first_seen": now - 600 + i,
+                          "last_seen": now - i, "snapshot_id": None, "suggestion": "alice" if i == 0 else None,
+                          "suggestion_score": 0.41 if i == 0 else None, "ignored": False,
+                          "faces": [{"id": f"f{i}-{j}", "quality": 0.9 - j / 10, "track_id": f"hamilton:{i}:0"}
+                                    for j in range(3)]}
+            for i in range(4)}
+
+    def wrap(self, app):
+        stub = FastAPI()
+
+        @stub.get("/v1/unknowns")
+        def list_(include_ignored: bool = False, limit: int = 100):
+            cs = [c for c in self.clusters.values() if include_ignored or not c["ignored"]]
+            return {"clusters": sorted(cs, key=lambda c: -c["last_seen"])[:limit]}
+
+        @stub.get("/v1/unknowns/faces/{fid}/thumbnail")
+        def thumb(fid: str):
+            return Response(self.jpeg, media_type="image/jpeg")
+
+        @stub.post("/v1/unknowns/merge")
+        async def merge(request: Request):
+            body = await request.json()
+            self.calls.append(("merge", "", body))
+            first, *rest = body["ids"]
+            for cid in rest:
+                gone = self.clusters.pop(cid)
+                self.clusters[first]["tracks"] += gone["tracks"]
+            return self.clusters[first]
+
+        @stub.post("/v1/unknowns/{cid}/name")
+        async def name(cid: str, request: Request):
+            body = await request.json()
+            self.calls.append(("name", cid, body))
+            if body["name"] == "blurry":
+                return JSONResponse({"error": {"code": "enroll_refused", "message": "no face passes the quality "
+                                                                                    "gate"}}, status_code=400)
+            c = self.clusters.pop(cid)
+            return {"cluster": cid, "name": body["name"], "identity_id": "x1", "created": True, "templates_added": 2,
+                    "refused": [{"face": c["faces"][2]["id"], "reason": "low quality"}],
+                    "tracks_named": c["tracks"]}
+
+        @stub.post("/v1/unknowns/{cid}/ignore")
+        def ignore(cid: str):
+            self.calls.append(("ignore", cid, None))
+            self.clusters[cid]["ignored"] = True
+            return {"id": cid, "ignored": True}
+
+        @stub.delete("/v1/unknowns/{cid}")
+        def delete(cid: str):
+            self.calls.append(("delete", cid, None))
+            c = self.clusters.pop(cid)
+            return {"id": cid, "removed": True, "faces": len(c["faces"])}
+
+        async def asgi(scope, receive, send):
+            if scope["type"] == "http" and scope["path"].startswith("/v1/unknowns"):
+                await stub(scope, receive, send)
+            else:
+                await app(scope, receive, send)
+
+        return asgi
+
+
+def test_unknowns_page_actions_follow_the_contract(settings, page):
+    stub = UnknownsStub()
+    with serve(settings, wrap=stub.wrap) as base:
+        page.goto(base + "/ui/unknowns")
+        cards = page.locator("#unknowns .cluster")
+        cards.first.wait_for()
+        assert cards.count() == 4
+        first = page.locator("#unknowns .cluster[data-id='u-0000']")
+        assert first.locator("img.face").count() == 3
+        wait_for(lambda: img_loaded(first.locator("img.face").first), 30, "a face crop")
+        assert "alice" in first.locator(".suggestion").inner_text()
+        screenshot(page, "unknowns-stub-desktop")
+
+        # a refusal is shown on the card
+        card = page.locator("#unknowns .cluster[data-id='u-0003']")
+        card.locator(".name-form input").fill("blurry")
+        card.locator(".name-form button").click()
+        card.locator(".msg.error").wait_for()
+        assert "quality" in card.locator(".msg").inner_text()
+
+        # name by the suggestion button
+        first.locator(".suggestion button").click()
+        first.locator(".msg.ok").wait_for()
+        assert first.locator(".msg a").get_attribute("href") == "/ui/events?person=alice"
+        assert ("name", "u-0000", {"name": "alice"}) in stub.calls
+
+        # merge two
+        page.locator("#unknowns .cluster[data-id='u-0001'] .pick").check()
+        assert page.locator("#merge").is_disabled()
+        page.locator("#unknowns .cluster[data-id='u-0002'] .pick").check()
+        page.click("#merge")
+        page.locator("#unknowns .cluster[data-id='u-0002']").wait_for(state="detached")
+        assert ("merge", "", {"ids": ["u-0001", "u-0002"]}) in stub.calls
+
+        # ignore hides it (unless "show ignored")
+        page.locator("#unknowns .cluster[data-id='u-0001'] button", has_text="Ignore").click()
+        page.locator("#unknowns .cluster[data-id='u-0001']").wait_for(state="detached")
+        page.check("#show-ignored")
+        page.locator("#unknowns .cluster.ignored[data-id='u-0001']").wait_for()
+
+        # delete asks first
+        page.locator("#unknowns .cluster[data-id='u-0003'] button.danger").click()
+        assert "u-0003" in page.locator("#confirm-text").inner_text()
+        page.click("#confirm-ok")
+        page.locator("#unknowns .cluster[data-id='u-0003']").wait_for(state="detached")
+        assert [c[0] for c in stub.calls] == ["name", "name", "merge", "ignore", "delete"]

@@ -34,16 +34,18 @@ def _free_port() -> int:
 
 
 @contextmanager
-def serve(settings, port: int | None = None):
+def serve(settings, port: int | None = None, wrap=None):
     """create_app(settings) under uvicorn on 127.0.0.1; yields the base URL. Whether keys are required follows
-    settings.api (host, require_keys), not the address actually bound."""
+    settings.api (host, require_keys), not the address actually bound. wrap(app) -> ASGI app, to put a stub in
+    front of some routes."""
     import uvicorn
 
     from pipeline.api.app import create_app
 
     port = port or _free_port()
-    server = uvicorn.Server(uvicorn.Config(create_app(settings), host="127.0.0.1", port=port, log_level="warning",
-                                           timeout_graceful_shutdown=2))
+    app = create_app(settings)
+    server = uvicorn.Server(uvicorn.Config(wrap(app) if wrap else app, host="127.0.0.1", port=port,
+                                           log_level="warning", timeout_graceful_shutdown=2))
     t = threading.Thread(target=server.run, name=f"uvicorn:{port}", daemon=True)
     t.start()
     deadline = time.monotonic() + 60

@@ -17,7 +17,8 @@ async function api(method, path, body) {
   let data = null;
   if (r.status !== 204) { const t = await r.text(); try { data = t ? JSON.parse(t) : null; } catch (e) { data = t; } }
   if (!r.ok) {
-    const err = new Error(data && data.error ? data.error.message : "HTTP " + r.status);
+    const msg = data && data.error ? data.error.message : (data && typeof data.detail === "string" ? data.detail : "");
+    const err = new Error(msg || "HTTP " + r.status);
     err.status = r.status; err.data = data; throw err;
   }
   return data;
@@ -376,7 +377,8 @@ function parseMetrics(text) {
   }
   return out;
 }
-const rows = (sel, data) => $(sel + " tbody").replaceChildren(...data.map((r) => h("tr", {}, r.map((x, i) => h("td", { class: i ? "num" : "", text: String(x) })))));
+const rows = (sel, data) => $(sel + " tbody").replaceChildren(...(data.length ? data.map((r) => h("tr", {}, r.map((x, i) => h("td", { class: i ? "num" : "", text: String(x) }))))
+  : [h("tr", {}, h("td", { class: "muted", colspan: "4", text: "none" }))]));
 
 function systemPage() {
   async function reload() {
@@ -386,7 +388,7 @@ function systemPage() {
       if (!r.ok) throw new Error("HTTP " + r.status);
       const ms = parseMetrics(await r.text());
       const get = (n) => ms.filter((m) => m.name === n);
-      rows("#sys-workers", get("facetrail_workers").map((m) => [m.labels.role, m.value]));
+      rows("#sys-workers", get("facetrail_workers").filter((m) => m.value > 0).map((m) => [m.labels.role, m.value]));
       const q = {};
       for (const [n, i] of [["facetrail_queue_depth", 1], ["facetrail_queue_pending", 2], ["facetrail_queue_consumers", 3]])
         for (const m of get(n)) { (q[m.labels.stream] = q[m.labels.stream] || [m.labels.stream, 0, 0, 0])[i] = m.value; }
