@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 BENCH = Path(__file__).resolve().parent
-RUNS = [["calibrate_threshold.py"], ["bench_engine.py"], ["bench_pipeline.py"], ["bench_gallery.py"]]
+RUNS = [["calibrate_threshold.py"], ["bench_engine.py"], ["bench_pipeline.py"], ["bench_gallery.py"], ["bench_ui.py"]]
 
 
 def main() -> int:

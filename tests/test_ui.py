@@ -93,7 +93,8 @@ def clip(shared_data, models_dir, tmp_path_factory):
         for name in (MIRANDA, LACAMOIRE):
             res = facetrail(env, "gallery", "enroll", name, str(src / f"{name}.png"))
             assert res.returncode == 0, res.stderr
-        res = facetrail(env, "process", str(src / "short_hamilton_clip.mp4"), "--camera", "hamilton", "--json")
+        res = facetrail(env, "process", str(src / "short_hamilton_clip.mp4"), "--camera", "hamilton", "--keep-camera",
+                        "--json")
         assert res.returncode == 0, res.stderr[-3000:]
         summary = json.loads(res.stdout.strip().splitlines()[-1])
         assert summary["matcher_done"], summary
@@ -182,6 +183,21 @@ def test_event_detail_shows_snapshot_and_votes(clip, page):
     assert MIRANDA in votes, votes
     assert page.locator("#wrong").is_visible()
     screenshot(page, "event-detail-desktop")
+
+
+@pytest.mark.shared_data
+def test_cameras_page_shows_status_and_a_recent_snapshot(clip, page):
+    _settings, base = clip
+    page.goto(base + "/ui/cameras")
+    card = page.locator(".camera[data-name='hamilton']")
+    card.wait_for()
+    assert card.locator(".state").inner_text().lower() == "ended"  # the clip was pushed to its end
+    shot = card.locator("img.thumb")
+    shot.wait_for()
+    wait_for(lambda: img_loaded(shot), 30, "the camera's recent snapshot")
+    frames = card.locator("dd").all_inner_texts()
+    assert any(x.isdigit() and int(x) > 50 for x in frames), frames  # frames read
+    screenshot(page, "cameras-desktop")
 
 
 # ---- 3: enroll by uploading a photo on /ui/people ----------------------------------------------------------
@@ -309,7 +325,6 @@ def test_cameras_add_and_remove(settings, page):
         page.click("#add-camera button[type=submit]")
         page.locator("#camera-msg.error").wait_for()
         assert "exists" in page.locator("#camera-msg").inner_text()
-        screenshot(page, "cameras-desktop")
         card.locator("button.danger").click()
         assert "door" in page.locator("#confirm-text").inner_text()
         page.click("#confirm-ok")
