@@ -510,6 +510,12 @@ def test_cross_site_changes_refused_on_loopback_too(settings):
         r = c.post("/v1/cameras", json=cam, headers={"Origin": "http://evil.example"})
         assert r.status_code == 403 and r.json()["error"]["code"] == "cross_origin"
         assert c.post("/v1/cameras", json=cam, headers={"Sec-Fetch-Site": "cross-site"}).status_code == 403
+        # another port of the same host is "same-site" for a browser, and still another origin
+        assert c.post("/v1/cameras", json=cam, headers={"Sec-Fetch-Site": "same-site"}).status_code == 403
+        # behind a reverse proxy that rewrites Host, the forwarded host is this server's own origin
+        r = c.post("/v1/cameras", json={**cam, "name": "proxied"}, headers={
+            "Origin": "https://faces.example.com", "X-Forwarded-Host": "faces.example.com"})
+        assert r.status_code == 201, r.text
         assert c.post("/v1/cameras", json=cam).status_code == 201  # curl, SDKs: no Origin
 
 

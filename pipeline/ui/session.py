@@ -67,16 +67,24 @@ def csrf_ok(sess: Session, presented: str | None) -> bool:
 
 
 def cross_origin(request: Request) -> bool:
-    """True when a browser says this request comes from another site: Sec-Fetch-Site cross-site, or an Origin
-    whose host:port is not the Host the request was sent to. Clients that send neither (curl, SDKs) pass."""
-    if request.headers.get("sec-fetch-site", "") == "cross-site":
-        return True
+    """True when a browser says this request comes from another origin. Sec-Fetch-Site (sent by current
+    browsers) decides when present: only same-origin and none (typed URL, bookmark) pass; same-site is refused
+    too, since another port on the same host is "same-site". Without it, an Origin whose host:port is neither
+    the Host header nor X-Forwarded-Host (a reverse proxy) is cross-origin. Clients that send neither (curl,
+    SDKs) pass."""
+    fetch_site = request.headers.get("sec-fetch-site")
+    if fetch_site:
+        return fetch_site not in ("same-origin", "none")
     origin = request.headers.get("origin")
     if not origin:
         return False
     if origin == "null":
         return True
-    return urlsplit(origin).netloc.lower() != request.headers.get("host", "").lower()
+    hosts = {request.headers.get("host", "").lower()}
+    fwd = request.headers.get("x-forwarded-host", "")
+    if fwd:
+        hosts.add(fwd.split(",")[0].strip().lower())
+    return urlsplit(origin).netloc.lower() not in hosts
 
 
 def set_cookie(response, request: Request, token: str) -> None:
