@@ -206,7 +206,12 @@ class GalleryReplica:
     def identify(self, vectors: np.ndarray) -> list[Decision]:
         """search + decide with the thresholds in settings (read every call: they may be recalibrated)."""
         t = self.settings.thresholds
-        return [decide(m, t.match, t.margin) for m in self.search(vectors)]
+        if getattr(self, "_negatives", None) is None:
+            from pipeline.unknowns.negatives import NegativeFilter
+
+            self._negatives = NegativeFilter(self.r, self.settings)
+        found = self._negatives.apply(vectors, self.search(vectors))  # "wrong person" corrections
+        return [decide(m, t.match, t.margin) for m in found]
 
     def __len__(self) -> int:
         return len(self.index)

@@ -31,6 +31,8 @@ from pipeline.messages import EmbeddingsMsg
 from pipeline.metrics import Heartbeat, StageMetrics
 from pipeline.streams import StreamNames, ensure_group
 from pipeline.tracking import MatcherStage, ReorderBuffer, StageOutput
+from pipeline.unknowns import keys as ukeys
+from pipeline.unknowns.store import UnknownStore
 
 log = logging.getLogger("facetrail.matcher")
 
@@ -61,10 +63,13 @@ def make_searcher(r: redis.Redis, settings: Settings):
     """The gallery search the stage calls: the replicated FAISS index, kept current in the background."""
     from index.replica import GalleryReplica
 
+    from pipeline.unknowns.negatives import NegativeFilter
+
     replica = GalleryReplica(r, settings).start_background()
+    negatives = NegativeFilter(r, settings)
 
     def search(vectors):
-        return replica.search(vectors, max(2, settings.gallery.top_k))
+        return negatives.apply(vectors, replica.search(vectors, max(2, settings.gallery.top_k)))
 
     search.replica = replica  # type: ignore[attr-defined]
     search.name_of = lambda iid: replica.names.get(iid)  # type: ignore[attr-defined]  # (names is replaced on reload)
@@ -91,6 +96,7 @@ class CameraRunner:
         self.last_trim = self.last_frame = self.last_reclaim = time.monotonic()
         self.frames = 0
         self.events = 0
+        self.unknowns = 0  # unknown tracks queued for clustering
 
     # ---- ownership ------------------------------------------------------------------------------------
     def acquire(self) -> bool:
@@ -259,9 +265,9 @@ class CameraRunner:
         return len(ready)
 
     def _commit(self, out: StageOutput, acks: list[str], last_seq: int | None) -> int:
-        if out.snapshots:
+        if out.snapshots or out.crops:
             pipe = self.r.pipeline(transaction=False)
-            for sid, jpeg in out.snapshots.items():
+            for sid, jpeg in {**out.crops, **out.snapshots}.items():
                 self.store.put_snapshot(sid, jpeg, pipe=pipe)
             pipe.execute()
         ck = {"v": CHECKPOINT_VERSION, "next_seq": self.buffer.next_seq, "floor": self.buffer.floor,
@@ -269,8 +275,14 @@ class CameraRunner:
         sets = [(checkpoint_key(self.settings, self.camera), json.dumps(ck, separators=(",", ":")))]
         if last_seq is not None:
             sets.append((progress_key(self.settings, self.camera), str(last_seq)))
+        xadds = []
+        for rec in out.tracks:  # kept with the events' retention; unknown ones queued for clustering
+            sets.append((ukeys.track_faces(self.settings, rec.track_id), rec.encode(), self.store.retention_s))
+            if rec.identity_id is None and self.settings.unknowns.enabled:
+                xadds.append((ukeys.unk(self.settings, "ingest"), "t", rec.track_id))
         n = self.store.commit(out.events, fence=(self.lease.key, self.lease.token or ""), sets=sets,
-                              ack=(self.stream, GROUP, acks) if acks else None)
+                              ack=(self.stream, GROUP, acks) if acks else None, xadds=xadds)
+        self.unknowns += len(xadds)
         self.to_ack = []
         self.events += n
         for ev in out.events:
@@ -319,6 +331,8 @@ def run(settings: Settings, *, consumer: str, stop: threading.Event, search=None
         if sinks:
             dispatcher = SinkDispatcher(r, settings, sinks, consumer=consumer, stop=stop).start()
     runners: dict[str, CameraRunner] = {}
+    unknowns = UnknownStore(r, settings) if settings.unknowns.enabled else None
+    last_cluster = 0.0
     last_discover = last_scan = 0.0
     scanned: set[str] = set()
     cams: list[str] = []
@@ -376,6 +390,8 @@ def run(settings: Settings, *, consumer: str, stop: threading.Event, search=None
                     if r.set(key(settings, "events", "sweep_lock"), consumer, nx=True,
                              ex=max(1, int(settings.events.sweep_interval_s))):
                         store.sweep()
+                        if unknowns is not None:
+                            unknowns.sweep()
                 if not runners:
                     stop.wait(0.2)
                     continue
@@ -410,6 +426,17 @@ def run(settings: Settings, *, consumer: str, stop: threading.Event, search=None
                     if now - rn.last_trim >= 10.0:
                         rn.last_trim = now
                         rn.trim()
+                queued = sum(rn.unknowns for rn in runners.values())
+                if unknowns is not None and (queued or now - last_cluster >= 2.0):
+                    last_cluster = now  # cluster the unknown tracks just ended (or any another process left)
+                    for rn in runners.values():
+                        rn.unknowns = 0
+                    try:
+                        unknowns.drain()
+                    except (redis.ConnectionError, redis.TimeoutError):
+                        raise
+                    except Exception:  # noqa: BLE001 - clustering must never stop the matching
+                        log.exception("matcher %s: clustering unknown tracks failed", consumer)
                 if applied:
                     metrics.batch(applied)
                 else:

@@ -112,7 +112,7 @@ def create_app(settings: Settings, *, redis_client=None) -> FastAPI:
     install_error_handlers(app)
     app.add_middleware(RequestContextMiddleware, max_body=max_body_bytes(settings))
 
-    from .routers import cameras, events, faces, gallery, health
+    from .routers import cameras, events, faces, gallery, health, unknowns
 
     app.include_router(health.router)
     auth = [Depends(require_api_key)]
@@ -120,6 +120,7 @@ def create_app(settings: Settings, *, redis_client=None) -> FastAPI:
     app.include_router(gallery.router, prefix="/v1", dependencies=auth)
     app.include_router(events.router, prefix="/v1", dependencies=auth)
     app.include_router(cameras.router, prefix="/v1", dependencies=auth)
+    app.include_router(unknowns.router, prefix="/v1", dependencies=auth)
     app.include_router(health.metrics_router, dependencies=auth)
 
     # The schema is served behind the same key as the data routes (only /healthz is open); /docs is a static

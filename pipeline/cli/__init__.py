@@ -12,7 +12,8 @@ from ..config import ConfigError
 from ..models import ModelError
 
 # Command modules, in the order `facetrail --help` lists them.
-COMMAND_MODULES = ["config_cmd", "models_cmd", "face_cmd", "gallery_cmd", "pipeline_cmd", "events_cmd", "api_cmd", "demo_cmd"]
+COMMAND_MODULES = ["config_cmd", "models_cmd", "face_cmd", "gallery_cmd", "pipeline_cmd", "events_cmd", "unknowns_cmd",
+                   "api_cmd", "demo_cmd"]
 
 
 class UserError(Exception):

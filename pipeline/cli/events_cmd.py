@@ -16,6 +16,7 @@ import re
 import sys
 import time
 
+from ..events.model import EVENT_TYPES
 from .common import print_json, settings_from
 
 _REL = re.compile(r"^(\d+(?:\.\d+)?)\s*([smhdw])$")
@@ -54,7 +55,7 @@ def register(sub) -> None:
     p.add_argument("--since", metavar="T", help="events seen at or after T")
     p.add_argument("--until", metavar="T", help="events seen at or before T")
     p.add_argument("--min-score", type=float, metavar="S", help="only events with score >= S")
-    p.add_argument("--type", action="append", choices=["track.started", "identity.matched", "track.ended"],
+    p.add_argument("--type", action="append", choices=list(EVENT_TYPES),
                    help="only these event types (repeatable)")
     p.add_argument("--limit", type=int, default=100, metavar="N", help="at most N events (default 100)")
     p.add_argument("--json", action="store_true", help="one JSON object per line")

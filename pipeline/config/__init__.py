@@ -13,7 +13,8 @@ import yaml
 from pydantic import Field, ValidationError
 
 from .sections import (ApiConfig, CameraConfig, EventsConfig, GalleryConfig, ModelsConfig, MqttSink, PathsConfig,
-                       RedisConfig, Section, SinksConfig, ThresholdsConfig, TrackingConfig, WebhookSink, WorkersConfig)
+                       RedisConfig, Section, SinksConfig, ThresholdsConfig, TrackingConfig, UnknownsConfig,
+                       WebhookSink, WorkersConfig)
 
 __all__ = ["Settings", "ConfigError", "load_settings", "CameraConfig", "MqttSink", "WebhookSink"]
 
@@ -37,6 +38,7 @@ class Settings(Section):
     sinks: SinksConfig = Field(default_factory=SinksConfig)
     events: EventsConfig = Field(default_factory=EventsConfig)
     gallery: GalleryConfig = Field(default_factory=GalleryConfig)
+    unknowns: UnknownsConfig = Field(default_factory=UnknownsConfig)
 
 
 class ConfigError(Exception):

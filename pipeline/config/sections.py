@@ -192,3 +192,23 @@ class GalleryConfig(Section):
     top_k: int = Field(5, ge=2, le=1000, description="identities returned per face (>= 2 for the runner-up)")
     snapshot_every: int = Field(500, ge=1, description="changes in the log before a new snapshot is written")
     thumbnail_px: int = Field(128, ge=32, le=512, description="long side of the stored face thumbnail (JPEG)")
+
+
+class UnknownsConfig(Section):
+    """Unknown visitors: every track that ends unknown is kept (mean embedding, best faces) and clustered
+    across cameras and days, so a recurring stranger can be named once (README "Unknown visitors")."""
+
+    enabled: bool = True
+    retention_days: float = Field(30.0, gt=0, description="unknown tracks (and their face crops) are kept this long")
+    faces_per_track: int = Field(3, ge=1, le=16, description="best faces (embedding + crop) kept per ended track")
+    faces_per_cluster: int = Field(12, ge=1, le=100, description="best faces a cluster shows")
+    # bench/bench_unknowns.py: same-track halves vs same-frame tracks and the shared photos (README)
+    link_threshold: float = Field(0.5, ge=-1.0, le=1.0,
+                                  description="cosine to a member track's mean that proposes its cluster")
+    cluster_threshold: float = Field(0.45, ge=-1.0, le=1.0,
+                                     description="cosine to the cluster's centroid a track needs to join it")
+    suggest_min: float = Field(0.3, ge=-1.0, le=1.0,
+                               description="a cluster whose centroid comes this close to an enrolled person "
+                                           "suggests that person")
+    name_templates: int = Field(5, ge=1, le=50, description="best faces enrolled when a cluster is named")
+

@@ -1,4 +1,5 @@
-"""Event v1: one per track start, per (track, identity) match, and per track end.
+"""Event v1: one per track start, per (track, identity) match, and per track end; `track.named` when a person
+names or corrects a track afterwards (an unknown cluster named, or "wrong person": identity null).
 
 Ids are deterministic: sha1(camera, track_id, type, identity_id) — a replayed decision (redelivery,
 failover) computes the same id, and the store writes each id once. Track ids are deterministic too:
@@ -13,8 +14,8 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from ..messages import MessageVersionError
 
-EventType = Literal["track.started", "identity.matched", "track.ended"]
-EVENT_TYPES: tuple[str, ...] = ("track.started", "identity.matched", "track.ended")
+EventType = Literal["track.started", "identity.matched", "track.ended", "track.named"]
+EVENT_TYPES: tuple[str, ...] = ("track.started", "identity.matched", "track.ended", "track.named")
 
 
 def event_id(camera: str, track_id: str, type_: str, identity_id: str | None) -> str:

@@ -29,6 +29,7 @@ import redis
 from ..backbone import key
 from ..config import Settings
 from ..streams import StreamNames
+from ..unknowns import keys as ukeys
 from .model import Event
 
 log = logging.getLogger("facetrail.events.store")
@@ -61,7 +62,12 @@ for _, ev in ipairs(op.events) do
     if op.channel ~= '' then redis.call('PUBLISH', op.channel, ev.json) end
   end
 end
-for _, kv in ipairs(op.sets) do redis.call('SET', kv[1], kv[2]) end
+for _, kv in ipairs(op.sets) do
+  if kv[3] then redis.call('SET', kv[1], kv[2], 'EX', kv[3]) else redis.call('SET', kv[1], kv[2]) end
+end
+if op.xadds then
+  for _, xa in ipairs(op.xadds) do redis.call('XADD', xa[1], '*', xa[2], xa[3]) end
+end
 if op.ack and op.ack ~= cjson.null and #op.ack.ids > 0 then
   redis.call('XACK', op.ack.stream, op.ack.group, unpack(op.ack.ids))
   if op.ack.delete then redis.call('XDEL', op.ack.stream, unpack(op.ack.ids)) end
@@ -98,7 +104,7 @@ return {rows[#rows][1], n}
 STREAM_SCAN_CHUNK = 500  # events-stream entries scanned per atomic step of a purge
 
 
-_TYPE_RANK = {"track.started": 0, "identity.matched": 1, "track.ended": 2}
+_TYPE_RANK = {"track.started": 0, "identity.matched": 1, "track.ended": 2, "track.named": 3}
 
 
 def index_score(ev: Event) -> float:
@@ -168,8 +174,8 @@ class EventStore:
         (pipe or self.r).set(self.snapshot_key(snapshot_id), jpeg, ex=SNAPSHOT_PENDING_TTL_S, nx=True)
 
     def commit_op(self, events: list[Event], *, fence: tuple[str, str] | None = None,
-                  sets: list[tuple[str, str]] = (), ack: tuple[str, str, list[str]] | None = None,
-                  delete_acked: bool = False) -> dict:
+                  sets: list[tuple] = (), ack: tuple[str, str, list[str]] | None = None,
+                  delete_acked: bool = False, xadds: list[tuple[str, str, str]] = ()) -> dict:
         evs = []
         for ev in events:
             raw = ev.encode()
@@ -183,17 +189,18 @@ class EventStore:
                 "done_ttl": max(DONE_MARKER_MIN_TTL_S, self.retention_s), "retention_s": self.retention_s,
                 "stream": self.names.events, "maxlen": self.settings.sinks.events_maxlen,
                 "channel": self.names.events if self.settings.sinks.pubsub else "",
-                "sets": [list(kv) for kv in sets],
+                "sets": [list(kv) for kv in sets], "xadds": [list(x) for x in xadds],
                 "ack": ({"stream": ack[0], "group": ack[1], "ids": list(ack[2]), "delete": delete_acked}
                         if ack else None)}
 
     def commit(self, events: list[Event], *, fence: tuple[str, str] | None = None,
-               sets: list[tuple[str, str]] = (), ack: tuple[str, str, list[str]] | None = None,
-               delete_acked: bool = False) -> int:
-        """Write events (each id once), then `sets`, then ack (and XDEL with delete_acked), atomically.
+               sets: list[tuple] = (), ack: tuple[str, str, list[str]] | None = None,
+               delete_acked: bool = False, xadds: list[tuple[str, str, str]] = ()) -> int:
+        """Write events (each id once), then `sets` ((key, value) or (key, value, ttl_s)), then `xadds`
+        ((stream, field, value)), then ack (and XDEL with delete_acked), atomically.
         Returns how many events were new; raises FencedError when `fence` = (lease key, our value) no longer
         holds (then nothing at all was written)."""
-        op = self.commit_op(events, fence=fence, sets=sets, ack=ack, delete_acked=delete_acked)
+        op = self.commit_op(events, fence=fence, sets=sets, ack=ack, delete_acked=delete_acked, xadds=xadds)
         n = int(self._commit(keys=[], args=[json.dumps(op)]))
         if n < 0:
             raise FencedError(f"lease {fence[0] if fence else ''} lost; nothing written")
@@ -290,6 +297,46 @@ class EventStore:
     def count(self) -> int:
         return int(self.r.zcard(self.k("evidx", "all")))
 
+    # ---- corrections ----------------------------------------------------------------------------------
+    def relabel_track(self, track_id: str, identity_id: str | None, name: str | None) -> int:
+        """File a track's stored events under another identity (None = unknown), indexes included: a cluster
+        that was named, or a match a person rejected. The rejected identity's `identity.matched` events are
+        withdrawn (their snapshot stays with the track). The events stream keeps what was sent; the caller
+        sends a `track.named` event. Returns the events changed."""
+        ids = sorted(_str(m) for m in self.r.smembers(self.k("evidx", "track", track_id)))
+        n = 0
+        for eid in ids:
+            h = {_str(a): b for a, b in self.r.hgetall(self.event_key(eid)).items()}
+            if not h.get("j"):
+                continue
+            ev = Event.decode(h["j"])
+            if ev.type == "track.named":
+                continue
+            ts = float(_str(h.get("ts")) or index_score(ev))
+            pipe = self.r.pipeline(transaction=True)
+            if ev.identity_id:
+                pipe.zrem(self.k("evidx", "identity", ev.identity_id), eid)
+            if ev.identity:
+                pipe.zrem(self.k("evidx", "name", ev.identity.lower()), eid)
+            if ev.type == "identity.matched" and identity_id != ev.identity_id:
+                for z in (self.k("evidx", "all"), self.k("evidx", "camera", ev.camera)):
+                    pipe.zrem(z, eid)
+                pipe.srem(self.k("evidx", "track", track_id), eid)
+                pipe.delete(self.event_key(eid))
+                pipe.execute()
+                n += 1
+                continue
+            ev.identity_id, ev.identity = identity_id, name
+            pipe.hset(self.event_key(eid), mapping={"j": ev.encode(), "identity_id": identity_id or "",
+                                                    "name": name or ""})
+            for z in self._zsets(ev):
+                pipe.zadd(z, {eid: ts})
+            if identity_id:
+                pipe.zrem(self.k("evidx", "unknown"), eid)
+            pipe.execute()
+            n += 1
+        return n
+
     # ---- deleting -------------------------------------------------------------------------------------
     def _delete_ids(self, ids: list[str]) -> int:
         if not ids:
@@ -358,8 +405,11 @@ class EventStore:
         for t in tracks:
             ids.update(m.decode() if isinstance(m, bytes) else m for m in self.r.smembers(self.k("evidx", "track", t)))
         n = self._delete_ids(sorted(ids))
+        self._purge_track_faces(tracks)
         if identity_id:
-            self.r.delete(self.k("evidx", "identity", identity_id))
+            self.r.delete(self.k("evidx", "identity", identity_id), ukeys.negatives(self.settings, identity_id))
+            self.r.srem(ukeys.negatives(self.settings, "index"), identity_id)
+            self.r.incr(ukeys.negatives_version(self.settings))
         mine = [eid for eid in by_name if eid in ids]  # also index entries whose event already expired
         if mine:
             self.r.zrem(self.k("evidx", "name", name.lower()), *mine)
@@ -367,6 +417,20 @@ class EventStore:
         log.info("purged %d events of identity id=%s (%d tracks, %d stream entries)", n, identity_id, len(tracks),
                  gone)
         return n
+
+    def _purge_track_faces(self, tracks: set[str]) -> None:
+        """The purged tracks' face records (embeddings) and every crop they name."""
+        for t in tracks:
+            raw = self.r.get(ukeys.track_faces(self.settings, t))
+            if raw:
+                try:
+                    faces = [f["id"] for f in json.loads(raw).get("faces", [])]
+                except (ValueError, AttributeError):
+                    faces = []
+                dels = [self.snapshot_key(f) for f in faces] + [ukeys.unk(self.settings, "face", f) for f in faces]
+                if dels:
+                    self.r.delete(*dels)
+            self.r.delete(ukeys.track_faces(self.settings, t))
 
     def _purge_events_stream(self, identity_id: str | None, ids: set[str], tracks: set[str]) -> int:
         """XDEL the stream entries of these events, tracks or identity, scanning the stream (at most

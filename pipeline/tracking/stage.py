@@ -20,6 +20,7 @@ import numpy as np
 
 from ..events.model import Event
 from ..messages import EmbeddingsMsg
+from ..unknowns.model import TrackFace, TrackFaces, pack_vector
 from .identity import Candidate, IdentityVoter, face_weight
 from .tracker import Detection, FaceTracker, Track
 
@@ -32,10 +33,14 @@ SearchFn = Callable[[np.ndarray], Sequence[Sequence[Candidate]]]
 class StageOutput:
     events: list[Event] = field(default_factory=list)
     snapshots: dict[str, bytes] = field(default_factory=dict)  # snapshot id -> JPEG
+    crops: dict[str, bytes] = field(default_factory=dict)  # best-face crops (same id space and store as snapshots)
+    tracks: list[TrackFaces] = field(default_factory=list)  # ended tracks' best faces (unknown visitors, feedback)
 
     def extend(self, other: "StageOutput") -> None:
         self.events += other.events
         self.snapshots.update(other.snapshots)
+        self.crops.update(other.crops)
+        self.tracks += other.tracks
 
 
 class MatcherStage:
@@ -43,7 +48,8 @@ class MatcherStage:
                  vote_ratio: float = 2.0, track_match: float | None = None, track_margin: float = 0.1,
                  track_min_faces: int = 8, min_track_frames: int = 3, iou_threshold: float = 0.3,
                  appearance_threshold: float = 0.4, appearance_veto: float = 0.15, max_age_s: float = 2.0,
-                 clock: Callable[[], float] = time.time, name_of: Callable[[str], str | None] | None = None):
+                 clock: Callable[[], float] = time.time, name_of: Callable[[str], str | None] | None = None,
+                 faces_per_track: int = 3):
         self.camera = camera
         self.search = search
         self.voter = IdentityVoter(match, margin, min_votes, vote_ratio, track_match, track_margin, track_min_faces)
@@ -53,6 +59,7 @@ class MatcherStage:
         self.clock = clock
         # identity id -> its current gallery name, None once removed (renames and removals reach live tracks)
         self.name_of = name_of
+        self.faces_per_track = faces_per_track
         self.last_seq: int | None = None
 
     @classmethod
@@ -62,7 +69,8 @@ class MatcherStage:
                    min_votes=t.min_votes, vote_ratio=t.vote_ratio, track_match=t.track_match,
                    track_margin=t.track_margin, track_min_faces=t.track_min_faces, min_track_frames=t.min_track_frames,
                    iou_threshold=t.iou_threshold, appearance_threshold=t.appearance_threshold,
-                   appearance_veto=t.appearance_veto, max_age_s=t.max_age_s, **kw)
+                   appearance_veto=t.appearance_veto, max_age_s=t.max_age_s,
+                   faces_per_track=settings.unknowns.faces_per_track, **kw)
 
     def _refresh_names(self, d: dict) -> None:
         """Drop votes for identities removed from the gallery meanwhile; pick up renames."""
@@ -110,7 +118,32 @@ class MatcherStage:
         if d.get("en", 0) != d.get("mean_at"):
             self._search_mean(d)  # the final track mean: the whole track's evidence
             self._announce(tr, seq, out)
-        out.events.append(self._event("track.ended", tr, seq))
+        ended = self._event("track.ended", tr, seq)
+        out.events.append(ended)
+        rec = self._track_faces(tr, ended)
+        if rec is not None:
+            out.tracks.append(rec)
+
+    def _track_faces(self, tr: Track, ended: Event) -> TrackFaces | None:
+        """The ended track's evidence kept after it: its quality-weighted mean and best faces. Unknown tracks
+        go to the unknown-visitor clusters; every track's record lets a "wrong person" correction use it."""
+        d = tr.data
+        best = d.get("best") or []
+        if not best:
+            return None
+        es = d.get("esum")
+        if es is not None:
+            mean = np.asarray(es, np.float32)
+        else:
+            mean = sum(np.asarray(TrackFace(**f).vector(), np.float32) * f["k"] for f in best)
+        n = float(np.linalg.norm(mean))
+        if not n > 0:
+            return None
+        return TrackFaces(track_id=tr.track_id, camera=self.camera, first_seen=ended.first_seen,
+                          last_seen=ended.last_seen, frames=ended.frames, identity_id=ended.identity_id,
+                          identity=ended.identity, closest=d.get("closest"), snapshot_id=ended.snapshot_id,
+                          mean=pack_vector(mean / n), n=int(d.get("en", len(best))),
+                          faces=[TrackFace(**f) for f in best])
 
     def _search_mean(self, d: dict) -> None:
         mean = self.voter.mean_embedding(d)
@@ -175,16 +208,30 @@ class MatcherStage:
         key = round(face_weight(det.quality, det.score) * min(1.0, side / 112.0), 6)
         thumb = getattr(det.payload, "thumb_jpeg", None)
         snap = d.get("snap")
+        sid = f"{self.camera}:{seq}:{det.index}"
         if thumb and (snap is None or key > snap["q"] * 1.1):
-            sid = f"{self.camera}:{seq}:{det.index}"
             d["snap"] = {"id": sid, "q": key}
             out.snapshots[sid] = thumb
+        if thumb and det.embedding is not None:
+            self._keep_best(d, sid, key, det, thumb, out)
         if not d.get("started") and d["frames"] >= self.min_track_frames:
             d["started"] = True
             self._refresh_names(d)
             self.voter.decide(d)  # track.started names the person when that is already known
             out.events.append(self._event("track.started", tr, seq))
         self._announce(tr, seq, out)
+
+    def _keep_best(self, d: dict, sid: str, key: float, det: Detection, thumb: bytes, out: StageOutput) -> None:
+        """The track's `faces_per_track` best embedded faces (by the snapshot key), with their crops."""
+        best = d.setdefault("best", [])
+        if len(best) >= self.faces_per_track and key <= min(f["k"] for f in best):
+            return
+        best.append({"id": sid, "k": key, "q": round(float(det.quality), 4),
+                     "e": pack_vector(np.asarray(det.embedding, np.float32))})
+        best.sort(key=lambda f: -f["k"])
+        del best[self.faces_per_track:]
+        if any(f["id"] == sid for f in best) and sid not in out.snapshots:
+            out.crops[sid] = thumb
 
     def end_all(self) -> StageOutput:
         """End every open track now (a camera that went away without an end of stream)."""

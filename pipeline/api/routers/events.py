@@ -12,7 +12,7 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import Response, StreamingResponse
 from pydantic import BaseModel, Field
 
-from ...events.model import Event
+from ...events.model import Event, EventType
 from ...streams import StreamNames
 from ..deps import state
 from ..errors import ApiError
@@ -68,7 +68,7 @@ async def query_events(
                                      description="gallery name (any case) or identity id"),
         identity_id: str | None = Query(None, min_length=1, max_length=64),
         unknown: bool = Query(False, description="only tracks that ended without a match"),
-        type: list[Literal["track.started", "identity.matched", "track.ended"]] | None = Query(  # noqa: A002
+        type: list[EventType] | None = Query(  # noqa: A002
             None, description="repeatable"),
         since: str | None = Query(None, max_length=64, description=TIME_HELP),
         until: str | None = Query(None, max_length=64, description=TIME_HELP),
@@ -120,7 +120,7 @@ async def stream_events(
         identity: str | None = Query(None, min_length=1, max_length=200,
                                      description="gallery name (any case) or identity id"),
         unknown: bool = Query(False, description="only tracks that ended without a match"),
-        type: list[Literal["track.started", "identity.matched", "track.ended"]] | None = Query(None),  # noqa: A002
+        type: list[EventType] | None = Query(None),  # noqa: A002
         min_score: float | None = Query(None, ge=-1.0, le=1.0),
         after: str | None = Query(None, pattern=r"^(\$|0|\d{1,20}-\d{1,20})$",
                                   description="stream id to resume after ($ = only new events, 0 = from the start)"),
@@ -208,3 +208,30 @@ async def get_snapshot(request: Request, event_id: str = Path(pattern=EVENT_ID))
 
     jpeg = await run_in_threadpool(work)
     return Response(content=jpeg, media_type="image/jpeg", headers={"Cache-Control": "private, max-age=3600"})
+
+
+class WrongOut(BaseModel):
+    event_id: str
+    track_id: str
+    identity: str | None = Field(description="the rejected name")
+    cluster: str | None = Field(description="the unknown cluster the track joined")
+
+
+@router.post("/{event_id}/wrong", response_model=WrongOut,
+             summary="wrong person: the event's track is not who it was matched to",
+             responses={404: {"description": "no such event"}, 409: {"description": "the event names nobody"}})
+async def wrong_person(request: Request, event_id: str = Path(pattern=EVENT_ID)):
+    from ...unknowns.store import NotFound, UnknownsError
+    from .unknowns import unknown_store
+
+    store = unknown_store(request)
+
+    def work():
+        try:
+            return store.wrong(event_id)
+        except NotFound as e:
+            raise ApiError(404, "not_found", str(e)) from None
+        except UnknownsError as e:
+            raise ApiError(409, "conflict", str(e)) from None
+
+    return await run_in_threadpool(work)

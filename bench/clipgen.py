@@ -1,0 +1,115 @@
+"""Compose test clips from still photos: head crops moving over a static background, with ground truth.
+
+Used by tests (unknown visitors on two cameras) and benchmarks. Nothing is committed: clips are written at
+test/bench time from ../shared/data. A visit is one photo's head crop gliding across the frame for a few
+seconds; between visits the scene is empty for longer than tracking.max_age_s, so each visit is one track.
+Optional per-visit blur (Gaussian sigma, px) and gain (brightness factor) make harder footage."""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+
+@dataclass
+class Visit:
+    person: str
+    photo: str          # path of the source photo
+    start_s: float
+    dur_s: float
+    face_px: int = 110  # face box height in the clip
+    x0: float = 0.15    # start and end of the face centre, as fractions of the frame
+    x1: float = 0.75
+    y: float = 0.5
+    blur: float = 0.0
+    gain: float = 1.0
+
+
+def _detector(models_dir: Path):
+    from pipeline.models import model_path
+
+    return cv2.FaceDetectorYN.create(str(model_path("yunet", models_dir)), "", (320, 320), 0.6, 0.3, 5000)
+
+
+def head_crop(photo: str, detector) -> tuple[np.ndarray, float]:
+    """The photo's largest face with a margin (head and some shoulders); returns (crop, face box height)."""
+    img = cv2.imread(photo, cv2.IMREAD_COLOR)
+    if img is None:
+        raise ValueError(f"{photo}: not a readable image")
+    s = min(1.0, 640.0 / max(img.shape[:2]))
+    small = cv2.resize(img, None, fx=s, fy=s, interpolation=cv2.INTER_AREA) if s < 1 else img
+    detector.setInputSize((small.shape[1], small.shape[0]))
+    _, faces = detector.detect(small)
+    if faces is None or not len(faces):
+        raise ValueError(f"{photo}: no face found")
+    x, y, w, h = (faces[np.argmax(faces[:, 2] * faces[:, 3])][:4] / s)
+    m = 0.6
+    x0, y0 = int(max(0, x - m * w)), int(max(0, y - m * h))
+    x1, y1 = int(min(img.shape[1], x + w + m * w)), int(min(img.shape[0], y + h + m * h))
+    return img[y0:y1, x0:x1].copy(), float(h)
+
+
+def background(size: tuple[int, int], seed: int) -> np.ndarray:
+    """A static scene: a gradient wall, a floor, a few shapes; the same for a seed."""
+    w, h = size
+    rng = np.random.default_rng(seed)
+    yy = np.linspace(0, 1, h, dtype=np.float32)[:, None, None]
+    base = rng.uniform(60, 160, 3).astype(np.float32)
+    img = np.broadcast_to(base * (0.7 + 0.5 * yy), (h, w, 3)).copy()
+    img[int(h * 0.78):] *= 0.6
+    for _ in range(6):
+        x, y = int(rng.integers(0, w)), int(rng.integers(0, int(h * 0.7)))
+        cw, ch = int(rng.integers(30, 160)), int(rng.integers(30, 120))
+        cv2.rectangle(img, (x, y), (x + cw, y + ch), rng.uniform(30, 220, 3).tolist(), -1)
+    return np.clip(img, 0, 255).astype(np.uint8)
+
+
+def render(visits: list[Visit], path: Path, *, models_dir: Path, size=(640, 360), fps: float = 10.0,
+           duration_s: float | None = None, seed: int = 0) -> list[dict]:
+    """Write the clip (mp4v) and return the ground truth: one row per frame with a face
+    {frame, t, person, box: [x, y, w, h]} (box = the pasted head crop's face box, approximately)."""
+    det = _detector(models_dir)
+    crops = {v.photo: head_crop(v.photo, det) for v in visits}
+    bg = background(size, seed)
+    end = duration_s or max(v.start_s + v.dur_s for v in visits) + 3.0
+    n = int(round(end * fps))
+    out = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), fps, size)
+    if not out.isOpened():
+        raise RuntimeError(f"cannot write {path}")
+    truth: list[dict] = []
+    w, h = size
+    try:
+        for i in range(n):
+            t = i / fps
+            frame = bg.copy()
+            for v in visits:
+                if not v.start_s <= t < v.start_s + v.dur_s:
+                    continue
+                crop, face_h = crops[v.photo]
+                s = v.face_px / face_h
+                ch, cw = max(8, int(crop.shape[0] * s)), max(8, int(crop.shape[1] * s))
+                head = cv2.resize(crop, (cw, ch), interpolation=cv2.INTER_AREA if s < 1 else cv2.INTER_LINEAR)
+                if v.blur > 0:
+                    head = cv2.GaussianBlur(head, (0, 0), v.blur)
+                if v.gain != 1.0:
+                    head = np.clip(head.astype(np.float32) * v.gain, 0, 255).astype(np.uint8)
+                f = (t - v.start_s) / max(v.dur_s, 1e-6)
+                cx, cy = int((v.x0 + (v.x1 - v.x0) * f) * w), int(v.y * h)
+                x0, y0 = cx - cw // 2, cy - ch // 2
+                xa, ya, xb, yb = max(0, x0), max(0, y0), min(w, x0 + cw), min(h, y0 + ch)
+                if xb <= xa or yb <= ya:
+                    continue
+                frame[ya:yb, xa:xb] = head[ya - y0:yb - y0, xa - x0:xb - x0]
+                fw = v.face_px * 0.8
+                truth.append({"frame": i, "t": round(t, 3), "person": v.person,
+                              "box": [round(cx - fw / 2, 1), round(cy - v.face_px / 2, 1), round(fw, 1), v.face_px]})
+            out.write(frame)
+    finally:
+        out.release()
+    return truth
+
+
+def visits_json(visits: list[Visit]) -> list[dict]:
+    return [asdict(v) for v in visits]
