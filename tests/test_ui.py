@@ -182,7 +182,6 @@ def test_event_detail_shows_snapshot_and_votes(clip, page):
     votes = page.locator("#event-votes tbody tr td:first-child").all_inner_texts()
     assert MIRANDA in votes, votes
     assert page.locator("#wrong").is_visible()
-    screenshot(page, "event-detail-desktop")
 
 
 @pytest.mark.shared_data
@@ -288,18 +287,31 @@ def test_unknowns_name_a_cluster(clip, page):
 @pytest.mark.shared_data
 @needs_unknowns
 def test_wrong_person(clip, page):
+    """On the track's end event (which stays, relabelled unknown); the track's match event is withdrawn."""
     _settings, base = clip
-    ev = api_get(base, f"/v1/events?identity={LACAMOIRE}&type=identity.matched&limit=1")["events"][0]
-    page.goto(base + f"/ui/events/{ev['id']}")
+    ended = api_get(base, f"/v1/events?identity={LACAMOIRE}&type=track.ended&limit=1")["events"][0]
+    track = ended["track_id"]
+    matched = [e for e in api_get(base, f"/v1/events?identity={LACAMOIRE}&type=identity.matched&limit=100")["events"]
+               if e["track_id"] == track]
+    assert matched
+    page.goto(base + f"/ui/events/{ended['id']}")
     page.wait_for_function(f"() => document.querySelector('#event-name').textContent === '{LACAMOIRE}'")
+    screenshot(page, "event-detail-desktop")
     page.locator("#wrong").click()
     assert LACAMOIRE in page.locator("#confirm-text").inner_text()
     page.click("#confirm-ok")
     msg = page.locator("#event-msg.ok")
     msg.wait_for()
     assert f"not {LACAMOIRE}" in msg.inner_text()
+    page.reload()  # what the server says now, not what the page assumed
     page.wait_for_function("() => document.querySelector('#event-name').textContent === 'unknown'")
-    assert api_get(base, f"/v1/events/{ev['id']}")["identity"] is None
+    assert page.locator("#wrong").is_hidden()
+    assert api_get(base, f"/v1/events/{ended['id']}")["identity"] is None
+    left = api_get(base, f"/v1/events?identity={LACAMOIRE}&limit=1000")["events"]
+    assert track not in {e["track_id"] for e in left}
+    page.goto(base + f"/ui/events?person={LACAMOIRE}")
+    page.wait_for_load_state("networkidle")
+    assert page.locator(f"#events .ev[data-id='{ended['id']}']").count() == 0
 
 
 # ---- 6: add and remove a camera --------------------------------------------------------------------------------

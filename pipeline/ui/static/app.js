@@ -169,8 +169,15 @@ async function eventPage() {
     btn.disabled = true;
     try {
       const res = await api("POST", `/v1/events/${ev.id}/wrong`);
-      show($("#event-msg"), `Marked: not ${res.identity}.` + (res.cluster ? ` The faces are now unknown cluster ${res.cluster}.` : ""), "ok");
-      eventPage();
+      show($("#event-msg"), `Marked: not ${res.identity}. The track is unknown now` +
+        (res.cluster ? `; its faces joined unknown cluster ${res.cluster}.` : "."), "ok");
+      $("#event-name").textContent = "unknown";
+      btn.hidden = true;
+      /* the track's other events now read unknown; a rejected match itself is withdrawn (404 from now on) */
+      api("GET", `/v1/events/${ev.id}`).then(() => eventPage()).catch(() => {
+        $("#event-votes").hidden = true;
+        show($("#event-novotes"), "This match was withdrawn.");
+      });
     } catch (e) { show($("#event-msg"), "Refused: " + e.message, "error"); }
     btn.disabled = false;
   };
