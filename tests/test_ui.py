@@ -141,6 +141,10 @@ def test_events_page_shows_names_snapshots_and_filters(clip, page):
     assert row.locator(".dur").inner_text().endswith("s")
     assert float(row.locator(".score").inner_text()) > 0.3
     screenshot(page, "events-desktop")
+    page.set_viewport_size(PHONE)  # the same rows on a phone: nothing sideways
+    assert page.evaluate("document.documentElement.scrollWidth - window.innerWidth") <= 0
+    screenshot(page, "events-phone-clip")
+    page.set_viewport_size(DESKTOP)
 
     # newest first
     times = page.locator("#events .ev time").evaluate_all("els => els.map(e => Date.parse(e.getAttribute('datetime')))")
@@ -182,6 +186,7 @@ def test_event_detail_shows_snapshot_and_votes(clip, page):
     votes = page.locator("#event-votes tbody tr td:first-child").all_inner_texts()
     assert MIRANDA in votes, votes
     assert page.locator("#wrong").is_visible()
+    screenshot(page, "event-detail-matched")
 
 
 @pytest.mark.shared_data
@@ -228,6 +233,10 @@ def test_people_enroll_rename_delete(clip, page, faces_dir, tmp_path):
     wait_for(lambda: card.locator("img.face").count() >= 1 and img_loaded(card.locator("img.face").first), 30,
              "the new template's thumbnail")
     screenshot(page, "people-desktop")
+    page.set_viewport_size(PHONE)
+    assert page.evaluate("document.documentElement.scrollWidth - window.innerWidth") <= 0
+    screenshot(page, "people-phone-clip")
+    page.set_viewport_size(DESKTOP)
 
     # rename
     card.locator("form.rename input").fill("barack")
