@@ -99,8 +99,9 @@ function eventsPage() {
   const form = $("#filters");
   for (const k of ["camera", "person", "since", "until", "type"]) if (q.get(k)) form.elements[k].value = q.get(k);
   form.elements.unknown.checked = q.get("unknown") === "1";
-  for (const el of Array.from(form.elements)) if (el.name && !el.value && el.type !== "checkbox") el.disabled = false;
+  /* empty fields stay out of the URL; re-enabled when the page comes back from the back/forward cache */
   form.addEventListener("submit", () => { for (const el of Array.from(form.elements)) if (el.name && el.type !== "checkbox" && !el.value) el.disabled = true; });
+  window.addEventListener("pageshow", () => { for (const el of Array.from(form.elements)) el.disabled = false; });
   fillNames("people-names");
   api("GET", "/v1/cameras").then((cams) => $("#camera-names").replaceChildren(...cams.map((c) => h("option", { value: c.name })))).catch(() => {});
 
