@@ -207,6 +207,9 @@ class UnknownsConfig(Section):
                                   description="cosine to a member track's mean that proposes its cluster")
     cluster_threshold: float = Field(0.45, ge=-1.0, le=1.0,
                                      description="cosine to the cluster's centroid a track needs to join it")
+    min_quality: float = Field(0.3, ge=0.0, le=1.0,
+                               description="a track whose best face is below this quality is not clustered: tiny or "
+                                           "blurred faces of different people look alike (bench_unknowns.py)")
     suggest_min: float = Field(0.3, ge=-1.0, le=1.0,
                                description="a cluster whose centroid comes this close to an enrolled person "
                                            "suggests that person")

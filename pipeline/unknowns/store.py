@@ -175,6 +175,10 @@ class UnknownStore:
         rec = rec or self._record(track_id)
         if rec is None or rec.identity_id is not None:
             return None  # expired, or the track was named meanwhile
+        if max((f.q for f in rec.faces), default=0.0) < self.cfg.min_quality:
+            log.info("unknowns: track %s camera=%s not clustered: best face quality below %.2f", track_id,
+                     rec.camera, self.cfg.min_quality)
+            return None
         idx = self._index
         mean = rec.mean_vector()
         cid, score = idx.assign(mean)
