@@ -35,7 +35,9 @@ needs_unknowns = pytest.mark.skipif(not unknowns_backend(),
 
 
 # ---- browser ---------------------------------------------------------------------------------------------
-@pytest.fixture(scope="session")
+# module scope, not session: Playwright's sync API keeps an event loop on the main thread while it is open, which
+# the asyncio code of later test modules must not find there
+@pytest.fixture(scope="module")
 def pw():
     why = None
     try:
@@ -53,7 +55,7 @@ def pw():
         yield p, path
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser(pw):
     p, path = pw
     b = launch(p, path)
