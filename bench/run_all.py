@@ -1,4 +1,4 @@
-"""`make bench`: every benchmark in one go (about 15 minutes on 2 cores; HNSW is not included:
+"""`make bench`: every benchmark in one go (about 30 minutes on 2 cores; HNSW is not included:
 bench/bench_gallery.py --ann pq hnsw measures it too). Each writes its JSON under bench/results/."""
 from __future__ import annotations
 
@@ -7,7 +7,8 @@ import sys
 from pathlib import Path
 
 BENCH = Path(__file__).resolve().parent
-RUNS = [["calibrate_threshold.py"], ["bench_engine.py"], ["bench_pipeline.py"], ["bench_gallery.py"], ["bench_ui.py"]]
+RUNS = [["calibrate_threshold.py"], ["bench_engine.py"], ["bench_pipeline.py"], ["bench_gallery.py"],
+        ["bench_unknowns.py"], ["bench_ui.py"]]
 
 
 def main() -> int:

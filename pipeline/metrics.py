@@ -47,6 +47,7 @@ class StageMetrics:
         self.flush_s = flush_s
         self.frames = self.batches = self.errors = self.drops = self.reclaimed = 0
         self.skipped = 0  # items passed over on purpose (detector: faces tracked without a new embedding)
+        self.motion_skipped = 0  # detector: frames passed on without a detector pass (no motion)
         self.batch_items = 0
         self.lag = 0
         self.latency_ms = 0.0
@@ -81,7 +82,8 @@ class StageMetrics:
             pipe = self.r.pipeline(transaction=False)
             pipe.hset(self.key, mapping={
                 "frames": self.frames, "batches": self.batches, "errors": self.errors, "drops": self.drops,
-                "reclaimed": self.reclaimed, "skipped": self.skipped, "fps": round(self._fps, 2), "lag": self.lag,
+                "reclaimed": self.reclaimed, "skipped": self.skipped, "motion_skipped": self.motion_skipped,
+                "fps": round(self._fps, 2), "lag": self.lag,
                 "batch_size_avg": round(self.batch_items / self.batches, 2) if self.batches else 0,
                 "latency_ms": round(self.latency_ms, 1), "updated_at": round(time.time(), 3)})
             pipe.expire(self.key, METRICS_TTL_S)
@@ -153,7 +155,7 @@ def read_metrics(r: redis.Redis, settings: Settings) -> dict:
         st = stages.setdefault(stage, {"consumers": {}, "total": {}})
         st["consumers"][consumer] = vals
         tot = st["total"]
-        for f in ("frames", "batches", "errors", "drops", "reclaimed", "skipped", "fps"):
+        for f in ("frames", "batches", "errors", "drops", "reclaimed", "skipped", "motion_skipped", "fps"):
             tot[f] = tot.get(f, 0) + float(vals.get(f, 0) or 0)
     names = StreamNames(settings.redis.key_prefix)
     reg = CameraRegistry(r, settings)

@@ -12,7 +12,6 @@ from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
-import pytest
 import redis
 
 from pipeline.unknowns.cluster import ClusterIndex

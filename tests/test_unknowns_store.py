@@ -82,3 +82,28 @@ def test_negative_filter_drops_an_identity_closer_to_its_negatives(settings, red
     assert f.apply(stranger[None, :], cands) == [[Match("y", "Y", 0.2)]], "X refused: the face is X's negative"
     other = unit(rng.normal(size=128))
     assert f.apply(other[None, :], cands) == cands, "a face far from the negatives keeps X"
+
+
+def test_suggestion_is_the_closest_enrolled_person_within_suggest_min(settings, redis_url):
+    from index.replica import Match
+
+    r = redis.Redis.from_url(redis_url)
+    rng = np.random.default_rng(2)
+    a, b = unit(rng.normal(size=128)), unit(rng.normal(size=128))
+    queue(r, settings, "cam:1:0", a, 10.0)
+    queue(r, settings, "cam:9:0", b, 20.0)
+    store = UnknownStore(r, settings)
+    store.drain()
+    enrolled_a = unit(a + 2.2 * unit(rng.normal(size=128)))  # the same person enrolled, seen in bad light
+
+    def search(vectors):
+        return [[Match("ia", "Ann", float(v @ enrolled_a))] for v in vectors]
+
+    sim = float(a @ enrolled_a)
+    assert settings.unknowns.suggest_min <= sim < settings.thresholds.match
+    rows = {c["faces"][0]["track_id"]: c for c in store.suggest(store.clusters(), search)}
+    assert rows["cam:1:0"]["suggestion"] == "Ann" and abs(rows["cam:1:0"]["suggestion_score"] - sim) < 1e-3
+    assert rows["cam:9:0"]["suggestion"] is None, "a stranger far from everyone enrolled gets no suggestion"
+    store.ignore(rows["cam:1:0"]["id"])
+    ign = store.suggest(store.clusters(include_ignored=True), search)
+    assert all(c["suggestion"] is None for c in ign if c["ignored"]), "an ignored cluster is never suggested"

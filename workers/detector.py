@@ -1,6 +1,7 @@
 """Detector role: frames:{camera} (every registered camera, group "detectors") -> faces.
 
 Stage: DetectStage.process(frames) -> FacesMsg per frame (zero-face frames included, EOS passed through). Its
+MotionGate (pipeline/motion.py) passes frames where nothing moves on without a detector pass; its
 ReembedGate (pipeline/tracking/reembed.py) picks the faces worth a new embedding; only those are aligned and
 get a crop and a thumbnail, the others travel as box, landmarks and quality for the tracker.
 Worker: batch across cameras -> stage -> emit faces + XACK (+ XDEL of the frame) in one Lua call per frame,
@@ -23,6 +24,7 @@ from pipeline.engine.framecodec import decode_frame
 from pipeline.engine.types import Face
 from pipeline.messages import DetectedFace, FacesMsg, FrameMsg
 from pipeline.metrics import Heartbeat, StageMetrics
+from pipeline.motion import MotionGate
 from pipeline.streams import ConsumingEmitter, StreamNames
 from pipeline.tracking.reembed import ReembedGate
 
@@ -59,14 +61,26 @@ class DetectStage:
         self.gate = gate if gate is not None else ReembedGate.from_config(settings.workers)
         self.thumb_px = settings.workers.thumb_px
         self.skipped = 0  # faces passed on without a crop (the gate), since start
+        self.motion = MotionGate.from_settings(settings) if settings.motion.enabled else None
+        self.motion_skipped = 0  # frames passed on without a detector pass (nothing moved), since start
 
     def process(self, frames: list[tuple[FrameMsg, np.ndarray | None]]) -> list[FacesMsg]:
-        images = [img for msg, img in frames if img is not None]
-        detections = iter(self.engine.detect(images) if images else [])
-        found: list[list[Face]] = [next(detections) if img is not None else [] for _, img in frames]
-        # the gate sees each camera's frames in stream order, whatever order the batch came in
+        # the gates see each camera's frames in stream order, whatever order the batch came in
         refs = [msg.frame for msg, _ in frames]
         order = sorted(range(len(frames)), key=lambda i: (refs[i].camera, refs[i].stream_time, i))
+        run = [img is not None for _, img in frames]
+        if self.motion is not None:
+            for i in order:
+                if run[i]:
+                    run[i] = self.motion.moving(refs[i].camera, refs[i].stream_time, frames[i][1])
+            self.motion_skipped += sum(1 for (_, img), r in zip(frames, run) if img is not None and not r)
+        images = [img for (_, img), r in zip(frames, run) if r]
+        detections = iter(self.engine.detect(images) if images else [])
+        found: list[list[Face]] = [next(detections) if r else [] for r in run]
+        if self.motion is not None:
+            for i in order:
+                if found[i]:
+                    self.motion.faces_seen(refs[i].camera, refs[i].stream_time)
         wanted: list[list[bool]] = [[] for _ in frames]
         for i in order:
             if frames[i][1] is not None:
@@ -151,9 +165,10 @@ class DetectorWorker:
             decoded.append((stream, msg_id, msg, img))
         if not decoded:
             return
-        skipped = self.stage.skipped
+        skipped, still = self.stage.skipped, self.stage.motion_skipped
         results = self.stage.process([(m, img) for _, _, m, img in decoded])
         self.metrics.skipped += self.stage.skipped - skipped
+        self.metrics.motion_skipped += self.stage.motion_skipped - still
         items = []
         for (stream, msg_id, msg, _), faces in zip(decoded, results):
             marker = self.names.done("detect", f"{msg.frame.camera}:{msg.frame.seq}")

@@ -83,7 +83,8 @@ _STAGE_GAUGES = {"fps": "frames per second processed (last window)", "lag": "ent
 _STAGE_COUNTERS = {"frames": "frames (or faces) processed", "batches": "batches processed",
                    "errors": "processing errors", "drops": "items dropped", "reclaimed": "entries reclaimed from "
                                                                                      "crashed consumers",
-                   "skipped": "items passed over on purpose (detector: faces tracked without a new embedding)"}
+                   "skipped": "items passed over on purpose (detector: faces tracked without a new embedding)",
+                   "motion_skipped": "frames passed on without a detector pass: nothing moved (detector)"}
 
 
 def _num(v) -> float | None:

@@ -12,9 +12,9 @@ from typing import Any, Mapping
 import yaml
 from pydantic import Field, ValidationError
 
-from .sections import (ApiConfig, CameraConfig, EventsConfig, GalleryConfig, ModelsConfig, MqttSink, PathsConfig,
-                       RedisConfig, Section, SinksConfig, ThresholdsConfig, TrackingConfig, UnknownsConfig,
-                       WebhookSink, WorkersConfig)
+from .sections import (ApiConfig, CameraConfig, EventsConfig, GalleryConfig, ModelsConfig, MotionConfig, MqttSink,
+                       PathsConfig, RedisConfig, Section, SinksConfig, ThresholdsConfig, TrackingConfig,
+                       UnknownsConfig, WebhookSink, WorkersConfig)
 
 __all__ = ["Settings", "ConfigError", "load_settings", "CameraConfig", "MqttSink", "WebhookSink"]
 
@@ -39,6 +39,7 @@ class Settings(Section):
     events: EventsConfig = Field(default_factory=EventsConfig)
     gallery: GalleryConfig = Field(default_factory=GalleryConfig)
     unknowns: UnknownsConfig = Field(default_factory=UnknownsConfig)
+    motion: MotionConfig = Field(default_factory=MotionConfig)
 
 
 class ConfigError(Exception):

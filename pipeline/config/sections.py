@@ -215,3 +215,14 @@ class UnknownsConfig(Section):
                                            "suggests that person")
     name_templates: int = Field(5, ge=1, le=50, description="best faces enrolled when a cluster is named")
 
+
+class MotionConfig(Section):
+    """Motion gating (pipeline/motion.py): the detector skips frames where nothing moves."""
+
+    enabled: bool = True
+    width: int = Field(160, ge=32, le=1280, description="width of the grey copy motion is measured on")
+    threshold: int = Field(25, ge=1, le=255, description="grey-level change that counts as motion")
+    min_area: float = Field(0.002, ge=0.0, le=1.0, description="share of the frame that must change")
+    alpha: float = Field(0.2, gt=0.0, le=1.0, description="background update rate per frame")
+    refresh_s: float = Field(5.0, gt=0.0, description="detect at least this often (stream seconds) regardless")
+

@@ -1,0 +1,74 @@
+"""MotionGate: run the face detector only on frames where something moves (Frigate's trick).
+
+Most cameras are empty most of the time, and then YuNet's pass is the whole cost of a frame. Per camera, a
+small grey copy of each frame (`motion.width` px wide, blurred) is compared with a running-average background;
+the frame goes to the detector when the changed pixels cover at least `motion.min_area` of it. It also goes
+when the camera is *hot* (a face was found within `tracking.max_age_s` of stream time: a person standing still
+makes no motion but must stay tracked), when it is the camera's first frame or the source restarted, and at
+least every `motion.refresh_s` (a face that slipped in without motion is never missed for longer). A frame
+passed over is sent on with no faces, so the matcher still sees every seq; detectors count them
+(`motion_skipped`). Cost: about 0.1 ms a frame at 160 px (bench/eval_motion.py)."""
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+
+@dataclass
+class _Cam:
+    bg: np.ndarray       # running-average background, float32
+    last_t: float        # stream time of the last frame seen
+    detected_t: float    # stream time of the last frame sent to the detector
+    face_t: float        # stream time of the last frame with a face
+
+
+class MotionGate:
+    MAX_CAMERAS = 1024
+
+    def __init__(self, *, width: int = 160, threshold: int = 25, min_area: float = 0.002, alpha: float = 0.2,
+                 refresh_s: float = 5.0, hot_s: float = 2.0):
+        self.width, self.threshold, self.min_area = width, threshold, min_area
+        self.alpha, self.refresh_s, self.hot_s = alpha, refresh_s, hot_s
+        self.cams: OrderedDict[str, _Cam] = OrderedDict()
+
+    @classmethod
+    def from_settings(cls, settings) -> "MotionGate":
+        m = settings.motion
+        return cls(width=m.width, threshold=m.threshold, min_area=m.min_area, alpha=m.alpha,
+                   refresh_s=m.refresh_s, hot_s=settings.tracking.max_age_s)
+
+    def _small(self, image: np.ndarray) -> np.ndarray:
+        h, w = image.shape[:2]
+        s = self.width / float(w)
+        small = cv2.resize(image, (self.width, max(1, round(h * s))), interpolation=cv2.INTER_AREA)
+        grey = cv2.cvtColor(small, cv2.COLOR_BGR2GRAY) if small.ndim == 3 else small
+        return cv2.GaussianBlur(grey, (5, 5), 0)
+
+    def moving(self, camera: str, t: float, image: np.ndarray) -> bool:
+        """Should this frame (the camera's frames in stream order) go to the detector?"""
+        grey = self._small(image)
+        cam = self.cams.get(camera)
+        if cam is None or t < cam.last_t - 1.0 or cam.bg.shape != grey.shape:  # new camera / source restarted
+            self.cams[camera] = _Cam(bg=grey.astype(np.float32), last_t=t, detected_t=t, face_t=-1e18)
+            self.cams.move_to_end(camera)
+            while len(self.cams) > self.MAX_CAMERAS:
+                self.cams.popitem(last=False)
+            return True
+        self.cams.move_to_end(camera)
+        diff = cv2.absdiff(grey, cv2.convertScaleAbs(cam.bg))
+        changed = np.count_nonzero(diff > self.threshold) / float(diff.size)
+        cv2.accumulateWeighted(grey, cam.bg, self.alpha)
+        cam.last_t = max(cam.last_t, t)
+        go = (changed >= self.min_area or t - cam.face_t <= self.hot_s or t - cam.detected_t >= self.refresh_s)
+        if go:
+            cam.detected_t = t
+        return go
+
+    def faces_seen(self, camera: str, t: float) -> None:
+        """A face was found at stream time t: the camera stays hot for hot_s."""
+        cam = self.cams.get(camera)
+        if cam is not None:
+            cam.face_t = max(cam.face_t, t)
