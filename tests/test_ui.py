@@ -21,6 +21,11 @@ from conftest import RedisProc, in_ci, wait_for
 from pipeline.config import load_settings
 from uiutil import DESKTOP, PHONE, chromium_path, launch, screenshot, serve
 
+try:
+    from playwright.sync_api import expect
+except ImportError:  # the pw fixture skips (or fails in CI) with the reason
+    expect = None
+
 MIRANDA, LACAMOIRE = "lin-manuel-miranda", "alex-lacamoire"
 TIMEOUT_MS = 60_000  # a wait, not a speed requirement: 2 shared cores, models load on first enroll
 
@@ -181,7 +186,7 @@ def test_event_detail_shows_snapshot_and_votes(clip, page):
     page.goto(base + "/ui/events")
     page.locator(f"#events .ev[data-id='{ev['id']}'] a").click()
     page.wait_for_url(f"**/ui/events/{ev['id']}")
-    assert page.locator("#event-name").inner_text() == MIRANDA
+    expect(page.locator("#event-name")).to_have_text(MIRANDA)  # waits: the page fills it in after a fetch
     shot = page.locator("#event-snapshot")
     shot.wait_for()
     wait_for(lambda: img_loaded(shot), 30, "the snapshot to load")
