@@ -1,10 +1,14 @@
 #!/usr/bin/env bash
 # System packages the tests use: redis-server (external-server tests), mosquitto (MQTT sink),
-# GStreamer's RTSP server for /usr/bin/python3 (grabber tests). Installs only what is missing.
+# GStreamer's RTSP server for /usr/bin/python3 (grabber tests), chromium (the web UI's browser tests, driven by
+# Playwright through executable_path: Playwright's own browser download is never used). Installs only what is missing.
 set -euo pipefail
 pkgs=()
 command -v redis-server >/dev/null || pkgs+=(redis-server)
 command -v mosquitto >/dev/null || [ -x /usr/sbin/mosquitto ] || pkgs+=(mosquitto)
+command -v chromium >/dev/null || pkgs+=(chromium)
+# text in the UI screenshots and tests needs at least one font
+[ -e /usr/share/fonts/truetype/dejavu/DejaVuSans.ttf ] || pkgs+=(fonts-dejavu-core)
 # tests/rtsp_server.py also needs these elements: x264enc (ugly), intervideosrc/sink + h264parse (bad),
 # qtdemux (good), avdec_h264 (libav)
 gst_elements_ok() {

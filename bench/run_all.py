@@ -8,7 +8,7 @@ from pathlib import Path
 
 BENCH = Path(__file__).resolve().parent
 RUNS = [["calibrate_threshold.py"], ["bench_engine.py"], ["bench_pipeline.py"], ["bench_gallery.py"],
-        ["bench_unknowns.py"]]
+        ["bench_unknowns.py"], ["bench_ui.py"]]
 
 
 def main() -> int:

@@ -128,6 +128,19 @@ def create_app(settings: Settings, *, redis_client=None) -> FastAPI:
     def openapi_schema():
         return JSONResponse(app.openapi())
 
+    from fastapi.responses import RedirectResponse
+    from fastapi.staticfiles import StaticFiles
+
+    from ..ui.routes import STATIC_DIR
+    from ..ui.routes import router as ui_router
+
+    app.include_router(ui_router)  # pages check the key or UI session themselves (login redirect, not 401)
+    app.mount("/ui/static", StaticFiles(directory=STATIC_DIR), name="ui-static")
+
+    @app.get("/", include_in_schema=False)
+    def root():
+        return RedirectResponse("/ui/events", status_code=307)
+
     @app.get("/docs", include_in_schema=False)
     def docs_page():
         # self-contained (no CDN): Swagger UI's assets from a CDN left /docs blank on an offline box

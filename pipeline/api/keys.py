@@ -97,6 +97,11 @@ class ApiKeys:
             k.revoked = now
         return hits
 
+    def is_active(self, kid: str) -> bool:
+        """Whether the key with this id exists and is not revoked (a UI session re-checks it on every request)."""
+        doc = self._load(kid) if kid else None
+        return bool(doc) and doc.get("revoked") is None
+
     def verify(self, raw: str | None) -> ApiKey | None:
         """The active key record for this plaintext key, else None (malformed, unknown, wrong or revoked)."""
         if not raw:
