@@ -63,7 +63,8 @@ def test_rtsp_frames_reach_embeddings(settings, rtsp):
             assert v.shape == (128,) and np.all(np.isfinite(v))
             assert abs(float(np.linalg.norm(v)) - 1.0) < 1e-3, "embeddings are unit-norm"
             x, y, w, h = f.box
-            assert w > 0 and h > 0 and 0 <= x < 640 and 0 <= y < 360
+            # a face cut by the frame's edge may start outside it (y = -3.7 seen): the box overlaps the frame
+            assert w > 0 and h > 0 and x + w > 0 and y + h > 0 and x < 640 and y < 360
             assert f.thumb_jpeg and cv2.imdecode(np.frombuffer(f.thumb_jpeg, np.uint8), 1) is not None
     # Miranda is on screen most of the clip: faces of consecutive sampled frames are the same person
     vecs = [m.faces[0].vector() for m in sorted(with_face, key=lambda m: m.frame.seq)]
