@@ -37,5 +37,9 @@ bench: install models
 	$(PIP) install -q -e '.[$(EXTRAS),bench]'
 	$(PY) bench/run_all.py
 
+# ruff (pyproject [tool.ruff]); .ci/run runs it before the tests
+lint: install-dev
+	$(VENV)/bin/ruff check pipeline workers index bench tests
+
 clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info

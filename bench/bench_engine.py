@@ -124,7 +124,8 @@ def main() -> int:
 
     cv2.setNumThreads(args.threads)
     # the loop runs the default CPU backend, on --threads threads like everything else here
-    settings = load_settings([], env={"FACETRAIL_MODELS__DEVICE": "cpu", "FACETRAIL_WORKERS__CV_THREADS": str(args.threads)})
+    settings = load_settings([], env={"FACETRAIL_MODELS__DEVICE": "cpu",
+                                      "FACETRAIL_WORKERS__CV_THREADS": str(args.threads)})
     m = settings.models
     clip = args.data / "faces" / "face_recognition" / "short_hamilton_clip.mp4"
     frames = clip_frames(clip, max(args.frames, args.reps))

@@ -311,7 +311,8 @@ def cost(settings, workdir: Path, reps: int = 15) -> dict:
 
     fr = FACES / "face_recognition"
     visits = [Visit(person=p, photo=str(fr / ph), start_s=0, dur_s=2, face_px=px, x0=x, x1=x, y=y, blur=1.0)
-              for p, ph, px, x, y in (("obama", "obama2.jpg", 36, 0.2, 0.5), ("alex", "alex-lacamoire.png", 48, 0.5, 0.7),
+              for p, ph, px, x, y in (("obama", "obama2.jpg", 36, 0.2, 0.5),
+                                      ("alex", "alex-lacamoire.png", 48, 0.5, 0.7),
                                       ("biden", "biden.jpg", 60, 0.8, 0.3))]
     clip = workdir / "cost.mp4"
     render(visits, clip, models_dir=settings.models.dir, size=SIZE, fps=FPS, duration_s=0.5, seed=1)
@@ -374,7 +375,8 @@ def main() -> int:
                 for v in r["per_visit"]:
                     print(f"    {v['person']:6s} {'known' if v['known'] else 'stranger':8s} {v['face_px']:3d}px "
                           f"blur {v['blur']:.2f} gain {v['gain']:.2f}: tracks {v['tracks']} named {v['names']} "
-                          f"-> {v['verdict']:7s} means {[(m['top'], m['score'], m['margin'], m['faces']) for m in v['means']]}")
+                          f"-> {v['verdict']:7s} means "
+                          f"{[(m['top'], m['score'], m['margin'], m['faces']) for m in v['means']]}")
     out = Path(args.out)
     data = json.loads(out.read_text()) if out.exists() else {}
     entry = data.setdefault(args.label, {})

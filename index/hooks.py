@@ -2,7 +2,8 @@
 
 `on_remove`: callables `(redis_client, settings, identity_id, name) -> None`, run by GalleryStore.remove after
 the person's identity, templates, vectors and thumbnails are gone (the events module registers its purge of
-that person's events here). A failing hook is logged, the others still run, and then HookError is raised, so `gallery remove`
+that person's events here). A failing hook is logged, the others still run, and then HookError is raised, so
+`gallery remove`
 reports it; the gallery removal itself has already happened and is not undone.
 
 Modules named in AUTOLOAD are imported (when installed) before hooks run, so a CLI process that never imported

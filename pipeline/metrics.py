@@ -136,7 +136,8 @@ def alive_workers(r: redis.Redis, settings: Settings, role: str | None = None) -
 
 def read_metrics(r: redis.Redis, settings: Settings) -> dict:
     """Everything /metrics needs, as plain data:
-    {"stages": {stage: {"consumers": {consumer: {...}}, "total": {frames, batches, errors, drops, reclaimed, skipped, fps}}},
+    {"stages": {stage: {"consumers": {consumer: {...}},
+                        "total": {frames, batches, errors, drops, reclaimed, skipped, motion_skipped, fps}}},
      "queues": {stream: {length, pending, consumers}}, "cameras": {name: status}, "drops_total": int,
      "workers": [heartbeats]}"""
     from .cameras import CameraRegistry

@@ -37,7 +37,8 @@ def _scene(faces_dir: Path, models_dir: Path, size: tuple[int, int], face_px: in
 
 
 def _near(box, gt) -> bool:
-    return abs(box[0] + box[2] / 2 - gt[0] - gt[2] / 2) < gt[3] / 2 and abs(box[1] + box[3] / 2 - gt[1] - gt[3] / 2) < gt[3] / 2
+    dx, dy = box[0] + box[2] / 2 - gt[0] - gt[2] / 2, box[1] + box[3] / 2 - gt[1] - gt[3] / 2
+    return abs(dx) < gt[3] / 2 and abs(dy) < gt[3] / 2
 
 
 def _engine(settings, **models) -> FaceEngine:

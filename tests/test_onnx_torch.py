@@ -79,7 +79,8 @@ def _tiny_model(extra_op: str | None = None):
         (rng.random(4).astype(np.float32) + 0.5, "g"), (rng.standard_normal(4).astype(np.float32), "beta"),
         (rng.standard_normal(4).astype(np.float32), "mean"), (rng.random(4).astype(np.float32) + 0.5, "var"),
         (rng.random((4, 1, 1)).astype(np.float32), "slope"),
-        (rng.standard_normal((5, 4 * 6 * 5)).astype(np.float32), "fw"), (rng.standard_normal(5).astype(np.float32), "fb"),
+        (rng.standard_normal((5, 4 * 6 * 5)).astype(np.float32), "fw"),
+        (rng.standard_normal(5).astype(np.float32), "fb"),
         (np.array([0.5], np.float32), "s1"), (np.array([2.0], np.float32), "s2")]]
     nodes = [
         helper.make_node("Conv", ["x", "w", "b"], ["c"], pads=[1, 0, 0, 1], strides=[1, 1], group=2,

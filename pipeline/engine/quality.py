@@ -5,8 +5,9 @@
 - size      = clip((min(w, h) - 20) / (80 - 20), 0, 1): a face 20 px or smaller is useless for recognition, 80 px and
               up is as good as the 112 px aligned crop needs.
 - sharpness = 1 - exp(-v / 200), v = variance of the Laplacian of the face box resized to 64x64 grey (or to
-              its own size when smaller, never upscaled past 24 px): texture left at about the scale the embedder sees. Sharp shared photos measure v 600..2500 (score >= 0.95); a
-              Gaussian blur of sigma 1 / 2 / 3 px at that scale brings v to ~100-400 / 25-130 / 10-65.
+              its own size when smaller, never upscaled past 24 px): texture left at about the scale the embedder
+              sees. Sharp shared photos measure v 600..2500 (score >= 0.95); a Gaussian blur of sigma 1 / 2 / 3 px
+              at that scale brings v to ~100-400 / 25-130 / 10-65.
 - frontal   = clip(1 - (yaw + pitch), 0, 1) from the 5 landmarks in the eye-line frame (roll does not matter:
               alignment removes it): yaw = 2 * |nose - eye-midpoint| / eye distance along the eye line, beyond
               0.1 of slack; pitch = how far (nose height above mouth) / (eye-to-mouth height) strays from the
