@@ -49,7 +49,7 @@ class MatcherStage:
                  track_min_faces: int = 8, min_track_frames: int = 3, iou_threshold: float = 0.3,
                  appearance_threshold: float = 0.4, appearance_veto: float = 0.15, max_age_s: float = 2.0,
                  clock: Callable[[], float] = time.time, name_of: Callable[[str], str | None] | None = None,
-                 faces_per_track: int = 3):
+                 faces_per_track: int = 3, crop_min_quality: float = 0.0):
         self.camera = camera
         self.search = search
         self.voter = IdentityVoter(match, margin, min_votes, vote_ratio, track_match, track_margin, track_min_faces)
@@ -60,6 +60,7 @@ class MatcherStage:
         # identity id -> its current gallery name, None once removed (renames and removals reach live tracks)
         self.name_of = name_of
         self.faces_per_track = faces_per_track
+        self.crop_min_quality = crop_min_quality  # crops below it could never be clustered or enrolled
         self.last_seq: int | None = None
         self.epoch: int | None = None  # stream epoch and time of the last frame (gap / reconnect detection)
         self.last_t: float | None = None
@@ -72,7 +73,8 @@ class MatcherStage:
                    track_margin=t.track_margin, track_min_faces=t.track_min_faces, min_track_frames=t.min_track_frames,
                    iou_threshold=t.iou_threshold, appearance_threshold=t.appearance_threshold,
                    appearance_veto=t.appearance_veto, max_age_s=t.max_age_s,
-                   faces_per_track=settings.unknowns.faces_per_track, **kw)
+                   faces_per_track=settings.unknowns.faces_per_track,
+                   crop_min_quality=settings.unknowns.min_quality, **kw)
 
     def _refresh_names(self, d: dict) -> None:
         """Drop votes for identities removed from the gallery meanwhile; pick up renames."""
@@ -248,7 +250,7 @@ class MatcherStage:
                      "e": pack_vector(np.asarray(det.embedding, np.float32))})
         best.sort(key=lambda f: -f["k"])
         del best[self.faces_per_track:]
-        if any(f["id"] == sid for f in best) and sid not in out.snapshots:
+        if any(f["id"] == sid for f in best) and sid not in out.snapshots and det.quality >= self.crop_min_quality:
             out.crops[sid] = thumb
 
     def end_all(self) -> StageOutput:

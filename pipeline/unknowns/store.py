@@ -187,7 +187,10 @@ class UnknownStore:
             cid = cluster_id(track_id)
         ttl = self.retention_s
         snaps = [f.id for f in rec.faces]
-        jpegs = self.r.mget([self.events.snapshot_key(s) for s in snaps]) if snaps else []
+        pipe = self.r.pipeline(transaction=False)
+        for sid in snaps:
+            pipe.exists(self.events.snapshot_key(sid))
+        jpegs = [bool(x) for x in pipe.execute()] if snaps else []  # crops still there (not below min_quality)
         ckey = self.k("cl", cid)
         h = {_s(a): _s(b) for a, b in self.r.hgetall(ckey).items()}
         faces = json.loads(h.get("faces") or "[]")
@@ -198,11 +201,13 @@ class UnknownStore:
         first = min(float(h.get("first_seen") or rec.first_seen), rec.first_seen)
         last = max(float(h.get("last_seen") or rec.last_seen), rec.last_seen)
         pipe = self.r.pipeline(transaction=True)
-        for f, j in zip(rec.faces, jpegs):
+        for f, j in zip(rec.faces, jpegs):  # server-side moves: the JPEG bytes never travel (nor hit the AOF)
             if j:
-                pipe.set(self.k("face", f.id), j, ex=ttl)
-                if f.id != rec.snapshot_id:  # the event keeps its own snapshot; the other copies go
-                    pipe.delete(self.events.snapshot_key(f.id))
+                if f.id == rec.snapshot_id:  # the event keeps its own snapshot
+                    pipe.copy(self.events.snapshot_key(f.id), self.k("face", f.id), replace=True)
+                else:
+                    pipe.rename(self.events.snapshot_key(f.id), self.k("face", f.id))
+                pipe.expire(self.k("face", f.id), ttl)
         pipe.hset(ckey, mapping={"id": cid, "n": int(h.get("n") or 0) + 1, "first_seen": repr(first),
                                  "last_seen": repr(last), "cameras": json.dumps(cams),
                                  "faces": json.dumps(faces[:self.cfg.faces_per_cluster]),
