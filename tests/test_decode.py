@@ -78,3 +78,31 @@ def test_grabber_reads_rtsp_through_pyav(settings, rtsp):
     assert all(m.jpeg and (m.frame.width, m.frame.height) == (640, 360) for m in msgs)
     pts = [m.frame.pts for m in msgs]
     assert pts == sorted(pts) and pts[-1] > pts[0]
+
+
+def test_rtsp_server_passthrough_serves_several_cameras(tmp_path):
+    """bench/bench_cameras.py's cameras: one pre-encoded clip at /cam0 .. /cam{N-1}, H.264 as it is."""
+    import subprocess as sp
+
+    from conftest import RTSP_SERVER, SYS_PY, free_port, gst_available
+
+    if not gst_available():
+        pytest.skip("GStreamer RTSP server for the system python is missing")
+    clip = h264(tmp_path, "served", gop=10, bframes=0, frames=150)
+    port = free_port()
+    srv = sp.Popen([SYS_PY, str(RTSP_SERVER), str(clip), str(port), "--mounts", "2", "--passthrough"],
+                   stdout=sp.PIPE, stderr=sp.PIPE, text=True)
+    try:
+        assert srv.stdout.readline().strip() == "READY"
+        for i in (0, 1):
+            cap = AvCapture(f"rtsp://127.0.0.1:{port}/cam{i}", skip="none")
+            n = 0
+            while n < 5 and cap.grab():
+                ok, img = cap.retrieve()
+                assert ok and img.shape == (240, 320, 3)
+                n += 1
+            cap.release()
+            assert n == 5, f"/cam{i} served frames"
+    finally:
+        srv.kill()
+        srv.wait(10)
