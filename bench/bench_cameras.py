@@ -1,7 +1,7 @@
 """Cameras per box: how many live 720p30 H.264 RTSP cameras, analysed at 5 fps, one box keeps up with, with motion
 gating on and off, and the CPU one camera costs by role.
 
-    .venv/bin/python bench/bench_cameras.py [--steps 1 2 4] [--window-s 40] [--json bench/results/cameras.json]
+    .venv/bin/python bench/bench_cameras.py [--steps 1 2 4 8] [--window-s 30] [--json bench/results/cameras.json]
 
 Cameras: GStreamer's RTSP server (tests/rtsp_server.py --passthrough) serves one pre-encoded clip to every
 camera as is (x264, IPPP, a keyframe a second, 4 Mbit/s), so the server costs next to nothing. The clip is
@@ -105,6 +105,25 @@ def motion_cost_ms(clip: Path, settings: Settings, frames: int = 60) -> float:
     for k, img in enumerate(imgs):
         gate.moving("m", k / FPS, img)
     return 1000 * (time.process_time() - c0) / max(1, len(imgs))
+
+
+def grabber_split(clip: Path, settings: Settings, seconds: float = 20.0) -> dict:
+    """The grabber's CPU split in-process on this clip at 5 fps: decode (grab every frame, retrieve the sampled
+    ones, as workers/grabber.py does) and the JPEG encoding of sampled frames for the frames stream."""
+    from bench_decode import run_mode as decode_run
+
+    from pipeline.engine.framecodec import encode_frame
+
+    dec = decode_run(clip, "cv_grab", FPS, seconds)
+    cap = cv2.VideoCapture(str(clip))
+    ok, img = cap.read()
+    cap.release()
+    c0 = time.process_time()
+    for _ in range(20):
+        encode_frame(img, settings.workers.jpeg_quality)
+    jpeg_ms = 1000 * (time.process_time() - c0) / 20
+    return {"decode_cores": dec["cores_per_camera"], "jpeg_ms_per_frame": round(jpeg_ms, 2),
+            "jpeg_cores": round(jpeg_ms * FPS / 1000, 3)}
 
 
 class Up:
@@ -286,8 +305,8 @@ def run_mode(tmp: Path, clips: dict[str, Path], steps: list[int], window_s: floa
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--steps", type=int, nargs="+", default=[1, 2, 4])
-    ap.add_argument("--window-s", type=float, default=40.0)
+    ap.add_argument("--steps", type=int, nargs="+", default=[1, 2, 4, 8])
+    ap.add_argument("--window-s", type=float, default=30.0)
     ap.add_argument("--warm-s", type=float, default=10.0)
     ap.add_argument("--modes", nargs="+", default=["on", "off"], choices=["on", "off"])
     ap.add_argument("--json", default=str(REPO / "bench" / "results" / "cameras.json"))
@@ -308,6 +327,7 @@ def main() -> int:
               "host": f"{os.cpu_count()} cpus, busy shared VM (other jobs ran meanwhile)",
               "clip": {"size": list(SIZE), "fps": 30, "loop_s": LOOP_S, "visit_s": VISIT_S, "gop": 30},
               "motion_ms_per_frame": {k: round(motion_cost_ms(clips[k], settings), 2) for k in ("people", "empty")},
+              "grabber_split": {k: grabber_split(clips[k], settings) for k in ("people", "empty")},
               "window_s": args.window_s, "modes": {}}
     for mode in args.modes:
         result["modes"][mode] = run_mode(tmp, clips, args.steps, args.window_s, args.warm_s, mode == "on",
