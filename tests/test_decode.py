@@ -54,6 +54,13 @@ def test_nonref_skips_b_frames_and_nonkey_keeps_keyframes(tmp_path):
     assert nonkey == 3, "keyframes only: one every 30 frames"
 
 
+def test_hwaccel_falls_back_to_software(tmp_path):
+    """decode.hwaccel names a device this box may not have: FFmpeg falls back to software, frames still come."""
+    clip = h264(tmp_path, "hw", gop=30, bframes=0, frames=30)
+    n, _, _ = read_all(clip, skip="none", hwaccel="vaapi")
+    assert n == 30
+
+
 def test_auto_keyframes_only_when_they_cover_the_sampling(tmp_path):
     short_gop = h264(tmp_path, "gop6", gop=6, bframes=0)
     n, pts, cap = read_all(short_gop, skip="auto", sample_period_s=0.2)  # keyframes every 0.2 s: enough for 5 fps
