@@ -2,7 +2,8 @@
 
 Stage: DetectStage.process(frames) -> FacesMsg per frame (zero-face frames included, EOS passed through). Its
 MotionGate (pipeline/motion.py) passes frames where nothing moves on without a detector pass; its
-ReembedGate (pipeline/tracking/reembed.py) picks the faces worth a new embedding; only those are aligned and
+ReembedGate (pipeline/tracking/reembed.py; or SharedReembedGate, one per camera in Redis for all detectors, with
+workers.reembed_shared) picks the faces worth a new embedding; only those are aligned and
 get a crop and a thumbnail, the others travel as box, landmarks and quality for the tracker.
 Worker: batch across cameras -> stage -> emit faces + XACK (+ XDEL of the frame) in one Lua call per frame,
 guarded by the done-marker done:detect:{camera}:{seq}, so a redelivered frame never yields a second FacesMsg."""
@@ -27,6 +28,7 @@ from pipeline.metrics import Heartbeat, StageMetrics
 from pipeline.motion import MotionGate
 from pipeline.streams import ConsumingEmitter, StreamNames
 from pipeline.tracking.reembed import ReembedGate
+from pipeline.tracking.reembed_shared import SharedReembedGate
 
 from .base import BatchReader, Entry, apply_cv_threads, dead_letter, run_loop
 
@@ -82,10 +84,11 @@ class DetectStage:
                 if found[i]:
                     self.motion.faces_seen(refs[i].camera, refs[i].stream_time)
         wanted: list[list[bool]] = [[] for _ in frames]
-        for i in order:
-            if frames[i][1] is not None:
-                wanted[i] = self.gate.plan(refs[i].camera, refs[i].stream_time,
-                                           [(f.box, f.quality or 0.0) for f in found[i]])
+        todo = [i for i in order if frames[i][1] is not None]
+        plans = self.gate.plan_many([(refs[i].camera, refs[i].stream_time,
+                                      [(f.box, f.quality or 0.0) for f in found[i]]) for i in todo])
+        for i, plan in zip(todo, plans):
+            wanted[i] = plan
         out = []
         for (msg, img), faces, want in zip(frames, found, wanted):
             if img is None:  # EOS: flows through unchanged
@@ -119,6 +122,8 @@ class DetectorWorker:
         self.rt = transient_client(settings, self.r)  # frames and faces: the transient server
         self.names = StreamNames(settings.redis.key_prefix)
         self.registry = CameraRegistry(self.r, settings)
+        if stage is None and settings.workers.reembed_shared:  # one gate per camera for every detector
+            stage = DetectStage(settings, gate=SharedReembedGate.from_settings(self.rt, settings))
         self.stage = stage or DetectStage(settings)
         self.emitter = ConsumingEmitter(self.rt, settings.workers.done_marker_ttl_s)
         self.metrics = StageMetrics(self.r, settings, "detector", consumer)

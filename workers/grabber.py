@@ -95,9 +95,37 @@ class _OptionsLock:
 _options = _OptionsLock()
 
 
-def open_capture(url: str, settings: Settings, *, read_timeout_s: float | None = None) -> cv2.VideoCapture:
-    """A VideoCapture that never blocks forever: open and read timeouts for network sources."""
+_CV_HWACCEL = {"none": "VIDEO_ACCELERATION_NONE", "any": "VIDEO_ACCELERATION_ANY",
+               "vaapi": "VIDEO_ACCELERATION_VAAPI", "d3d11": "VIDEO_ACCELERATION_D3D11",
+               "mfx": "VIDEO_ACCELERATION_MFX"}
+
+
+def _hw_params(settings: Settings) -> list[int]:
+    name = settings.decode.hwaccel
+    if name == "none":
+        return []
+    if name not in _CV_HWACCEL or not hasattr(cv2, _CV_HWACCEL[name]):
+        raise SourceError(f"decode.hwaccel={name!r}: OpenCV knows {', '.join(_CV_HWACCEL)}")
+    return [cv2.CAP_PROP_HW_ACCELERATION, getattr(cv2, _CV_HWACCEL[name])]
+
+
+def open_capture(url: str, settings: Settings, *, read_timeout_s: float | None = None,
+                 sample_period_s: float = 0.0):
+    """A VideoCapture that never blocks forever: open and read timeouts for network sources. A live network
+    source is read by PyAV instead where decode.reader says so (pipeline/decode.py: same grab/retrieve surface);
+    sample_period_s (the camera's sampling) lets it skip decoding frames no sample needs."""
     w = settings.workers
+    if settings.decode.reader == "pyav" and not url.isdigit() and not url.startswith("/dev/video") \
+            and not is_file_source(url):
+        from pipeline.decode import AvCapture
+
+        try:
+            return AvCapture(url, skip=settings.decode.skip, sample_period_s=sample_period_s,
+                             open_timeout_s=w.open_timeout_s,
+                             read_timeout_s=read_timeout_s if read_timeout_s is not None else w.watchdog_s + 2.0,
+                             hwaccel=settings.decode.hwaccel)
+        except Exception as e:  # av.error.*: refused, timed out, not a video
+            raise SourceError(f"cannot open {redact_url(url)}: {type(e).__name__}: {e}") from None
     if url.isdigit():  # webcam index
         cap = cv2.VideoCapture(int(url))
     elif url.startswith("/dev/video"):  # webcam device node: V4L2, not FFmpeg
@@ -107,6 +135,8 @@ def open_capture(url: str, settings: Settings, *, read_timeout_s: float | None =
         read_to = read_timeout_s if read_timeout_s is not None else w.watchdog_s + 2.0
         params = [cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, int(w.open_timeout_s * 1000),
                   cv2.CAP_PROP_READ_TIMEOUT_MSEC, int(read_to * 1000)]
+        if not is_file_source(url):
+            params += _hw_params(settings)
         cap = _options.open(not is_file_source(url), lambda: cv2.VideoCapture(src, cv2.CAP_FFMPEG, params))
     if not cap.isOpened():
         cap.release()
@@ -421,7 +451,8 @@ class CameraRunner(threading.Thread):
         self._set_state("connecting", error="")
         while not self.stop.is_set():
             try:
-                cap = open_capture(self.cam.url, self.settings)
+                cap = open_capture(self.cam.url, self.settings,
+                                   sample_period_s=1.0 / self.cam.fps if self.cam.fps else 0.0)
             except SourceError as e:
                 delay = self._backoff(attempt)
                 attempt += 1
@@ -454,7 +485,7 @@ class CameraRunner(threading.Thread):
             self.stop.wait(delay)
         self.stop.set()  # ends the watchdog
 
-    def _read_live(self, cap: cv2.VideoCapture, pub: FramePublisher) -> int:
+    def _read_live(self, cap, pub: FramePublisher) -> int:
         period = 1.0 / self.cam.fps if self.cam.fps else 0.0
         next_emit = 0.0
         got = 0

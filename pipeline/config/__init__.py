@@ -12,7 +12,7 @@ from typing import Any, Mapping
 import yaml
 from pydantic import Field, ValidationError
 
-from .sections import (ApiConfig, CameraConfig, EventsConfig, GalleryConfig, ModelsConfig, MotionConfig, MqttSink,
+from .sections import (ApiConfig, CameraConfig, DecodeConfig, EventsConfig, GalleryConfig, ModelsConfig, MotionConfig, MqttSink,
                        PathsConfig, RedisConfig, Section, SinksConfig, ThresholdsConfig, TrackingConfig,
                        UnknownsConfig, WebhookSink, WorkersConfig)
 
@@ -40,6 +40,7 @@ class Settings(Section):
     gallery: GalleryConfig = Field(default_factory=GalleryConfig)
     unknowns: UnknownsConfig = Field(default_factory=UnknownsConfig)
     motion: MotionConfig = Field(default_factory=MotionConfig)
+    decode: DecodeConfig = Field(default_factory=DecodeConfig)
 
 
 class ConfigError(Exception):

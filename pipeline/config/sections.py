@@ -121,6 +121,8 @@ class WorkersConfig(Section):
                                                        "before it is re-embedded only every reembed_settled_s")
     reembed_settled_s: float = Field(0.5, ge=0.0, le=60.0,
                                      description="spacing of a settled face's embeddings (never below reembed_s)")
+    reembed_shared: bool = Field(False, description="one reembed gate per camera in Redis, shared by every detector "
+                                                    "(one Lua call per batch), instead of one per detector process")
 
 
 class TrackingConfig(Section):
@@ -244,3 +246,16 @@ class MotionConfig(Section):
     alpha: float = Field(0.2, gt=0.0, le=1.0, description="background update rate per frame")
     refresh_s: float = Field(5.0, gt=0.0, description="detect at least this often (stream seconds) regardless")
 
+
+
+class DecodeConfig(Section):
+    """How grabbers decode live cameras (pipeline/decode.py; figures in bench/results/decode.json)."""
+
+    reader: Literal["opencv", "pyav"] = Field("opencv", description="opencv: grab() every frame, convert the sampled "
+                                                                     "ones; pyav: also skips what skip allows")
+    skip: Literal["auto", "none", "nonref", "nonkey"] = Field(
+        "auto", description="pyav only: frames FFmpeg may leave undecoded (auto: non-reference frames, keyframes "
+                            "only once they come at least as often as the camera's fps)")
+    hwaccel: str = Field("none", pattern=r"^[a-z0-9_]+$",
+                         description="hardware decoding: opencv: none|any|vaapi|d3d11|mfx; pyav: none or an FFmpeg "
+                                     "hwdevice type (vaapi, cuda, qsv, ...); falls back to software")

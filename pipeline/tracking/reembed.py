@@ -13,9 +13,10 @@ in view for a minute is re-checked a few times a second, not thirty). The matche
 position (its tracker needs no embedding for an IoU match) and votes only with the faces that were embedded.
 
 The detector runs it (workers/detector.py), so a face passed over is not even aligned or thumbnailed and its
-FacesMsg carries no crop. It is per-process memory only: with several detector workers each thins the frames it
-sees (so more faces are embedded), and a redelivered frame may come out embedded where the first try would have
-skipped it; both are fine, since a frame's output is still written once and every decision only saves work."""
+FacesMsg carries no crop. This one is per-process memory: with several detector workers each thins the frames it
+sees (so more faces are embedded; workers.reembed_shared switches to SharedReembedGate, the same rules on slots
+kept in Redis), and a redelivered frame may come out embedded where the first try would have skipped it; both
+are fine, since a frame's output is still written once and every decision only saves work."""
 from __future__ import annotations
 
 from collections import OrderedDict
@@ -105,3 +106,8 @@ class ReembedGate:
             slots.sort(key=lambda s: s.seen)
             del slots[:len(slots) - self.PER_CAMERA]
         return out
+
+    def plan_many(self, frames: Sequence[tuple[str, float, Sequence[tuple[Sequence[float], float]]]]
+                  ) -> list[list[bool]]:
+        """plan() for each (camera, t, faces) of a batch, in the order given."""
+        return [self.plan(camera, t, faces) for camera, t, faces in frames]

@@ -1,0 +1,128 @@
+"""PyAV capture for live cameras: decode only what the codec lets us skip.
+
+The grabber samples a 30 fps camera at a few fps. With OpenCV it grab()s every frame (FFmpeg decodes every one)
+and retrieve()s, i.e. converts to BGR, only the sampled ones. What else can be skipped depends on the stream:
+- an H.264 P frame is a reference for the frames after it, so in the IPPP streams most IP cameras send no
+  frame between two keyframes can be left undecoded without breaking the next ones;
+- non-reference frames (B frames without b-pyramid) can be: FFmpeg's skip_frame=NONREF drops them for free;
+- keyframes alone (skip_frame=NONKEY) cost a fraction of the decode, but give only as many frames a second as
+  the camera sends keyframes.
+`AvCapture` therefore decodes with NONREF from the start and switches to NONKEY only once it has seen that the
+keyframes come at least as often as the sampling period (decode.skip = "auto"), so no sampled frame is lost.
+bench/bench_decode.py measures each choice; its figures are in the README ("Cheaper decoding").
+
+It offers the part of cv2.VideoCapture that workers/grabber.py uses (isOpened, grab, retrieve, get(POS_MSEC),
+release), so the grabber's read loop does not care which decoder it runs."""
+from __future__ import annotations
+
+import logging
+import threading
+
+import numpy as np
+
+log = logging.getLogger("facetrail.decode")
+
+POS_MSEC = 0  # cv2.CAP_PROP_POS_MSEC
+
+
+def available() -> bool:
+    try:
+        import av  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+class AvCapture:
+    """One live source decoded by PyAV (FFmpeg). skip: "none", "nonref", "nonkey" or "auto" (see above);
+    sample_period_s: the grabber's sampling period (0 = every frame), used by "auto"."""
+
+    KEY_SAMPLES = 3  # keyframe intervals seen before "auto" trusts the GOP length
+
+    def __init__(self, url: str, *, skip: str = "auto", sample_period_s: float = 0.0, open_timeout_s: float = 10.0,
+                 read_timeout_s: float = 10.0, options: dict | None = None, hwaccel: str = "none", threads: int = 0):
+        import av
+
+        opts = {"rtsp_transport": "tcp", "fflags": "nobuffer", "flags": "low_delay"} if url.startswith("rtsp") \
+            else {}
+        opts.update(options or {})
+        kw = {}
+        if hwaccel != "none":
+            from av.codec.hwaccel import HWAccel  # FFmpeg's hwdevice types: vaapi, cuda, qsv, videotoolbox ...
+            kw["hwaccel"] = HWAccel(device_type=hwaccel, allow_software_fallback=True)
+        self._c = av.open(url, options=opts, timeout=(open_timeout_s, read_timeout_s), **kw)
+        self._stream = self._c.streams.video[0]
+        ctx = self._stream.codec_context
+        if threads:
+            ctx.thread_count = threads
+        ctx.thread_type = "AUTO"
+        self.skip = skip
+        self.period = sample_period_s
+        self._mode = "NONREF" if skip in ("nonref", "auto") else ("NONKEY" if skip == "nonkey" else "DEFAULT")
+        ctx.skip_frame = self._mode
+        self._frames = self._c.decode(self._stream)
+        self._frame = None
+        self._key_pts: list[float] = []
+        self.decoded = 0
+        self._lock = threading.Lock()
+
+    # -- the cv2.VideoCapture surface the grabber uses -------------------------------------------------------------
+    def isOpened(self) -> bool:  # noqa: N802 (cv2's name)
+        return self._c is not None
+
+    def grab(self) -> bool:
+        try:
+            self._frame = next(self._frames)
+        except (StopIteration, EOFError):
+            return False
+        except Exception as e:  # av.error.*: a read timeout, a broken connection
+            log.info("decode: %s: %s", type(e).__name__, e)
+            return False
+        self.decoded += 1
+        if self.skip == "auto" and self._frame.key_frame:
+            self._auto(self._pts())
+        return True
+
+    def retrieve(self):
+        if self._frame is None:
+            return False, None
+        return True, self._frame.to_ndarray(format="bgr24")
+
+    def read(self):
+        return self.retrieve() if self.grab() else (False, None)
+
+    def get(self, prop: int) -> float:
+        if prop == POS_MSEC:
+            return 1000.0 * self._pts()
+        return 0.0
+
+    def release(self) -> None:
+        with self._lock:
+            if self._c is not None:
+                self._c.close()
+                self._c = None
+
+    # -- internals ---------------------------------------------------------------------------------------------------
+    def _pts(self) -> float:
+        f = self._frame
+        if f is None or f.pts is None:
+            return 0.0
+        return float(f.pts * f.time_base) if f.time_base is not None else 0.0
+
+    @property
+    def mode(self) -> str:
+        return self._mode
+
+    def _auto(self, t: float) -> None:
+        """Keyframes only once their spacing (the largest of the last few) fits in the sampling period."""
+        self._key_pts.append(t)
+        del self._key_pts[:-(self.KEY_SAMPLES + 1)]
+        if len(self._key_pts) <= self.KEY_SAMPLES:
+            return
+        gaps = np.diff(self._key_pts)
+        want = "NONKEY" if self.period > 0 and gaps.max() <= self.period * 1.05 else "NONREF"
+        if want != self._mode:
+            log.info("decode: keyframes every %.2fs, sampling every %.2fs: skip_frame %s", gaps.max(), self.period,
+                     want)
+            self._mode = want
+            self._stream.codec_context.skip_frame = want
