@@ -38,7 +38,6 @@ import time
 from pathlib import Path
 
 import cv2
-import numpy as np
 import psutil
 import redis
 

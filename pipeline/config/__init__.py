@@ -12,8 +12,8 @@ from typing import Any, Mapping
 import yaml
 from pydantic import Field, ValidationError
 
-from .sections import (ApiConfig, CameraConfig, DecodeConfig, EventsConfig, GalleryConfig, ModelsConfig, MotionConfig, MqttSink,
-                       PathsConfig, RedisConfig, Section, SinksConfig, ThresholdsConfig, TrackingConfig,
+from .sections import (ApiConfig, CameraConfig, DecodeConfig, EventsConfig, GalleryConfig, ModelsConfig,
+                       MotionConfig, MqttSink, PathsConfig, RedisConfig, Section, SinksConfig, ThresholdsConfig, TrackingConfig,
                        UnknownsConfig, WebhookSink, WorkersConfig)
 
 __all__ = ["Settings", "ConfigError", "load_settings", "CameraConfig", "MqttSink", "WebhookSink"]
