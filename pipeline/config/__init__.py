@@ -13,8 +13,8 @@ import yaml
 from pydantic import Field, ValidationError
 
 from .sections import (ApiConfig, CameraConfig, DecodeConfig, EventsConfig, GalleryConfig, ModelsConfig,
-                       MotionConfig, MqttSink, PathsConfig, RedisConfig, Section, SinksConfig, ThresholdsConfig, TrackingConfig,
-                       UnknownsConfig, WebhookSink, WorkersConfig)
+                       MotionConfig, MqttSink, PathsConfig, RedisConfig, Section, SinksConfig, ThresholdsConfig,
+                       TrackingConfig, UnknownsConfig, WebhookSink, WorkersConfig)
 
 __all__ = ["Settings", "ConfigError", "load_settings", "CameraConfig", "MqttSink", "WebhookSink"]
 
