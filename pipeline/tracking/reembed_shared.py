@@ -7,7 +7,8 @@ N times as many faces are embedded as one gate would pick (issue 5's notes; benc
 it). Here one Lua call per batch runs ReembedGate.plan's rules on every frame of the batch, in the order given,
 against slots stored per camera (<prefix>:reembed:{camera}, a line of exact numbers per slot, expiring after a
 minute without faces), so the state is shared and updated atomically. Same rules, same parameters
-(workers.reembed_*); switched on by workers.reembed_shared. If Redis fails the batch falls back to the process's own gate: embedding more is safe."""
+(workers.reembed_*); switched on by workers.reembed_shared. If Redis fails the batch falls back to the process's
+own gate: embedding more is safe."""
 from __future__ import annotations
 
 import json
