@@ -33,8 +33,10 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
+sys.path.insert(0, str(REPO / "tests"))
 
 from clipgen import Visit, render  # noqa: E402
+from conftest import free_port  # noqa: E402  (tests/conftest.py, as bench/soak_live.py uses it)
 from pipeline.config import load_settings  # noqa: E402
 from pipeline.engine.engine import FaceEngine  # noqa: E402
 from pipeline.messages import EmbeddingsMsg, FrameMsg, FrameRef  # noqa: E402
@@ -189,7 +191,7 @@ def ingest_cost(settings_env: dict, n: int = 1000) -> dict:
     from pipeline.unknowns.store import UnknownStore
 
     with tempfile.TemporaryDirectory() as d:
-        port = 23000 + os.getpid() % 1000
+        port = free_port()
         proc = subprocess.Popen([redis_server_binary(), "--port", str(port), "--save", "", "--appendonly", "no",
                                  "--dir", d], stdout=subprocess.DEVNULL)
         try:

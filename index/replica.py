@@ -86,6 +86,9 @@ class GalleryReplica:
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
         self._started = False
+        from pipeline.unknowns.negatives import NegativeFilter
+
+        self.negatives = NegativeFilter(r, settings)  # "wrong person" corrections, applied by identify()
 
     # ---- lifecycle -----------------------------------------------------------------------------------
     def start(self) -> "GalleryReplica":
@@ -206,11 +209,7 @@ class GalleryReplica:
     def identify(self, vectors: np.ndarray) -> list[Decision]:
         """search + decide with the thresholds in settings (read every call: they may be recalibrated)."""
         t = self.settings.thresholds
-        if getattr(self, "_negatives", None) is None:
-            from pipeline.unknowns.negatives import NegativeFilter
-
-            self._negatives = NegativeFilter(self.r, self.settings)
-        found = self._negatives.apply(vectors, self.search(vectors))  # "wrong person" corrections
+        found = self.negatives.apply(vectors, self.search(vectors))
         return [decide(m, t.match, t.margin) for m in found]
 
     def __len__(self) -> int:

@@ -20,7 +20,7 @@ import numpy as np
 
 from ..events.model import Event
 from ..messages import EmbeddingsMsg
-from ..unknowns.model import TrackFace, TrackFaces, pack_vector
+from ..unknowns.model import TrackFace, TrackFaces, pack_vector, unpack_vector
 from .identity import Candidate, IdentityVoter, face_weight
 from .tracker import Detection, FaceTracker, Track
 
@@ -139,7 +139,7 @@ class MatcherStage:
         if es is not None:
             mean = np.asarray(es, np.float32)
         else:
-            mean = sum(np.asarray(TrackFace(**f).vector(), np.float32) * f["k"] for f in best)
+            mean = sum(unpack_vector(f["e"]) * f["k"] for f in best)
         n = float(np.linalg.norm(mean))
         if not n > 0:
             return None

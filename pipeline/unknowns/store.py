@@ -126,41 +126,39 @@ class UnknownStore:
         if not self.pending():
             return 0
         try:
-            ctx = self._locked(wait_s)
-            ctx.__enter__()
+            with self._locked(wait_s):
+                n = self._drain_locked(max_n)
         except UnknownsError:
-            return 0
-        n = 0
-        try:
-            stream = self.k("ingest")
-            try:
-                self.r.xgroup_create(stream, GROUP, id="0", mkstream=True)
-            except redis.ResponseError as e:
-                if "BUSYGROUP" not in str(e):
-                    raise
-            consumer = "clusterer"  # one at a time (the lock): entries a crashed holder left are ours at once
-            for start in ("0", ">"):
-                while n < max_n:
-                    resp = self.r.xreadgroup(GROUP, consumer, {stream: start}, count=200)
-                    rows = resp[0][1] if resp else []
-                    if not rows:
-                        break
-                    for mid, fields in rows:
-                        tid = _s((fields or {}).get(b"t"))
-                        if tid:
-                            try:
-                                self._ingest(tid)
-                            except (MessageVersionError, ValueError):
-                                log.exception("unknowns: track %s cannot be clustered; dropped", tid)
-                        self.r.xack(stream, GROUP, mid)
-                        self.r.xdel(stream, mid)
-                        n += 1
-                    if start == "0":
-                        continue
-        finally:
-            ctx.__exit__(None, None, None)
+            return 0  # another process holds the lock: it is clustering them
         if n:
             log.info("unknowns: clustered %d track(s)", n)
+        return n
+
+    def _drain_locked(self, max_n: int) -> int:
+        n = 0
+        stream = self.k("ingest")
+        try:
+            self.r.xgroup_create(stream, GROUP, id="0", mkstream=True)
+        except redis.ResponseError as e:
+            if "BUSYGROUP" not in str(e):
+                raise
+        consumer = "clusterer"  # one at a time (the lock): entries a crashed holder left are ours at once
+        for start in ("0", ">"):
+            while n < max_n:
+                resp = self.r.xreadgroup(GROUP, consumer, {stream: start}, count=200)
+                rows = resp[0][1] if resp else []
+                if not rows:
+                    break
+                for mid, fields in rows:
+                    tid = _s((fields or {}).get(b"t"))
+                    if tid:
+                        try:
+                            self._ingest(tid)
+                        except (MessageVersionError, ValueError):
+                            log.exception("unknowns: track %s cannot be clustered; dropped", tid)
+                    self.r.xack(stream, GROUP, mid)
+                    self.r.xdel(stream, mid)
+                    n += 1
         return n
 
     def _record(self, track_id: str) -> TrackFaces | None:
