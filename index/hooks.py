@@ -30,12 +30,7 @@ def autoload() -> None:
         return
     _loaded = True
     for mod in AUTOLOAD:
-        try:
-            importlib.import_module(mod)
-        except ModuleNotFoundError as e:
-            if e.name and mod.startswith(e.name):
-                continue  # not built / not installed
-            raise
+        importlib.import_module(mod)
 
 
 class HookError(RuntimeError):

@@ -191,7 +191,7 @@ def run_demo(models_dir: Path, *, synthetic: bool = False, keep: bool = False,
         summary = json.loads(res.stdout.strip().splitlines()[-1])
         say(f"  {summary['frames']} frames, {summary['faces']} faces in {summary['seconds']:.1f} s")
 
-    from .cli.events_cmd import format_line
+    from .events.render import format_line
     from .events.store import EventStore
 
     store = EventStore(r, settings)

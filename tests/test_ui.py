@@ -5,7 +5,6 @@ auth rules (a keyed server refuses pages and images without a key; the UI sessio
 Without chromium or playwright the browser tests are skipped, except in CI (CI set), where they fail."""
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import subprocess
@@ -28,15 +27,6 @@ except ImportError:  # the pw fixture skips (or fails in CI) with the reason
 
 MIRANDA, LACAMOIRE = "lin-manuel-miranda", "alex-lacamoire"
 TIMEOUT_MS = 60_000  # a wait, not a speed requirement: 2 shared cores, models load on first enroll
-
-
-def unknowns_backend() -> bool:
-    return importlib.util.find_spec("pipeline.api.routers.unknowns") is not None
-
-
-needs_unknowns = pytest.mark.skipif(not unknowns_backend(),
-                                    reason="the unknowns backend (pipeline/api/routers/unknowns.py, issue 13) is "
-                                           "not in this tree yet")
 
 
 # ---- browser ---------------------------------------------------------------------------------------------
@@ -267,7 +257,6 @@ def test_people_enroll_rename_delete(clip, page, faces_dir, tmp_path):
 
 # ---- 4: name an unknown cluster, then see its events under the name -----------------------------------------
 @pytest.mark.shared_data
-@needs_unknowns
 def test_unknowns_name_a_cluster(clip, page):
     _settings, base = clip
     page.goto(base + "/ui/unknowns")
@@ -301,7 +290,6 @@ def test_unknowns_name_a_cluster(clip, page):
 
 # ---- 5: mark an event "wrong person" -------------------------------------------------------------------------
 @pytest.mark.shared_data
-@needs_unknowns
 def test_wrong_person(clip, page):
     """On the track's end event (which stays, relabelled unknown); the track's match event is withdrawn."""
     _settings, base = clip
@@ -463,9 +451,8 @@ def test_non_loopback_server_refuses_pages_and_images_without_a_key(settings):
             r = c.get(f"/ui/{slug}", follow_redirects=False)
             assert r.status_code == 303 and r.headers["location"].startswith("/ui/login"), (slug, r.status_code)
             assert "someone" not in r.text
-        images = [f"/v1/events/{ev.id}/snapshot", "/v1/gallery/x/templates/1/thumbnail", "/metrics"]
-        if unknowns_backend():
-            images.append("/v1/unknowns/faces/f1/thumbnail")
+        images = [f"/v1/events/{ev.id}/snapshot", "/v1/gallery/x/templates/1/thumbnail", "/metrics",
+                  "/v1/unknowns/faces/f1/thumbnail"]
         for path in images:
             assert c.get(path).status_code == 401, path
         # the same image with the key, and the login page itself, are served

@@ -9,19 +9,8 @@ from types import ModuleType
 ROLES = ("grabber", "detector", "embedder", "matcher", "api")
 
 
-def load_role(role: str) -> ModuleType | None:
-    """The role's module, or None when it is not built (yet)."""
+def load_role(role: str) -> ModuleType:
+    """The role's module."""
     if role not in ROLES:
         raise ValueError(f"unknown worker role {role!r} (one of: {', '.join(ROLES)})")
-    try:
-        return importlib.import_module(f"workers.{role}")
-    except ModuleNotFoundError as e:
-        if e.name == f"workers.{role}":
-            return None
-        raise
-
-
-def role_available(role: str) -> bool:
-    import importlib.util
-
-    return importlib.util.find_spec(f"workers.{role}") is not None
+    return importlib.import_module(f"workers.{role}")

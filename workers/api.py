@@ -69,7 +69,7 @@ def serve_forever(settings: Settings) -> int:
     except SystemExit:
         pass
     if not server.started:
-        from pipeline.cli import UserError
+        from pipeline.errors import UserError
 
         raise UserError(f"cannot serve on {settings.api.host}:{settings.api.port} (port in use or address not "
                         f"available?)")

@@ -17,8 +17,6 @@ from pipeline.backbone import child_env, connect, redis_url
 from pipeline.cameras import CameraRegistry
 from pipeline.config import Settings
 
-from . import role_available
-
 log = logging.getLogger("facetrail.supervisor")
 
 WORKER_CMD = [sys.executable, "-c", "import sys; from pipeline.cli import main; sys.exit(main())"]
@@ -38,17 +36,9 @@ def worker_command(role: str, config_files: list[str] | None = None, consumer: s
 
 
 def role_plan(settings: Settings, roles: list[str] | None = None) -> list[str]:
-    """One entry per child: grabber x1, detector/embedder/matcher x settings.workers.*, api x1 (if built)."""
+    """One entry per child: grabber x1, detector/embedder/matcher x settings.workers.*, api x1."""
     w = settings.workers
-    plan = ["grabber"] + ["detector"] * w.detectors + ["embedder"] * w.embedders
-    if role_available("matcher"):
-        plan += ["matcher"] * w.matchers
-    else:
-        log.info("role matcher is not built yet: skipped")
-    if role_available("api"):
-        plan.append("api")
-    else:
-        log.info("role api is not built yet: skipped")
+    plan = ["grabber"] + ["detector"] * w.detectors + ["embedder"] * w.embedders + ["matcher"] * w.matchers + ["api"]
     if roles:
         plan = [p for p in plan if p in roles]
     return plan

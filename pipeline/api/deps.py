@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from fastapi import Request
 
-from .app import ApiState
+from .state import ApiState
 
 
 def state(request: Request) -> ApiState:

@@ -34,10 +34,8 @@ class _Collector:
 
 
 def _camera_metrics(st):
-    try:
-        from ..cameras import STATES, CameraRegistry
-    except ImportError:
-        return
+    from ..cameras import STATES, CameraRegistry
+
     reg = CameraRegistry(st.redis, st.settings)
     state = GaugeMetricFamily("facetrail_camera_state", "1 for the camera's current state", labels=["camera", "state"])
     fps = GaugeMetricFamily("facetrail_camera_fps", "frames per second read from the camera", labels=["camera"])
@@ -63,15 +61,10 @@ def _camera_metrics(st):
 
 
 def _pipeline_metrics(st):
+    from ..metrics import read_metrics
+
     try:
-        from .. import metrics as pm  # type: ignore[attr-defined]
-    except ImportError:
-        return
-    reader = getattr(pm, "read_metrics", None)
-    if reader is None:
-        return
-    try:
-        data = reader(st.redis, st.settings)
+        data = read_metrics(st.redis, st.settings)
     except Exception as e:  # noqa: BLE001 - a broken probe must not break the scrape
         log.warning("metrics: read_metrics failed: %s", e)
         return

@@ -9,15 +9,14 @@ import sys
 
 from ..backbone import BackboneError, install_signal_handlers
 from ..config import ConfigError
+from ..errors import UserError
 from ..models import ModelError
 
 # Command modules, in the order `facetrail --help` lists them.
 COMMAND_MODULES = ["config_cmd", "models_cmd", "face_cmd", "gallery_cmd", "pipeline_cmd", "events_cmd", "unknowns_cmd",
                    "api_cmd", "demo_cmd"]
 
-
-class UserError(Exception):
-    """A problem the user can fix; printed as one line, exit code 2."""
+__all__ = ["UserError", "build_parser", "main"]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -28,13 +27,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
     for name in COMMAND_MODULES:
-        try:
-            mod = importlib.import_module(f".{name}", __name__)
-        except ModuleNotFoundError as e:
-            if e.name and e.name.endswith(name):
-                continue  # command group not built yet
-            raise
-        mod.register(sub)
+        importlib.import_module(f".{name}", __name__).register(sub)
     return p
 
 

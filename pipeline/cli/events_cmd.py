@@ -11,40 +11,12 @@ seq, votes, created_at, v). --follow then keeps printing new matching events unt
 """
 from __future__ import annotations
 
-import datetime as dt
-import re
 import sys
-import time
 
 from ..events.model import EVENT_TYPES
+from ..events.render import format_line
+from ..timeparse import parse_time
 from .common import print_json, settings_from
-
-_REL = re.compile(r"^(\d+(?:\.\d+)?)\s*([smhdw])$")
-_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
-
-
-def parse_time(value: str | None, now: float | None = None) -> float | None:
-    """unix seconds | ISO 8601 | an age ('10m' = ten minutes before now). ValueError with a clear message."""
-    if value is None or value == "":
-        return None
-    v = value.strip()
-    try:
-        f = float(v)
-        if f == f and f not in (float("inf"), float("-inf")):
-            return f
-    except ValueError:
-        pass
-    m = _REL.match(v)
-    if m:
-        return (time.time() if now is None else now) - float(m.group(1)) * _UNITS[m.group(2)]
-    try:
-        t = dt.datetime.fromisoformat(v.replace("Z", "+00:00"))
-    except ValueError:
-        raise ValueError(f"{value!r} is not a time (unix seconds, ISO 8601, or an age like 10m, 2h, 7d)") from None
-    if t.tzinfo is None:
-        t = t.replace(tzinfo=dt.timezone.utc)
-    return t.timestamp()
-
 
 def register(sub) -> None:
     p = sub.add_parser("events", help="list match events (filters, --json, --follow)",
@@ -67,21 +39,6 @@ class _Fmt(__import__("argparse").RawDescriptionHelpFormatter):
     pass
 
 
-def _iso(t: float | None) -> str:
-    if t is None:
-        return "-"
-    return dt.datetime.fromtimestamp(t, dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
-
-
-def format_line(ev) -> str:
-    """The human line (stable column order): time, type, camera, identity, score, frames, span, track, id."""
-    who = ev.identity if ev.identity is not None else "(unknown)"
-    score = "-" if ev.score is None else f"{ev.score:.3f}"
-    span = max(0.0, ev.last_seen - ev.first_seen)
-    return (f"{_iso(ev.last_seen)}  {ev.type:<16}  {ev.camera}  {who}  score={score}  frames={ev.frames}  "
-            f"span={span:.1f}s  track={ev.track_id}  id={ev.id}")
-
-
 def cmd_events(args) -> int:
     from ..backbone import connect
     from ..events.model import Event
@@ -102,12 +59,9 @@ def cmd_events(args) -> int:
     store = EventStore(r, settings)
     identity_id = None
     if args.identity:
-        try:
-            from index.store import GalleryStore
+        from index.store import GalleryStore
 
-            identity_id = GalleryStore(r, settings).resolve(args.identity)
-        except ImportError:
-            identity_id = None
+        identity_id = GalleryStore(r, settings).resolve(args.identity)
     stream = StreamNames(settings.redis.key_prefix).events
     tail_from = "$"
     if args.follow:

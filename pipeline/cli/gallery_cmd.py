@@ -276,22 +276,11 @@ def cmd_snapshot(args) -> int:
 
 
 # ---- identify ------------------------------------------------------------------------------------------------
-def identify_image(engine, replica, img) -> list[dict]:
-    """Faces of one image with their open-set decisions (the `faces` list of `identify --json`)."""
-    import numpy as np
-
-    faces = engine.analyze([img])[0]
-    if not faces:
-        return []
-    decisions = replica.identify(np.stack([f.embedding for f in faces]).astype(np.float32))
-    return [{"box": f.box_list(), "identity": d.name, "score": round(d.score, 4), "runner_up": d.runner_up,
-             "runner_up_score": round(d.runner_up_score, 4)} for f, d in zip(faces, decisions)]
-
-
 def cmd_identify(args) -> int:
     from index.replica import GalleryReplica
     from pipeline.engine.engine import FaceEngine
     from pipeline.engine.imageio import ImageError, load_image
+    from pipeline.identify import identify_image
 
     settings, r, _ = _open(args)
     engine = FaceEngine(settings)

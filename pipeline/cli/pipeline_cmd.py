@@ -73,8 +73,6 @@ def cmd_worker(args) -> int:
 
     settings = settings_from(args)
     mod = load_role(args.role)
-    if mod is None:
-        raise _user_error(f"role {args.role!r} is not available in this build")
     stop = threading.Event()
 
     def _sig(signum, _frame):
@@ -200,7 +198,6 @@ def cmd_process(args) -> int:
     from ..cameras import CameraRegistry, Lease, grabber_lease_key, is_file_source, redact_url
     from ..config import CameraConfig
     from ..streams import StreamNames
-    from workers import role_available
     from workers.grabber import LEASE_TTL_MS, SourceError, push_file
     from workers.base import deadletter_key
     from workers.supervisor import start_children, stop_children
@@ -246,7 +243,7 @@ def cmd_process(args) -> int:
     t0 = time.monotonic()
     running = _workers_running(r, settings)
     need = [role for role in ("detector", "embedder") if not running[role]]
-    use_matcher = role_available("matcher") and not args.no_matcher
+    use_matcher = not args.no_matcher
     if use_matcher and not running["matcher"]:
         need.append("matcher")
     env = dict(os.environ, **child_env(settings))

@@ -83,7 +83,7 @@ def _ts(t: float) -> str:
 def cmd_list(args) -> int:
     from index.replica import GalleryReplica
 
-    from .events_cmd import parse_time
+    from ..timeparse import parse_time
 
     settings, r, store = _open(args)
     rows = store.clusters(camera=args.camera, since=parse_time(args.since), include_ignored=args.all,

@@ -16,14 +16,13 @@ from ...events.model import Event, EventType
 from ...streams import StreamNames
 from ..deps import state
 from ..errors import ApiError
+from ..params import CAMERA, TIME_HELP, parse_time
 
 log = logging.getLogger("facetrail.api")
 
 router = APIRouter(prefix="/events", tags=["events"])
 
 EVENT_ID = r"^[0-9a-f]{1,64}$"
-CAMERA = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
-TIME_HELP = "unix seconds, ISO 8601 (2026-01-31T12:00:00Z) or an age like 15m, 2h, 7d"
 
 
 class EventPage(BaseModel):
@@ -31,25 +30,13 @@ class EventPage(BaseModel):
     next_cursor: str | None = Field(None, description="pass as ?cursor= for the next page; null at the end")
 
 
-def parse_time(value: str | None, field: str) -> float | None:
-    """The CLI's time syntax (pipeline.cli.events_cmd.parse_time); a bad value is a 422."""
-    from ...cli.events_cmd import parse_time as _parse
-
-    try:
-        return _parse(value)
-    except ValueError as e:
-        raise ApiError(422, "invalid_request", f"{field}: {e}") from None
-
-
 def resolve_identity(st, identity: str | None) -> str | None:
     """As `facetrail events --identity`: a gallery name or id resolves to the person's id (so events from before
     a rename are found); anything else is matched as a name."""
     if not identity:
         return None
-    try:
-        from index.store import GalleryStore
-    except ImportError:
-        return None
+    from index.store import GalleryStore
+
     return GalleryStore(st.redis, st.settings).resolve(identity)
 
 

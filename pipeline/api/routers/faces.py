@@ -1,5 +1,5 @@
 """/v1/identify and /v1/verify on uploaded stills: the same code and JSON as `facetrail identify --json` and
-`facetrail verify --json` (the CLI's functions are called, not copied)."""
+`facetrail verify --json` (pipeline.identify.identify_image and the engine's calls, shared, not copied)."""
 from __future__ import annotations
 
 import numpy as np
@@ -34,7 +34,7 @@ class IdentifyResult(BaseModel):
 @router.post("/identify", response_model=IdentifyResult, summary="who is in this photo (1:K, open set)",
              responses=_UPLOAD_ERRORS)
 async def identify(request: Request, image: UploadFile = File(description="JPEG, PNG, WebP or BMP")):
-    from ...cli.gallery_cmd import identify_image
+    from ...identify import identify_image
 
     st = state(request)
     data = await read_upload(image, st.settings)

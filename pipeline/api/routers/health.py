@@ -35,10 +35,8 @@ PIPELINE_ROLES = ("grabber", "detector", "embedder", "matcher")
 
 
 def _workers(st) -> dict[str, dict]:
-    try:
-        from ...metrics import alive_workers
-    except ImportError:
-        return {}
+    from ...metrics import alive_workers
+
     out: dict[str, dict] = {}
     for w in alive_workers(st.redis, st.settings):
         row = out.setdefault(str(w.get("role", "?")), {"alive": 0, "consumers": []})
@@ -48,10 +46,8 @@ def _workers(st) -> dict[str, dict]:
 
 
 def _cameras(st) -> tuple[dict[str, dict], bool]:
-    try:
-        from ...cameras import CameraRegistry
-    except ImportError:
-        return {}, True
+    from ...cameras import CameraRegistry
+
     reg = CameraRegistry(st.redis, st.settings)
     out, ok = {}, True
     now = time.time()

@@ -10,7 +10,7 @@ from pydantic import BaseModel, Field
 
 from ..deps import state
 from ..errors import ApiError
-from .events import CAMERA, TIME_HELP, parse_time
+from ..params import CAMERA, TIME_HELP, parse_time
 
 router = APIRouter(prefix="/unknowns", tags=["unknowns"])
 
@@ -92,10 +92,9 @@ def unknown_store(request: Request):
     from ...unknowns.store import UnknownStore
 
     st = state(request)
-    store = getattr(st, "_unknowns", None)
-    if store is None:
-        store = st._unknowns = UnknownStore(st.redis, st.settings)
-    return store
+    if st.unknowns is None:
+        st.unknowns = UnknownStore(st.redis, st.settings)
+    return st.unknowns
 
 
 async def call(request: Request, fn, *args):
