@@ -37,9 +37,13 @@ bench: install models
 	$(PIP) install -q -e '.[$(EXTRAS),bench]'
 	$(PY) bench/run_all.py
 
-# ruff (pyproject [tool.ruff]); .ci/run runs it before the tests
+# ruff and mypy (pyproject [tool.ruff], [tool.mypy]) and the structure check (tools/structure.py: import cycles,
+# arrows back up, big modules and functions; known offenders in tools/structure_allow.txt, a list that only
+# shrinks). .ci/run runs it before the tests; .pre-commit-config.yaml runs the same three on commit.
 lint: install-dev
-	$(VENV)/bin/ruff check pipeline workers index bench tests
+	$(VENV)/bin/ruff check pipeline workers index bench tests tools
+	$(VENV)/bin/mypy
+	$(PY) tools/structure.py --check
 
 clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info

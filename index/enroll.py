@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
+from typing import Any
 
 import cv2
 import numpy as np
@@ -45,7 +46,7 @@ def quality_reason(face) -> str:
     return f" (weakest: {', '.join(weak)})" if weak else ""
 
 
-def pick_face(faces: list, choice: FaceChoice, name: str) -> tuple[int, object]:
+def pick_face(faces: list, choice: FaceChoice, name: str) -> tuple[int, Any]:
     if not faces:
         raise EnrollError(f"{name}: no face found")
     if choice.index is not None:

@@ -69,6 +69,11 @@ class GalleryIndex:
     def __init__(self, params: IndexParams | None = None):
         self.params = params or IndexParams()
         self._lock = threading.RLock()
+        self._gen = 0                              # bumped by clear(): a build for an older state is dropped
+        self._reset()
+
+    def _reset(self) -> None:
+        """Empty (construction and clear(); the lock and the generation stay)."""
         self._owner: dict[int, int] = {}          # template id -> identity label
         self._labels: dict[str, int] = {}         # identity id -> label
         self._label_ids: list[str | None] = []    # label -> identity id (None once freed)
@@ -76,7 +81,6 @@ class GalleryIndex:
         self._tombstones: set[int] = set()
         self._index = self._new_flat()
         self.kind = "flat"
-        self._gen = 0                              # bumped by clear(): a build for an older state is dropped
         self._builder: threading.Thread | None = None
         self._pend_add: list[tuple[np.ndarray, np.ndarray]] = []
         self._pend_rm: set[int] = set()
@@ -260,9 +264,9 @@ class GalleryIndex:
 
     def clear(self) -> None:
         with self._lock:
-            gen = self._gen + 1
-            self.__init__(self.params)
-            self._gen = gen
+            # the same lock object: a thread waiting on it must find the emptied index, not a second lock
+            self._reset()
+            self._gen += 1
 
     # ---- queries ------------------------------------------------------------------------------------
     def __len__(self) -> int:
@@ -333,14 +337,21 @@ class GalleryIndex:
                     seen[lab] = s
                     if len(seen) == k:
                         break
-                results.append([(self._label_ids[lab], float(s)) for lab, s in seen.items()])
+                results.append([(self._identity_of(lab), float(s)) for lab, s in seen.items()])
             return results
 
     def dump(self) -> tuple[np.ndarray, list[str], np.ndarray]:
         """(template ids, owning identity ids, vectors) of every live template."""
         with self._lock:
             ids, vecs = self._live_vectors()
-            return ids, [self._label_ids[self._owner[int(t)]] for t in ids], vecs
+            return ids, [self._identity_of(self._owner[int(t)]) for t in ids], vecs
+
+    def _identity_of(self, label: int) -> str:
+        """The identity id of a label that owns templates (a label is freed only once it owns none)."""
+        iid = self._label_ids[label]
+        if iid is None:
+            raise KeyError(f"label {label} is freed but still owns templates")
+        return iid
 
     def set_ef_search(self, ef: int) -> None:
         """HNSW's search breadth (benchmarks); no effect on the other kinds."""

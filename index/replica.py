@@ -229,7 +229,7 @@ class GalleryReplica:
             pos = {iid: i for i, (iid, _) in enumerate(idents)}
             owners = np.array([pos[o] for o in owner_ids], dtype=np.int32)
             last = self.last_id
-        return self.store.put_snapshot(last, ids, owners, vecs, [list(x) for x in idents])
+        return self.store.put_snapshot(last, ids, owners, vecs, idents)
 
     def maybe_snapshot(self) -> bool:
         """Snapshot once settings.gallery.snapshot_every changes have piled up since the last one."""

@@ -112,7 +112,7 @@ def render_scene(photo: Path, out_dir: Path, seconds: float = 4.0, fps: float = 
     bg = cv2.GaussianBlur(rng.integers(40, 200, (H // 8, W // 8, 3), dtype=np.uint8), (3, 3), 0)
     bg = cv2.resize(bg, (W, H), interpolation=cv2.INTER_CUBIC)
     clip = out_dir / "astronaut_scene.mp4"
-    writer = cv2.VideoWriter(str(clip), cv2.VideoWriter_fourcc(*"mp4v"), fps, (W, H))
+    writer = cv2.VideoWriter(str(clip), cv2.VideoWriter.fourcc(*"mp4v"), fps, (W, H))
     if not writer.isOpened():
         raise DemoError("OpenCV cannot write an mp4 here (no mp4v encoder)")
     n = int(seconds * fps)
@@ -208,7 +208,7 @@ def run_demo(models_dir: Path, *, synthetic: bool = False, keep: bool = False,
                 (snaps / f"{ev.track_id.replace(':', '_')}_{ev.identity or 'unknown'}.jpg").write_bytes(jpeg)
     matched: dict[str, int] = {}
     for ev in events:
-        if ev.type == "identity.matched":
+        if ev.type == "identity.matched" and ev.identity is not None:
             matched[ev.identity] = matched.get(ev.identity, 0) + 1
     unknown = sum(1 for ev in events if ev.type == "track.ended" and ev.identity is None)
     say("")

@@ -147,7 +147,7 @@ def read_metrics(r: redis.Redis, settings: Settings) -> dict:
     prefix = key(settings, "metrics", "")
     workers = alive_workers(r, settings)
     live = {(w.get("role"), w.get("consumer")) for w in workers}
-    registered = set(CameraRegistry(r, settings).names())
+    registered: set[str] = set(CameraRegistry(r, settings).names())
     for k in r.scan_iter(match=prefix + "*:*", count=500):
         name = _s(k)[len(prefix):]
         stage, _, consumer = name.partition(":")
@@ -159,7 +159,7 @@ def read_metrics(r: redis.Redis, settings: Settings) -> dict:
         raw = r.hgetall(k)
         if not raw:
             continue
-        vals = {}
+        vals: dict[str, float | str] = {}
         for f, v in raw.items():
             try:
                 vals[_s(f)] = float(v)

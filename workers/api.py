@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from typing import Any
 
 import uvicorn
 
@@ -25,7 +26,8 @@ def _heartbeat(server: uvicorn.Server, settings: Settings, consumer: str, stop: 
     """Beat as role `api` (seen in /healthz and /metrics) while the server is up."""
     from pipeline.metrics import Heartbeat
 
-    hb = Heartbeat(server.config.app.state.ft.redis, settings, "api", consumer)
+    app: Any = server.config.app  # the FastAPI app _server built (uvicorn types it as any ASGI app)
+    hb = Heartbeat(app.state.ft.redis, settings, "api", consumer)
     while not stop.wait(min(1.0, settings.workers.heartbeat_s)):
         if server.started:
             hb.beat()

@@ -6,6 +6,7 @@ revoked key is refused immediately by every API process.
 """
 from __future__ import annotations
 
+import builtins
 import hashlib
 import hmac
 import json
@@ -84,7 +85,7 @@ class ApiKeys:
             if self.r.hsetnx(self.hkey, kid, json.dumps(doc)):
                 return rec, raw
 
-    def revoke(self, name_or_id: str) -> list[ApiKey]:
+    def revoke(self, name_or_id: str) -> builtins.list[ApiKey]:
         """Revoke the active key(s) with this name, or the key with this id. Raises ApiKeyError if none match."""
         hits = [k for k in self.list() if k.active and (k.name == name_or_id or k.id == name_or_id)]
         if not hits:
@@ -100,7 +101,7 @@ class ApiKeys:
     def is_active(self, kid: str) -> bool:
         """Whether the key with this id exists and is not revoked (a UI session re-checks it on every request)."""
         doc = self._load(kid) if kid else None
-        return bool(doc) and doc.get("revoked") is None
+        return doc is not None and bool(doc) and doc.get("revoked") is None
 
     def verify(self, raw: str | None) -> ApiKey | None:
         """The active key record for this plaintext key, else None (malformed, unknown, wrong or revoked)."""
@@ -118,4 +119,4 @@ class ApiKeys:
         if now - self._touched.get(doc["id"], 0.0) >= 60:  # at most one write a minute per key and process
             self._touched[doc["id"]] = now
             self.r.hset(self.used_key, doc["id"], round(now, 3))
-        return ApiKey(**{k: doc.get(k) for k in ("id", "name", "created", "revoked")})
+        return ApiKey(id=doc["id"], name=doc["name"], created=doc["created"], revoked=doc.get("revoked"))

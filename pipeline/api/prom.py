@@ -107,10 +107,10 @@ def families_from(data: dict) -> list:
             v = _num(vals.get("latency_ms"))
             if v is not None:
                 latency.add_metric([stage, consumer], v / 1000.0)
-            for f, fam in counters.items():
+            for f, cfam in counters.items():
                 v = _num(vals.get(f))
                 if v is not None:
-                    fam.add_metric([stage, consumer], v)
+                    cfam.add_metric([stage, consumer], v)
     out += [*gauges.values(), latency, *counters.values()]
     qlen = GaugeMetricFamily("facetrail_queue_depth", "entries in the stream not yet finished", labels=["stream"])
     qpend = GaugeMetricFamily("facetrail_queue_pending", "entries delivered but not acknowledged", labels=["stream"])

@@ -11,6 +11,7 @@ seq, votes, created_at, v). --follow then keeps printing new matching events unt
 """
 from __future__ import annotations
 
+import argparse
 import sys
 
 from ..events.model import EVENT_TYPES
@@ -35,7 +36,7 @@ def register(sub) -> None:
     p.set_defaults(func=cmd_events)
 
 
-class _Fmt(__import__("argparse").RawDescriptionHelpFormatter):
+class _Fmt(argparse.RawDescriptionHelpFormatter):
     pass
 
 

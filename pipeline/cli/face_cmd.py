@@ -141,9 +141,10 @@ def verify(args) -> int:
                 cache[path] = face.embedding if face is not None else ImageError(f"{shown}: no face found")
             except ImageError as e:
                 cache[path] = e
-        if isinstance(cache[path], Exception):
-            raise cache[path]
-        return cache[path]
+        got = cache[path]
+        if isinstance(got, Exception):
+            raise got
+        return got
 
     failed = 0
     for shown_a, shown_b, pa, pb in pairs:

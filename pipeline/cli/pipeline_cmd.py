@@ -286,12 +286,12 @@ def cmd_process(args) -> int:
             if watcher.error:
                 raise watcher.error
             if res.eos_seq in watcher.eos_seen:
-                missing = wanted - watcher.seen
-                if not missing:
+                pending = wanted - watcher.seen
+                if not pending:
                     break
                 failed = _dead_lettered(r, deadletter_key(settings), dl_start, name)
-                if missing <= failed:
-                    log.error("camera %s: %d frame(s) could not be processed (see %s)", name, len(missing),
+                if pending <= failed:
+                    log.error("camera %s: %d frame(s) could not be processed (see %s)", name, len(pending),
                               deadletter_key(settings))
                     break
             _check(procs, deadline, "embeddings")

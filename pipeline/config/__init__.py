@@ -106,6 +106,7 @@ def _env_layer(env: Mapping[str, str]) -> tuple[dict, dict[tuple, str]]:
     layer: dict = {}
     origins: dict[tuple, str] = {}
     for key, raw in sorted(env.items()):
+        path: tuple[str, ...]
         if key in SHORTCUTS:
             path = SHORTCUTS[key]
         elif key.startswith(ENV_PREFIX) and "__" in key:

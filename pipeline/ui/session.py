@@ -63,7 +63,7 @@ def end(st, token: str | None) -> None:
 
 
 def csrf_ok(sess: Session, presented: str | None) -> bool:
-    return bool(presented) and hmac.compare_digest(sess.csrf.encode(), presented.encode())
+    return bool(presented) and presented is not None and hmac.compare_digest(sess.csrf.encode(), presented.encode())
 
 
 def cross_origin(request: Request) -> bool:

@@ -178,11 +178,11 @@ class UnknownStore:
                      rec.camera, self.cfg.min_quality)
             return None
         idx = self._index
+        assert idx is not None, "the caller syncs the cluster index (_sync_index) under the lock first"
         mean = rec.mean_vector()
-        cid, score = idx.assign(mean)
-        new = cid is None
-        if new:
-            cid = cluster_id(track_id)
+        found, score = idx.assign(mean)
+        new = found is None
+        cid = cluster_id(track_id) if found is None else found
         ttl = self.retention_s
         snaps = [f.id for f in rec.faces]
         pipe = self.r.pipeline(transaction=False)
@@ -422,7 +422,8 @@ class UnknownStore:
             iid, tpl_ids = gallery.enroll(name, [NewTemplate(embedding=f.vector(), quality=f.q,
                                                              thumbnail=t or b"", source=f"unk:{f.id}")
                                                  for (f, _), t in zip(ok, thumbs)])
-            name = gallery.identity(iid).name
+            ident = gallery.identity(iid)
+            name = ident.name if ident is not None else name
             named = 0
             for rec in recs:
                 self.events.relabel_track(rec.track_id, iid, name)

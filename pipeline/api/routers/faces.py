@@ -2,6 +2,8 @@
 `facetrail verify --json` (pipeline.identify.identify_image and the engine's calls, shared, not copied)."""
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 from fastapi import APIRouter, File, Form, Request, UploadFile
 from fastapi.concurrency import run_in_threadpool
@@ -13,7 +15,7 @@ from ..uploads import decode_checked, read_upload
 
 router = APIRouter(tags=["faces"])
 
-_UPLOAD_ERRORS = {413: {"description": "the file is too large or has too many pixels"},
+_UPLOAD_ERRORS: dict[int | str, dict[str, Any]] = {413: {"description": "the file is too large or has too many pixels"},
                   415: {"description": "not JPEG, PNG, WebP or BMP"},
                   422: {"description": "empty, corrupt or unreadable image"}}
 

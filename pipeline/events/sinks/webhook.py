@@ -27,7 +27,7 @@ def sign(secret: str, body: bytes) -> str:
 
 
 def verify(secret: str, body: bytes, header: str | None) -> bool:
-    return bool(header) and hmac.compare_digest(sign(secret, body), header)
+    return bool(header) and header is not None and hmac.compare_digest(sign(secret, body), header)
 
 
 @SINKS.register("webhook")
