@@ -156,9 +156,8 @@ def _cli(env: dict, *args: str, timeout: float = 900) -> subprocess.CompletedPro
     return res
 
 
-def run_demo(models_dir: Path, *, synthetic: bool = False, keep: bool = False,
-             say: Callable[[str], None] = print) -> dict:
-    """Returns {"scenario", "events": [...], "matched": {name: n}, "unknown_tracks": n, "snapshots": dir}."""
+def _fresh_dir(keep: bool) -> Path:
+    """The demo's data dir, emptied (but its model cache) unless keep; refuses a dir that is not the demo's."""
     base = demo_dir()
     if base.exists() and not keep:
         if not (base / MARKER).exists() and any(p.name != "cache" for p in base.iterdir()):
@@ -168,6 +167,13 @@ def run_demo(models_dir: Path, *, synthetic: bool = False, keep: bool = False,
                 shutil.rmtree(p) if p.is_dir() else p.unlink()
     (base / "work").mkdir(parents=True, exist_ok=True)
     (base / MARKER).touch()
+    return base
+
+
+def run_demo(models_dir: Path, *, synthetic: bool = False, keep: bool = False,
+             say: Callable[[str], None] = print) -> dict:
+    """Returns {"scenario", "events": [...], "matched": {name: n}, "unknown_tracks": n, "snapshots": dir}."""
+    base = _fresh_dir(keep)
     data = None if synthetic else shared_data()
     sc = hamilton(data) if data else astronaut(base / "work")
     say(f"facetrail demo: scenario {sc.name!r} (data dir {base})")
@@ -179,7 +185,7 @@ def run_demo(models_dir: Path, *, synthetic: bool = False, keep: bool = False,
     settings = load_settings([], env={k: v for k, v in env.items() if k.startswith("FACETRAIL_")})
     r = connect(settings)  # this process starts (and owns) the demo's embedded Redis; the children join it
     t0 = time.monotonic()
-    for i, stage in enumerate(sc.passes):
+    for stage in sc.passes:
         if stage == "enrolled":
             for name, photo in sc.people.items():
                 _cli(env, "gallery", "enroll", name, str(photo))

@@ -138,9 +138,9 @@ class _Walker(ast.NodeVisitor):
         self.generic_visit(node)
 
     def _func(self, node: ast.FunctionDef | ast.AsyncFunctionDef) -> None:
+        # from the `def` line to the last line of the body (decorators not counted)
         end = node.end_lineno or node.lineno
-        start = min([d.lineno for d in node.decorator_list] + [node.lineno])
-        self.mod.functions.append((".".join(self.scope + [node.name]), node.lineno, end - start + 1))
+        self.mod.functions.append((".".join(self.scope + [node.name]), node.lineno, end - node.lineno + 1))
         self._nested(node)
 
     def _nested(self, node: ast.AST) -> None:

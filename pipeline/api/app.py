@@ -52,7 +52,13 @@ def create_app(settings: Settings, *, redis_client=None) -> FastAPI:
     app.state.ft = state
     install_error_handlers(app)
     app.add_middleware(RequestContextMiddleware, max_body=max_body_bytes(settings))
+    _include_api(app)
+    _include_ui(app)
+    return app
 
+
+def _include_api(app: FastAPI) -> None:
+    """/healthz (open), the /v1 routers, /metrics and /openapi.json (behind the API key)."""
     from .routers import cameras, events, faces, gallery, health, unknowns
 
     app.include_router(health.router)
@@ -70,6 +76,9 @@ def create_app(settings: Settings, *, redis_client=None) -> FastAPI:
     def openapi_schema():
         return JSONResponse(app.openapi())
 
+
+def _include_ui(app: FastAPI) -> None:
+    """The web UI's pages and static files, / (to the events page) and the offline /docs page."""
     from fastapi.responses import RedirectResponse
     from fastapi.staticfiles import StaticFiles
 
@@ -91,5 +100,3 @@ def create_app(settings: Settings, *, redis_client=None) -> FastAPI:
         from .docs_page import offline_docs_html
 
         return HTMLResponse(offline_docs_html("facetrail API"))
-
-    return app

@@ -104,6 +104,19 @@ async def list_people(request: Request):
     return [_person(i) for i in await run_in_threadpool(store.identities)]
 
 
+def _metadata(raw: str | None) -> dict:
+    """The enroll form's metadata field: a JSON object, or {} when absent; anything else is a 422."""
+    if not raw:
+        return {}
+    try:
+        meta = json.loads(raw)
+    except ValueError:
+        raise ApiError(422, "invalid_request", "metadata: not valid JSON") from None
+    if not isinstance(meta, dict):
+        raise ApiError(422, "invalid_request", "metadata: must be a JSON object")
+    return meta
+
+
 @router.post("", response_model=EnrollResult, status_code=201,
              summary="enroll a person from photos (adds templates when the name exists)",
              responses={413: {"description": "a file or the request is too large / too many pixels"},
@@ -126,14 +139,7 @@ async def enroll(request: Request,
                                                  f"request (api.max_files)")
     if face is not None and largest:
         raise ApiError(422, "invalid_request", "give face or largest, not both")
-    meta = {}
-    if metadata:
-        try:
-            meta = json.loads(metadata)
-        except ValueError:
-            raise ApiError(422, "invalid_request", "metadata: not valid JSON") from None
-        if not isinstance(meta, dict):
-            raise ApiError(422, "invalid_request", "metadata: must be a JSON object")
+    meta = _metadata(metadata)
     from index.enroll import FaceChoice, templates_from_image
     from index.store import valid_name
 
