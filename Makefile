@@ -46,4 +46,4 @@ lint: install-dev
 	$(PY) tools/structure.py --check
 
 clean:
-	rm -rf $(VENV) .pytest_cache build *.egg-info
+	rm -rf $(VENV) .pytest_cache .mypy_cache build *.egg-info
