@@ -69,11 +69,6 @@ class GalleryIndex:
     def __init__(self, params: IndexParams | None = None):
         self.params = params or IndexParams()
         self._lock = threading.RLock()
-        self._gen = 0                              # bumped by clear(): a build for an older state is dropped
-        self._reset()
-
-    def _reset(self) -> None:
-        """Empty (construction and clear(); the lock and the generation stay)."""
         self._owner: dict[int, int] = {}          # template id -> identity label
         self._labels: dict[str, int] = {}         # identity id -> label
         self._label_ids: list[str | None] = []    # label -> identity id (None once freed)
@@ -145,11 +140,11 @@ class GalleryIndex:
     def _start_build(self) -> None:
         ids, vecs = self._live_vectors()
         self._pend_add, self._pend_rm = [], set()
-        self._builder = threading.Thread(target=self._build, args=(ids, vecs, self._gen), daemon=True,
+        self._builder = threading.Thread(target=self._build, args=(ids, vecs), daemon=True,
                                          name="gallery-ann-build")
         self._builder.start()
 
-    def _build(self, ids: np.ndarray, vecs: np.ndarray, gen: int) -> None:
+    def _build(self, ids: np.ndarray, vecs: np.ndarray) -> None:
         t = time.monotonic()
         log.info("gallery index: building %s over %d templates in the background", self.params.ann, len(ids))
         try:
@@ -159,12 +154,9 @@ class GalleryIndex:
         except Exception:  # noqa: BLE001 - keep serving from the current index
             log.exception("gallery index: %s build failed; staying on %s", self.params.ann, self.kind)
             with self._lock:
-                if gen == self._gen:
-                    self._builder = None
+                self._builder = None
             return
         with self._lock:
-            if gen != self._gen:
-                return
             for a_ids, a_vecs in self._pend_add:  # added while we built
                 index.add_with_ids(a_vecs, a_ids)
             present = set(ids.tolist()).union(*(a.tolist() for a, _ in self._pend_add))
@@ -261,12 +253,6 @@ class GalleryIndex:
             del self._by_label[lab]
             self._label_ids[lab] = None
             return n
-
-    def clear(self) -> None:
-        with self._lock:
-            # the same lock object: a thread waiting on it must find the emptied index, not a second lock
-            self._reset()
-            self._gen += 1
 
     # ---- queries ------------------------------------------------------------------------------------
     def __len__(self) -> int:
