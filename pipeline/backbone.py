@@ -32,8 +32,13 @@ import time
 from pathlib import Path
 
 import redis
+from redis.backoff import ExponentialBackoff
+from redis.cluster import ClusterNode, RedisCluster
+from redis.retry import Retry
 
 from .config import Settings
+from .keys import is_cluster
+from .keys import key as _key
 
 log = logging.getLogger("facetrail.redis")
 
@@ -182,8 +187,11 @@ def transient_redis_url(settings: Settings) -> str:
 
 def child_env(settings: Settings) -> dict[str, str]:
     """Env for worker subprocesses: both servers by URL (embedded ones are started here, owned by this process)."""
-    return {"FACETRAIL_REDIS_URL": redis_url(settings),
-            "FACETRAIL_REDIS__TRANSIENT_URL": transient_redis_url(settings)}
+    env = {"FACETRAIL_REDIS_URL": redis_url(settings),
+           "FACETRAIL_REDIS__TRANSIENT_URL": transient_redis_url(settings)}
+    if settings.redis.cluster:
+        env["FACETRAIL_REDIS__CLUSTER"] = "true"
+    return env
 
 
 _transient_clients: dict[tuple, redis.Redis] = {}
@@ -201,9 +209,59 @@ def transient_client(settings: Settings, r: redis.Redis | None = None) -> redis.
     return _transient_clients[k]
 
 
+def _cluster_nodes(url: str) -> tuple[list, dict]:
+    """redis+cluster://[user:password@]host:port,host:port[/...] -> startup nodes, client kwargs."""
+    from urllib.parse import unquote
+
+    scheme, _, rest = url.partition("://")
+    kw: dict = {}
+    if scheme.startswith("rediss"):
+        kw["ssl"] = True
+    rest = rest.split("/", 1)[0].split("?", 1)[0]
+    if "@" in rest:
+        cred, rest = rest.rsplit("@", 1)
+        user, _, pw = cred.partition(":")
+        if user:
+            kw["username"] = unquote(user)
+        if pw:
+            kw["password"] = unquote(pw)
+    nodes = []
+    for hp in rest.split(","):
+        host, _, port = hp.strip().rpartition(":")
+        nodes.append(ClusterNode(host or "localhost", int(port or 6379)))
+    return nodes, kw
+
+
+def connect_cluster(settings: Settings, url: str, *, decode_responses: bool = False) -> RedisCluster:
+    """A RedisCluster client: follows MOVED/ASK, refreshes the slot map and retries on connection errors (a
+    primary failing over to its replica takes about cluster-node-timeout plus the election)."""
+    if url.startswith(("redis+cluster://", "rediss+cluster://")):
+        nodes, kw = _cluster_nodes(url)
+        client = RedisCluster(startup_nodes=nodes, **kw, **_cluster_kw(settings, decode_responses))
+    else:
+        client = RedisCluster.from_url(url, **_cluster_kw(settings, decode_responses))
+    return client
+
+
+def _cluster_kw(settings: Settings, decode_responses: bool) -> dict:
+    return dict(decode_responses=decode_responses, socket_timeout=settings.redis.socket_timeout_s,
+                socket_connect_timeout=settings.redis.connect_timeout_s,
+                retry=Retry(ExponentialBackoff(cap=1.0, base=0.05), 12),
+                cluster_error_retry_attempts=12, require_full_coverage=False)
+
+
 def connect(settings: Settings, *, decode_responses: bool = False, url: str | None = None) -> redis.Redis:
     """A checked client: raises BackboneError with one clear line when the server can't be reached."""
     url = url or redis_url(settings)
+    if is_cluster(settings) and (url == settings.redis.url or url.startswith(("redis+cluster://",
+                                                                               "rediss+cluster://"))):
+        try:
+            cl = connect_cluster(settings, url, decode_responses=decode_responses)
+            cl.ping()
+            return cl  # type: ignore[return-value]
+        except (redis.RedisError, OSError) as e:
+            shown = url.split("@")[-1]
+            raise BackboneError(f"cannot reach Redis Cluster at {shown}: {e}") from None
     client = redis.Redis.from_url(url, decode_responses=decode_responses,
                                   socket_timeout=settings.redis.socket_timeout_s,
                                   socket_connect_timeout=settings.redis.connect_timeout_s,
@@ -217,5 +275,36 @@ def connect(settings: Settings, *, decode_responses: bool = False, url: str | No
 
 
 def key(settings: Settings, *parts: object) -> str:
-    """All facetrail keys share one prefix so a shared server can host several deployments."""
-    return ":".join([settings.redis.key_prefix, *map(str, parts)])
+    """All facetrail keys share one prefix so a shared server can host several deployments (on a Redis Cluster
+    the prefix is also the control plane's hash tag: see pipeline/keys.py)."""
+    return _key(settings, *parts)
+
+
+def wait_replicas(settings: Settings) -> int:
+    """How many replicas a must-not-lose write waits for (redis.wait_replicas; unset: 1 on a cluster, 0 else)."""
+    n = settings.redis.wait_replicas
+    if n is not None:
+        return n
+    return 1 if is_cluster(settings) else 0
+
+
+def wait_for(r, settings: Settings, near_key: str) -> int:
+    """WAIT on the primary that holds `near_key` until redis.wait_replicas replicas have every write made so far
+    on this connection's node (bounded by redis.wait_timeout_ms). Returns the replicas that acknowledged; logs
+    when fewer did (the write stands on the primary; a failover before it replicates may lose it)."""
+    n = wait_replicas(settings)
+    if n <= 0:
+        return 0
+    try:
+        if isinstance(r, RedisCluster):
+            node = r.get_node_from_key(near_key)
+            got = int(r.execute_command("WAIT", n, settings.redis.wait_timeout_ms, target_nodes=node))
+        else:
+            got = int(r.execute_command("WAIT", n, settings.redis.wait_timeout_ms))
+    except redis.RedisError as e:
+        log.warning("WAIT for %d replica(s) near %s failed: %s", n, near_key, e)
+        return 0
+    if got < n:
+        log.warning("WAIT: %d of %d replica(s) acknowledged the write near %s within %d ms", got, n, near_key,
+                    settings.redis.wait_timeout_ms)
+    return got

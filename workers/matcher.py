@@ -29,7 +29,7 @@ from pipeline.events.sinks import SinkDispatcher, build_sinks
 from pipeline.events.store import EventStore, FencedError
 from pipeline.messages import EmbeddingsMsg
 from pipeline.metrics import Heartbeat, StageMetrics
-from pipeline.streams import StreamNames, all_gone, ensure_group
+from pipeline.streams import StreamNames, all_gone, ensure_group, is_cluster_client, xreadgroup_many
 from pipeline.tracking import MatcherStage, ReorderBuffer, StageOutput
 from pipeline.unknowns import keys as ukeys
 from pipeline.unknowns.store import UnknownStore
@@ -58,7 +58,7 @@ def checkpoint_key(settings: Settings, camera: str) -> str:
 
 def progress_key(settings: Settings, camera: str) -> str:
     """Last frame seq the matcher finished (EOS included); `facetrail process` waits on it."""
-    names = StreamNames(settings.redis.key_prefix)
+    names = StreamNames.of(settings)
     if hasattr(names, "progress"):
         return names.progress(camera)
     return key(settings, "progress", camera)
@@ -92,7 +92,7 @@ class CameraRunner:
         self.consumer = consumer
         self.store = store
         self.resume_seq: int | None = None  # the checkpoint's next seq at takeover: older seqs were applied
-        self.names = StreamNames(settings.redis.key_prefix)
+        self.names = StreamNames.of(settings)
         self.stream = self.names.embeddings(camera)
         self.lease = Lease(r, lease_key(settings, camera), consumer, int(settings.tracking.lease_ttl_s * 1000))
         self.stage = MatcherStage.from_settings(camera, search, settings, name_of=getattr(search, "name_of", None))
@@ -335,7 +335,9 @@ class CameraRunner:
         sets = [(checkpoint_key(self.settings, self.camera), json.dumps(ck, separators=(",", ":")))]
         if last_seq is not None:
             sets.append((progress_key(self.settings, self.camera), str(last_seq)))
-        same = self.rs is self.r  # one server: events, checkpoint and acks in one Lua call
+        # one server: events, checkpoint and acks in one Lua call. On a Redis Cluster the embeddings stream is in
+        # the camera's slot, the checkpoint in the control plane's: acked after the commit, as with two servers
+        same = self.rs is self.r and not is_cluster_client(self.r)
         tsets, xadds = self._track_writes(out)
         n = self.store.commit(out.events, fence=(self.lease.key, self.lease.token or ""), sets=sets + tsets,
                               ack=(self.stream, GROUP, acks) if acks and same else None, xadds=xadds)
@@ -363,12 +365,12 @@ def _configured(settings: Settings, registry: CameraRegistry) -> set[str]:
 def _scan_streams(r: redis.Redis, settings: Settings) -> set[str]:  # r: the embeddings (transient) server
     """Cameras with a non-empty embeddings stream (e.g. one left with work after its camera was removed).
     A full SCAN: done rarely (SCAN_EVERY_S), the registry is read every second."""
-    pre = StreamNames(settings.redis.key_prefix).embeddings("")
+    pre, post = StreamNames.of(settings).embeddings_prefix()
     found = set()
-    for k in r.scan_iter(match=pre + "*", count=1000, _type="stream"):
+    for k in r.scan_iter(match=pre + "*" + post, count=1000, _type="stream"):
         k = k.decode() if isinstance(k, bytes) else k
         if r.xlen(k) > 0:
-            found.add(k[len(pre):])
+            found.add(k[len(pre):len(k) - len(post)])
     return found
 
 
@@ -457,8 +459,8 @@ def run(settings: Settings, *, consumer: str, stop: threading.Event, search=None
                     stop.wait(0.2)
                     continue
                 by_stream = {rn.stream: rn for rn in runners.values()}
-                resp = rt.xreadgroup(GROUP, consumer, {s: ">" for s in by_stream},
-                                    count=settings.workers.batch_max * 4, block=100)
+                resp = xreadgroup_many(rt, GROUP, consumer, {s: ">" for s in by_stream},
+                                  count=settings.workers.batch_max * 4, block_ms=100)
                 n_in = 0
                 for stream, rows in resp or []:
                     stream = stream.decode() if isinstance(stream, bytes) else stream

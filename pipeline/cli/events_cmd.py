@@ -108,7 +108,7 @@ def cmd_events(args) -> int:
             identity_id = GalleryStore(r, settings).resolve(args.identity)
         except ImportError:
             identity_id = None
-    stream = StreamNames(settings.redis.key_prefix).events
+    stream = StreamNames.of(settings).events
     tail_from = "$"
     if args.follow:
         last = r.xrevrange(stream, count=1)

@@ -237,7 +237,7 @@ def cmd_process(args) -> int:
 
     redis_url(settings)  # embedded: this process owns it for the run
     r = connect(settings)
-    names = StreamNames(settings.redis.key_prefix)
+    names = StreamNames.of(settings)
     reg = CameraRegistry(r, settings)
     lease = Lease(r, grabber_lease_key(settings, name), f"process-{os.getpid()}", LEASE_TTL_MS)
     if not lease.acquire():

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 
 import redis
 
-from ..backbone import key
+from ..backbone import key, wait_for
 from ..config import Settings
 from ..streams import StreamNames
 from ..unknowns import keys as ukeys
@@ -140,7 +140,7 @@ class EventStore:
     def __init__(self, r: redis.Redis, settings: Settings):
         self.r = r
         self.settings = settings
-        self.names = StreamNames(settings.redis.key_prefix)
+        self.names = StreamNames.of(settings)
         self._commit = r.register_script(_COMMIT)
         self._purge_stream = r.register_script(_PURGE_STREAM)
 
@@ -201,9 +201,13 @@ class EventStore:
         Returns how many events were new; raises FencedError when `fence` = (lease key, our value) no longer
         holds (then nothing at all was written)."""
         op = self.commit_op(events, fence=fence, sets=sets, ack=ack, delete_acked=delete_acked, xadds=xadds)
-        n = int(self._commit(keys=[], args=[json.dumps(op)]))
+        # KEYS names the events stream only to route the call on a Redis Cluster (all keys of the op share the
+        # control plane's slot there: pipeline/keys.py); the script reads its keys from the op
+        n = int(self._commit(keys=[self.names.events], args=[json.dumps(op)]))
         if n < 0:
             raise FencedError(f"lease {fence[0] if fence else ''} lost; nothing written")
+        if n > 0:
+            wait_for(self.r, self.settings, self.names.events)
         return n
 
     def add(self, events: list[Event]) -> int:
