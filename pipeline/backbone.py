@@ -232,22 +232,46 @@ def _cluster_nodes(url: str) -> tuple[list, dict]:
     return nodes, kw
 
 
+class FailoverCluster(RedisCluster):
+    """RedisCluster that rides out a failover. redis-py retries a failed command at once after refreshing its slot
+    map, which during the ~2-3 s before a replica is promoted still names the dead primary; here a command that
+    failed on a connection error or a cluster-down reply is retried with a backoff for up to `failover_s`.
+    A retried write is safe in facetrail: every Lua write is idempotent (done-markers, event ids, fences)."""
+
+    failover_s = 30.0
+    _RETRY = (redis.ConnectionError, redis.TimeoutError, redis.exceptions.ClusterDownError,
+              redis.exceptions.TryAgainError, redis.exceptions.SlotNotCoveredError,
+              redis.exceptions.MasterDownError)
+
+    def execute_command(self, *args, **kwargs):
+        deadline = time.monotonic() + self.failover_s
+        delay = 0.05
+        while True:
+            try:
+                return super().execute_command(*args, **kwargs)
+            except self._RETRY as e:
+                if time.monotonic() + delay > deadline:
+                    raise
+                log.warning("redis cluster: %s on %s; retrying in %.2fs", type(e).__name__, args[:1], delay)
+                time.sleep(delay)
+                delay = min(2 * delay, 0.5)
+
+
 def connect_cluster(settings: Settings, url: str, *, decode_responses: bool = False) -> RedisCluster:
     """A RedisCluster client: follows MOVED/ASK, refreshes the slot map and retries on connection errors (a
     primary failing over to its replica takes about cluster-node-timeout plus the election)."""
     if url.startswith(("redis+cluster://", "rediss+cluster://")):
         nodes, kw = _cluster_nodes(url)
-        client = RedisCluster(startup_nodes=nodes, **kw, **_cluster_kw(settings, decode_responses))
+        client = FailoverCluster(startup_nodes=nodes, **kw, **_cluster_kw(settings, decode_responses))
     else:
-        client = RedisCluster.from_url(url, **_cluster_kw(settings, decode_responses))
+        client = FailoverCluster.from_url(url, **_cluster_kw(settings, decode_responses))
     return client
 
 
 def _cluster_kw(settings: Settings, decode_responses: bool) -> dict:
     return dict(decode_responses=decode_responses, socket_timeout=settings.redis.socket_timeout_s,
                 socket_connect_timeout=settings.redis.connect_timeout_s,
-                retry=Retry(ExponentialBackoff(cap=1.0, base=0.05), 12),
-                cluster_error_retry_attempts=12, require_full_coverage=False)
+                retry=Retry(ExponentialBackoff(cap=1.0, base=0.05), 12), require_full_coverage=False)
 
 
 def connect(settings: Settings, *, decode_responses: bool = False, url: str | None = None) -> redis.Redis:

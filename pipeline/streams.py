@@ -119,7 +119,7 @@ class Emitter:
                 args: list = [self.ttl, len(outputs)]
                 for _, payload, maxlen in outputs:
                     args += [maxlen, payload]
-                pipe.eval(_EMIT_ONLY, 1 + len(outputs), marker, *[o[0] for o in outputs], *args)
+                pipe.execute_command("EVAL", _EMIT_ONLY, 1 + len(outputs), marker, *[o[0] for o in outputs], *args)
             else:
                 pipe.set(marker, "1", nx=True, ex=self.ttl)
         fresh = [bool(x) for x in pipe.execute()]

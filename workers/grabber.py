@@ -178,11 +178,10 @@ class FramePublisher:
     def _push(self, msg: FrameMsg, mode: str, stop: threading.Event | None) -> int:
         payload = msg.encode()
         delay = 0.005
-        lease_key = self.lease_key
+        lease_key = self.lease_key if self.mirror is None else self.mirror.key
         if self.mirror is not None and self.token:
             if not self.mirror.refresh(self.token):
                 raise LeaseLost(f"camera {self.camera}: grabber lease taken over by another process")
-            lease_key = self.mirror.key
         while True:
             res = self.pusher.push(stream=self.stream, seq_key=self.registry.seq_key(self.camera),
                                    status_key=self.registry.status_key(self.camera),
