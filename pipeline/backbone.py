@@ -312,6 +312,23 @@ def wait_replicas(settings: Settings) -> int:
     return 1 if is_cluster(settings) else 0
 
 
+_replica_counts: dict[str, tuple[float, int]] = {}
+
+
+def _replicas_of(r, node) -> int:
+    """Online replicas of a cluster primary (INFO replication, cached for 2 s)."""
+    now = time.monotonic()
+    hit = _replica_counts.get(node.name)
+    if hit and now - hit[0] < 2.0:
+        return hit[1]
+    info = r.info("replication", target_nodes=node)
+    if isinstance(info, dict) and node.name in info and isinstance(info[node.name], dict):
+        info = info[node.name]
+    n = sum(1 for k, v in info.items() if k.startswith("slave") and isinstance(v, dict) and v.get("state") == "online")
+    _replica_counts[node.name] = (now, n)
+    return n
+
+
 def wait_for(r, settings: Settings, near_key: str) -> int:
     """WAIT on the primary that holds `near_key` until redis.wait_replicas replicas have every write made so far
     on this connection's node (bounded by redis.wait_timeout_ms). Returns the replicas that acknowledged; logs
@@ -322,6 +339,10 @@ def wait_for(r, settings: Settings, near_key: str) -> int:
     try:
         if isinstance(r, RedisCluster):
             node = r.get_node_from_key(near_key)
+            if settings.redis.wait_replicas is None:  # auto: only replicas that are there (after a failover the
+                n = min(n, _replicas_of(r, node))     # promoted primary has none until the old one rejoins)
+                if n <= 0:
+                    return 0
             got = int(r.execute_command("WAIT", n, settings.redis.wait_timeout_ms, target_nodes=node))
         else:
             got = int(r.execute_command("WAIT", n, settings.redis.wait_timeout_ms))

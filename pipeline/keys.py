@@ -125,6 +125,21 @@ class StreamNames:
         """The camera's next frame seq (written by the frame push, on the frames' server)."""
         return f"{self._cam(camera)}:seq" if self.cluster else f"{self.prefix}:camera:{camera}:seq"
 
+    # the matcher's per-camera state: in the camera's slot on a cluster (beside embeddings:{camera}, so the
+    # checkpoint, the progress, the acks and the event outbox are one atomic, fenced write there)
+    def matcher_lease(self, camera: str) -> str:
+        return f"{self._cam(camera)}:lease:matcher" if self.cluster else f"{self.prefix}:lease:matcher:{camera}"
+
+    def checkpoint(self, camera: str) -> str:
+        return f"{self._cam(camera)}:ckpt" if self.cluster else f"{self.prefix}:matcher:ckpt:{camera}"
+
+    def progress(self, camera: str) -> str:
+        return f"{self._cam(camera)}:progress" if self.cluster else f"{self.prefix}:progress:{camera}"
+
+    def outbox(self, camera: str) -> str:
+        """Cluster only: committed events not yet relayed to the events stream (EventStore.commit_outbox)."""
+        return f"{self._cam(camera)}:outbox" if self.cluster else f"{self.prefix}:outbox:{camera}"
+
     def lease_mirror(self, camera: str, lease_key: str) -> str:
         """Copy of the grabber lease token beside the frames stream (fences the frame push)."""
         return f"{self._cam(camera)}:lease:grabber" if self.cluster else lease_key + ":mirror"

@@ -34,13 +34,16 @@ def test_keys_are_tagged_and_cameras_spread_over_primaries(cluster_settings, red
     names = StreamNames.of(cluster_settings)
     assert names.shards == 8
     for cam in ("door", "hall"):
-        same = {r.keyslot(k) for k in (names.frames(cam), names.embeddings(cam), names.gone(cam), names.seq(cam))}
-        assert len(same) == 1, "a camera's data-plane keys share one slot"
+        same = {r.keyslot(k) for k in (names.frames(cam), names.embeddings(cam), names.gone(cam), names.seq(cam),
+                                       lease_key(cluster_settings, cam), progress_key(cluster_settings, cam),
+                                       names.checkpoint(cam), names.outbox(cam))}
+        assert len(same) == 1, "a camera's stream and matcher state share one slot"
         out = names.faces_for(cam)
         assert r.keyslot(names.done("detect", f"{cam}:1", near=out)) == r.keyslot(out)
     control = {r.keyslot(k) for k in (names.events, key(cluster_settings, "event", "x"),
-                                      lease_key(cluster_settings, "door"), key(cluster_settings, "gallery"))}
+                                      key(cluster_settings, "evidx", "all"), key(cluster_settings, "gallery"))}
     assert len(control) == 1
+    assert r.keyslot(names.events) != r.keyslot(names.embeddings("door"))
     owners = {redis_cluster.port_of_slot(r.keyslot(names.frames(f"cam{i}"))) for i in range(40)}
     assert len(owners) == 3, "40 cameras' streams land on every primary"
     assert len({hash_tag(s) for s in names.all_faces}) == 8
@@ -131,11 +134,13 @@ def cluster_world(cluster_settings):
     return msgs
 
 
+@pytest.mark.parametrize("victim_of", ["events", "camera"])
 def test_primary_killed_midstream_replica_promoted_no_event_lost_or_duplicated(
-        cluster_settings, cluster_world, redis_cluster, tmp_path):
-    """Two matcher processes on the cluster; mid-stream the primary holding the control plane (events,
-    checkpoint, lease) is SIGKILLed. Its replica is promoted (cluster-node-timeout 1 s), the matchers reconnect,
-    and the events are exactly those of an uninterrupted run: every id once in the store and in the stream."""
+        cluster_settings, cluster_world, redis_cluster, tmp_path, victim_of):
+    """Two matcher processes on the cluster; mid-stream a primary is SIGKILLed: the one holding the events (the
+    outbox relay's target), or the one holding the camera (its embeddings, lease, checkpoint, outbox). Its replica
+    is promoted (cluster-node-timeout 1 s), the matchers reconnect, and the events are exactly those of an
+    uninterrupted run: every id once in the store and in the stream, no outbox entry left."""
     s = cluster_settings
     r = connect(s)
     s.tracking.lease_ttl_s = 1.0
@@ -154,7 +159,8 @@ def test_primary_killed_midstream_replica_promoted_no_event_lost_or_duplicated(
     first, rest = order[:half], order[half:]
     for m in first:
         r.xadd(stream, {"m": m.encode()})
-    victim = redis_cluster.port_of_slot(r.keyslot(names.events))
+    victim_key = names.events if victim_of == "events" else stream
+    victim = redis_cluster.port_of_slot(r.keyslot(victim_key))
     procs = {n: spawn(env, n) for n in ("mA", "mB")}
     try:
         prog = lambda: int(r.get(progress_key(s, CAM)) or -1)  # noqa: E731
@@ -163,7 +169,7 @@ def test_primary_killed_midstream_replica_promoted_no_event_lost_or_duplicated(
         for m in rest:
             r.xadd(stream, {"m": m.encode()})  # retried by the client until the replica is promoted
         assert wait_until(lambda: prog() == N, 120), f"stuck at {prog()}"
-        assert redis_cluster.port_of_slot(r.keyslot(names.events)) != victim, "the replica was promoted"
+        assert redis_cluster.port_of_slot(r.keyslot(victim_key)) != victim, "the replica was promoted"
     finally:
         for p in procs.values():
             if p.poll() is None:
@@ -177,3 +183,4 @@ def test_primary_killed_midstream_replica_promoted_no_event_lost_or_duplicated(
     streamed = [json.loads(f[b"m"])["id"] for _, f in r.xrange(names.events)]
     assert sorted(streamed) == sorted(e.id for e in expected), "each event in the stream once, none lost"
     assert r.xpending(stream, "matchers")["pending"] == 0
+    assert r.xlen(names.outbox(CAM)) == 0, "every committed op was relayed"

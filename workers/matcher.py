@@ -29,7 +29,7 @@ from pipeline.events.sinks import SinkDispatcher, build_sinks
 from pipeline.events.store import EventStore, FencedError
 from pipeline.messages import EmbeddingsMsg
 from pipeline.metrics import Heartbeat, StageMetrics
-from pipeline.streams import StreamNames, all_gone, ensure_group, is_cluster_client, xreadgroup_many
+from pipeline.streams import StreamNames, all_gone, ensure_group, xreadgroup_many
 from pipeline.tracking import MatcherStage, ReorderBuffer, StageOutput
 from pipeline.unknowns import keys as ukeys
 from pipeline.unknowns.store import UnknownStore
@@ -49,19 +49,16 @@ CHECKPOINT_EVERY_S = 1.0  # applied input entries stay this long (readers such a
 
 
 def lease_key(settings: Settings, camera: str) -> str:
-    return key(settings, "lease", "matcher", camera)
+    return StreamNames.of(settings).matcher_lease(camera)
 
 
 def checkpoint_key(settings: Settings, camera: str) -> str:
-    return key(settings, "matcher", "ckpt", camera)
+    return StreamNames.of(settings).checkpoint(camera)
 
 
 def progress_key(settings: Settings, camera: str) -> str:
     """Last frame seq the matcher finished (EOS included); `facetrail process` waits on it."""
-    names = StreamNames.of(settings)
-    if hasattr(names, "progress"):
-        return names.progress(camera)
-    return key(settings, "progress", camera)
+    return StreamNames.of(settings).progress(camera)
 
 
 def make_searcher(r: redis.Redis, settings: Settings):
@@ -122,6 +119,8 @@ class CameraRunner:
             return False
         self.last_renew = time.monotonic()
         try:
+            if self.names.cluster:  # events the last owner committed but did not relay yet go first
+                self.events += self.store.relay_outbox(self.names.outbox(self.camera))
             self._load_checkpoint()
             self.resume_seq = self.buffer.next_seq
             ensure_group(self.rs, self.stream, GROUP)
@@ -324,7 +323,12 @@ class CameraRunner:
         if not out.events:
             return 0
         sets, xadds = self._track_writes(out)
-        n = self.store.commit(out.events, fence=(self.lease.key, self.lease.token or ""), sets=sets, xadds=xadds)
+        if self.names.cluster:
+            n = self.store.commit_outbox(self.names.outbox(self.camera), out.events,
+                                         fence=(self.lease.key, self.lease.token or ""), sets=sets, xadds=xadds)
+        else:
+            n = self.store.commit(out.events, fence=(self.lease.key, self.lease.token or ""), sets=sets,
+                                  xadds=xadds)
         self.events += n
         return n
 
@@ -335,12 +339,16 @@ class CameraRunner:
         sets = [(checkpoint_key(self.settings, self.camera), json.dumps(ck, separators=(",", ":")))]
         if last_seq is not None:
             sets.append((progress_key(self.settings, self.camera), str(last_seq)))
-        # one server: events, checkpoint and acks in one Lua call. On a Redis Cluster the embeddings stream is in
-        # the camera's slot, the checkpoint in the control plane's: acked after the commit, as with two servers
-        same = self.rs is self.r and not is_cluster_client(self.r)
+        same = self.rs is self.r  # one server: events, checkpoint and acks in one Lua call
         tsets, xadds = self._track_writes(out)
-        n = self.store.commit(out.events, fence=(self.lease.key, self.lease.token or ""), sets=sets + tsets,
-                              ack=(self.stream, GROUP, acks) if acks and same else None, xadds=xadds)
+        if self.names.cluster:  # checkpoint + acks + outbox in the camera's slot, then the events relayed
+            n = self.store.commit_outbox(self.names.outbox(self.camera), out.events,
+                                         fence=(self.lease.key, self.lease.token or ""), camera_sets=sets,
+                                         sets=tsets, ack=(self.stream, GROUP, acks) if acks else None, xadds=xadds)
+            acks = []
+        else:
+            n = self.store.commit(out.events, fence=(self.lease.key, self.lease.token or ""), sets=sets + tsets,
+                                  ack=(self.stream, GROUP, acks) if acks and same else None, xadds=xadds)
         if acks and not same:
             # embeddings on the transient server: ack after the durable commit. A crash in between leaves them
             # pending; the next owner finds their seqs below the checkpoint's next seq and acks them unapplied.

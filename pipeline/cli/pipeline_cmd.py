@@ -141,9 +141,9 @@ def cmd_camera_list(args) -> int:
 # ---- process ---------------------------------------------------------------------------------------------------
 def progress_key(settings, camera: str) -> str:
     """<prefix>:progress:{camera} = the last seq the matcher has handled (it sets it; `process` waits on it)."""
-    from ..backbone import key
+    from ..keys import StreamNames
 
-    return key(settings, "progress", camera)
+    return StreamNames.of(settings).progress(camera)
 
 
 class _EmbeddingsWatcher(threading.Thread):
