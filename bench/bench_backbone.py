@@ -72,8 +72,26 @@ def run_one(url: str, cluster: bool, cameras: int, frames: int, size_kb: int, pr
             "seconds": round(dt, 2)}
 
 
-def bytes_in(ports: list[int]) -> dict[int, int]:
-    return {p: int(redis.Redis(port=p).info("stats")["total_net_input_bytes"]) for p in ports}
+def node_stats(ports: list[int]) -> dict[int, tuple[int, float]]:
+    """(bytes in, CPU seconds used) per redis-server."""
+    out = {}
+    for p in ports:
+        c = redis.Redis(port=p)
+        cpu = c.info("cpu")
+        out[p] = (int(c.info("stats")["total_net_input_bytes"]),
+                  float(cpu["used_cpu_user"]) + float(cpu["used_cpu_sys"]))
+    return out
+
+
+def measured(ports: list[int], frames: int, before: dict, after: dict) -> dict:
+    """Per node: share of the bytes, CPU seconds, and frames/s per fully used core (frames it carried / CPU s)."""
+    moved = {p: after[p][0] - before[p][0] for p in ports}
+    cpu = {p: max(1e-6, after[p][1] - before[p][1]) for p in ports}
+    tot = max(1, sum(moved.values()))
+    share = {p: moved[p] / tot for p in ports}
+    return {"share": {str(p): round(share[p], 3) for p in ports},
+            "cpu_s": {str(p): round(cpu[p], 2) for p in ports},
+            "fps_per_core": {str(p): round(frames * share[p] / cpu[p], 1) for p in ports}}
 
 
 def main(argv=None) -> int:
@@ -93,23 +111,28 @@ def main(argv=None) -> int:
     out: dict = {"cameras": a.cameras, "frames": a.frames, "cpus": os.cpu_count(), "runs": []}
     try:
         for kb in [int(x) for x in a.sizes.split(",")]:
+            b1 = node_stats([single.port])
             one = run_one(single.url, False, a.cameras, a.frames, kb, f"b{kb}")
+            one.update(measured([single.port], one["frames"], b1, node_stats([single.port])))
             prim = cl.primaries()
-            before = bytes_in(prim)
+            b3 = node_stats(prim)
             many = run_one(cl.url, True, a.cameras, a.frames, kb, f"b{kb}")
-            after = bytes_in(prim)
-            moved = {p: after[p] - before[p] for p in prim}
-            tot = max(1, sum(moved.values()))
-            share = {str(p): round(moved[p] / tot, 3) for p in prim}
-            per_primary = many["fps"] / max(share.values())  # the busiest primary bounds the cluster
-            need = {str(n): math.ceil(n * 5 / max(1e-9, per_primary)) for n in (1000, 10_000)}
-            row = {"size_kb": kb, "single": one, "cluster3": many, "share_by_primary": share,
-                   "per_primary_fps_floor": round(per_primary, 1), "primaries_needed_5fps": need}
+            many.update(measured(prim, many["frames"], b3, node_stats(prim)))
+            # capacity of one primary: frames/s per fully used core, the lowest measured (a conservative figure),
+            # planned at 50 % CPU so a node can take over a failed one's slots and bursts
+            per_node = min(many["fps_per_core"].values())
+            need = {str(n): math.ceil(n * 5 / (0.5 * per_node)) for n in (1000, 10_000)}
+            row = {"size_kb": kb, "single": one, "cluster3": many, "per_primary_fps_per_core": per_node,
+                   "primaries_needed_5fps_at_50pct_cpu": need,
+                   "network_mb_s_5fps": {str(n): round(n * 5 * kb / 1024, 1) for n in (1000, 10_000)}}
             out["runs"].append(row)
             if not a.json:
-                print(f"{kb:>4} KB  single {one['fps']:>7} fps ({one['mb_s']} MB/s)   cluster(3) {many['fps']:>7} fps "
-                      f"({many['mb_s']} MB/s)  share {share}  primaries for 1k/10k cams @5fps: "
-                      f"{need['1000']}/{need['10000']}")
+                print(f"{kb:>4} KB  client-bound rate: single {one['fps']} fps, cluster(3) {many['fps']} fps\n"
+                      f"        server CPU: single {one['fps_per_core']} frames/s per core; cluster primaries "
+                      f"{many['fps_per_core']} frames/s per core, load share {many['share']}\n"
+                      f"        primaries for 1,000 / 10,000 cameras at 5 fps (50 % CPU): "
+                      f"{need['1000']} / {need['10000']}  (inbound {row['network_mb_s_5fps']['1000']} / "
+                      f"{row['network_mb_s_5fps']['10000']} MB/s)")
     finally:
         cl.stop()
         single.stop()

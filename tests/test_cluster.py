@@ -184,3 +184,43 @@ def test_primary_killed_midstream_replica_promoted_no_event_lost_or_duplicated(
     assert sorted(streamed) == sorted(e.id for e in expected), "each event in the stream once, none lost"
     assert r.xpending(stream, "matchers")["pending"] == 0
     assert r.xlen(names.outbox(CAM)) == 0, "every committed op was relayed"
+
+
+def test_migration_from_single_node_keeps_gallery_events_cameras_and_checkpoints(settings, cluster_settings):
+    """pipeline.migrate_cluster copies a single-node deployment's durable state under the cluster's names: the
+    gallery, events (store, indexes, stream with its sink group), the camera registry and a matcher checkpoint are
+    all readable through the cluster code paths afterwards; frames in flight and leases are not copied."""
+    from pipeline.cameras import CameraRegistry
+    from pipeline.config import CameraConfig
+    from pipeline.migrate_cluster import migrate
+    from pipeline.streams import ensure_group
+    from test_events_store import ev
+    from workers.matcher import checkpoint_key
+
+    prefix = cluster_settings.redis.key_prefix
+    one = settings.model_copy(update={"redis": settings.redis.model_copy(update={"key_prefix": prefix})})
+    r1 = connect(one)
+    v = unit(np.random.default_rng(9).normal(size=128))
+    iid, _ = GalleryStore(r1, one).enroll("ann", [NewTemplate(embedding=v, sha256="a", quality=0.9, source="a")])
+    EventStore(r1, one).commit([ev("identity.matched", "door", "door:1:0", "ann"),
+                                ev("track.ended", "door", "door:1:0")])
+    ensure_group(r1, StreamNames.of(one).events, "sink-mqtt")
+    CameraRegistry(r1, one).add(CameraConfig(name="door", url="test://x", external=True))
+    r1.set(checkpoint_key(one, "door"), '{"v":1}')
+    r1.xadd(StreamNames.of(one).frames("door"), {"m": b"in flight"})
+    r1.set(lease_key(one, "door"), "1:gone:x")
+
+    rc = connect(cluster_settings)
+    res = migrate(r1, rc, prefix)
+    assert res["copied"] > 5 and res["skipped"] >= 2
+    assert migrate(r1, rc, prefix)["already_there"] == res["copied"], "a re-run copies nothing twice"
+    rep = GalleryReplica(rc, cluster_settings).start()
+    assert rep.search(v[None, :], 1)[0][0].identity_id == iid
+    got = EventStore(rc, cluster_settings).query(camera="door").events
+    assert [e.type for e in got] == ["identity.matched", "track.ended"]
+    names = StreamNames.of(cluster_settings)
+    assert rc.xlen(names.events) == 2
+    assert [g["name"] for g in rc.xinfo_groups(names.events)] == [b"sink-mqtt"]
+    assert CameraRegistry(rc, cluster_settings).names() == ["door"]
+    assert rc.get(checkpoint_key(cluster_settings, "door")) == b'{"v":1}'
+    assert not rc.exists(names.frames("door")) and not rc.exists(lease_key(cluster_settings, "door"))
