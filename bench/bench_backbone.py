@@ -5,7 +5,7 @@ acks/deletes the frame. One redis-server vs a 3-primary Redis Cluster started on
 the per-primary share of the load (bytes in, from INFO stats), and a projection of the primaries needed for 1,000
 and 10,000 cameras at 5 fps from the measured per-primary figure.
 
-  python bench/bench_backbone.py [--cameras 24] [--frames 600] [--sizes 20,150] [--json]
+  python bench/bench_backbone.py [--cameras 48] [--frames 3000] [--sizes 20,150] [--json bench/results/backbone.json]
 
 The clients run in this one Python process: on a small box the numbers are bounded by the client, not Redis, so
 the projection is a floor on what one primary moves (a conservative node count)."""
@@ -96,10 +96,10 @@ def measured(ports: list[int], frames: int, before: dict, after: dict) -> dict:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--cameras", type=int, default=24)
-    ap.add_argument("--frames", type=int, default=600)
+    ap.add_argument("--cameras", type=int, default=48)
+    ap.add_argument("--frames", type=int, default=3000)
     ap.add_argument("--sizes", default="20,150", help="frame sizes in KB")
-    ap.add_argument("--json", action="store_true")
+    ap.add_argument("--json", default=str(REPO / "bench" / "results" / "backbone.json"), help="where to write results")
     a = ap.parse_args(argv)
     from conftest import RedisProc
     from redis_cluster import LocalCluster
@@ -126,18 +126,18 @@ def main(argv=None) -> int:
                    "primaries_needed_5fps_at_50pct_cpu": need,
                    "network_mb_s_5fps": {str(n): round(n * 5 * kb / 1024, 1) for n in (1000, 10_000)}}
             out["runs"].append(row)
-            if not a.json:
-                print(f"{kb:>4} KB  client-bound rate: single {one['fps']} fps, cluster(3) {many['fps']} fps\n"
-                      f"        server CPU: single {one['fps_per_core']} frames/s per core; cluster primaries "
-                      f"{many['fps_per_core']} frames/s per core, load share {many['share']}\n"
-                      f"        primaries for 1,000 / 10,000 cameras at 5 fps (50 % CPU): "
-                      f"{need['1000']} / {need['10000']}  (inbound {row['network_mb_s_5fps']['1000']} / "
-                      f"{row['network_mb_s_5fps']['10000']} MB/s)")
+            print(f"{kb:>4} KB  client-bound rate: single {one['fps']} fps, cluster(3) {many['fps']} fps\n"
+                  f"        server CPU: single {one['fps_per_core']} frames/s per core; cluster primaries "
+                  f"{many['fps_per_core']} frames/s per core, load share {many['share']}\n"
+                  f"        primaries for 1,000 / 10,000 cameras at 5 fps (50 % CPU): "
+                  f"{need['1000']} / {need['10000']}  (inbound {row['network_mb_s_5fps']['1000']} / "
+                  f"{row['network_mb_s_5fps']['10000']} MB/s)", flush=True)
     finally:
         cl.stop()
         single.stop()
-    if a.json:
-        print(json.dumps(out, indent=1))
+    Path(a.json).parent.mkdir(parents=True, exist_ok=True)
+    Path(a.json).write_text(json.dumps(out, indent=1) + "\n")
+    print(f"wrote {a.json}")
     return 0
 
 

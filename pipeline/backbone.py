@@ -178,6 +178,8 @@ def redis_url(settings: Settings) -> str:
 def transient_redis_url(settings: Settings) -> str:
     """Where frames and faces go: redis.transient_url, else the redis.url server, else an embedded server with
     no persistence (started on first use, owned by the process that starts it, like the durable one)."""
+    if is_cluster(settings):
+        return redis_url(settings)  # one cluster carries both (its slots spread the in-flight streams)
     if settings.redis.transient_url:
         return settings.redis.transient_url
     if settings.redis.url:
