@@ -224,3 +224,57 @@ def test_migration_from_single_node_keeps_gallery_events_cameras_and_checkpoints
     assert CameraRegistry(rc, cluster_settings).names() == ["door"]
     assert rc.get(checkpoint_key(cluster_settings, "door")) == b'{"v":1}'
     assert not rc.exists(names.frames("door")) and not rc.exists(lease_key(cluster_settings, "door"))
+
+
+def test_frames_to_events_with_kill9_of_workers_on_cluster(cluster_settings, faces_dir, tmp_path):
+    """Real `facetrail worker` processes on the cluster (2 detectors, 2 embedders, 1 matcher); one detector and
+    one embedder are SIGKILLed while they hold entries. Every frame reaches embeddings:{cam} exactly once, the
+    matcher finishes the stream, and each event is in the store and in the events stream exactly once."""
+    from pipeline.cameras import CameraRegistry
+    from pipeline.config import CameraConfig
+    from test_streaming import _pending_of, _wait, _worker
+
+    s = with_workers(cluster_settings, reclaim_idle_ms=800)
+    env = dict(os.environ, FACETRAIL_DATA_DIR=str(tmp_path / "data"), FACETRAIL_MODELS_DIR=str(s.models.dir),
+               FACETRAIL_REDIS_URL=s.redis.url, FACETRAIL_REDIS__KEY_PREFIX=s.redis.key_prefix,
+               FACETRAIL_WORKERS__RECLAIM_IDLE_MS="800", FACETRAIL_WORKERS__BATCH_MAX="3",
+               FACETRAIL_WORKERS__BATCH_WAIT_MS="5")
+    env.pop("FACETRAIL_CONFIG", None)
+    r = connect(s)
+    names = StreamNames.of(s)
+    cam = "lobby"
+    CameraRegistry(r, s).add(CameraConfig(name=cam, url="test://pushed", external=True))
+    roles = {"det-1": "detector", "det-2": "detector", "emb-1": "embedder", "emb-2": "embedder",
+             "match-1": "matcher"}
+    procs = {c: _worker(role, env, c) for c, role in roles.items()}
+    faces = names.faces_for(cam)
+    try:
+        _wait(lambda: all(r.exists(key(s, "hb", role, c)) for c, role in roles.items()), 90, "worker heartbeats",
+              procs.values())
+        seqs, eos = push(r, s, cam, clip_frames(faces_dir, 24))
+        _wait(lambda: _pending_of(r, names.frames(cam), "detectors", "det-1") > 0, 60, "det-1 holding frames",
+              procs.values())
+        procs["det-1"].send_signal(signal.SIGKILL)
+        _wait(lambda: _pending_of(r, faces, "embedders", "emb-1") > 0, 60, "emb-1 holding faces", procs.values())
+        procs["emb-1"].send_signal(signal.SIGKILL)
+        _wait(lambda: int(r.get(progress_key(s, cam)) or -1) == eos, 120, "the matcher at the EOS",
+              [procs["det-2"], procs["emb-2"], procs["match-1"]])
+    finally:
+        for p in procs.values():
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+        for p in procs.values():
+            try:
+                p.wait(20)
+            except Exception:
+                p.kill()
+    got = [m.frame.seq for m in read_all(r, names.embeddings(cam), EmbeddingsMsg)]
+    assert sorted(got) == seqs + [eos], "every frame embedded exactly once (no gap, no duplicate)"
+    assert _pending_of(r, names.frames(cam), "detectors", "det-1") == 0
+    assert _pending_of(r, faces, "embedders", "emb-1") == 0
+    store = EventStore(r, s)
+    events = store.query(camera=cam, limit=10_000).events
+    assert events and any(e.type == "track.started" for e in events)
+    streamed = [json.loads(f[b"m"])["id"] for _, f in r.xrange(names.events)]
+    assert sorted(streamed) == sorted(e.id for e in events), "each event once in the stream, none lost"
+    assert r.xlen(names.outbox(cam)) == 0
