@@ -65,6 +65,13 @@ if fresh then return 1 else return 0 end
 """
 
 
+# Redis is (briefly) unavailable: a worker waits and retries; its unacked entries stay pending. On a Redis Cluster
+# this includes a failover in progress (CLUSTERDOWN, TRYAGAIN, a slot without a primary for a moment).
+UNAVAILABLE: tuple[type[Exception], ...] = (redis.ConnectionError, redis.TimeoutError,
+                                            redis.exceptions.ClusterError, redis.exceptions.TryAgainError,
+                                            redis.exceptions.SlotNotCoveredError)
+
+
 def is_cluster_client(r) -> bool:
     return isinstance(r, RedisCluster)
 

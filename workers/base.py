@@ -15,7 +15,7 @@ import redis
 from pipeline.backbone import key
 from pipeline.config import Settings
 from pipeline.metrics import Heartbeat, StageMetrics
-from pipeline.streams import ensure_group, reclaim_entries
+from pipeline.streams import UNAVAILABLE, ensure_group, reclaim_entries
 
 log = logging.getLogger("facetrail.workers")
 
@@ -249,7 +249,7 @@ def run_loop(role: str, consumer: str, stop: threading.Event, reader: BatchReade
                     continue
                 handle(batch)
                 backoff = 0.1
-            except (redis.ConnectionError, redis.TimeoutError) as e:
+            except UNAVAILABLE as e:  # incl. a Redis Cluster failover in progress
                 metrics.errors += 1
                 log.warning("%s %s: redis unavailable (%s); retrying in %.1fs", role, consumer, e, backoff)
                 stop.wait(backoff)

@@ -29,7 +29,7 @@ from pipeline.events.sinks import SinkDispatcher, build_sinks
 from pipeline.events.store import EventStore, FencedError
 from pipeline.messages import EmbeddingsMsg
 from pipeline.metrics import Heartbeat, StageMetrics
-from pipeline.streams import StreamNames, all_gone, ensure_group, xreadgroup_many
+from pipeline.streams import UNAVAILABLE, StreamNames, all_gone, ensure_group, xreadgroup_many
 from pipeline.tracking import MatcherStage, ReorderBuffer, StageOutput
 from pipeline.unknowns import keys as ukeys
 from pipeline.unknowns.store import UnknownStore
@@ -517,19 +517,19 @@ def run(settings: Settings, *, consumer: str, stop: threading.Event, search=None
                 else:
                     metrics.maybe_flush()
                 backoff = 0.1
-            except redis.ResponseError as e:
-                if "NOGROUP" in str(e):  # a camera's stream was deleted: re-create groups on reacquire
-                    for cam in list(runners):
-                        drop(cam, "stream deleted")
-                    continue
-                raise
-            except (redis.ConnectionError, redis.TimeoutError) as e:
+            except UNAVAILABLE as e:  # incl. a cluster failover (caught before ResponseError: CLUSTERDOWN is one)
                 metrics.errors += 1
                 log.warning("matcher %s: redis unavailable (%s); retrying in %.1fs", consumer, e, backoff)
                 for cam in list(runners):  # the checkpoint is the truth: reload it when we get back
                     runners.pop(cam, None)
                 stop.wait(backoff)
                 backoff = min(backoff * 2, 5.0)
+            except redis.ResponseError as e:
+                if "NOGROUP" in str(e):  # a camera's stream was deleted: re-create groups on reacquire
+                    for cam in list(runners):
+                        drop(cam, "stream deleted")
+                    continue
+                raise
     finally:
         for cam, rn in list(runners.items()):
             try:
