@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
-# System packages the tests use: redis-server (external-server tests), mosquitto (MQTT sink),
+# System packages the tests use: redis-server + redis-tools (external-server and Redis Cluster tests), mosquitto (MQTT sink),
 # GStreamer's RTSP server for /usr/bin/python3 (grabber tests), chromium (the web UI's browser tests, driven by
 # Playwright through executable_path: Playwright's own browser download is never used). Installs only what is missing.
 set -euo pipefail
 pkgs=()
 command -v redis-server >/dev/null || pkgs+=(redis-server)
+# redis-cli --cluster create (tests/test_cluster.py, bench/bench_backbone.py)
+command -v redis-cli >/dev/null || pkgs+=(redis-tools)
 command -v mosquitto >/dev/null || [ -x /usr/sbin/mosquitto ] || pkgs+=(mosquitto)
 command -v chromium >/dev/null || pkgs+=(chromium)
 # text in the UI screenshots and tests needs at least one font

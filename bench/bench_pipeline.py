@@ -220,7 +220,7 @@ def wait_ready(r, prefix: str, k: int, timeout=120) -> None:
 
 def warmup(r, settings, cam: str, img) -> None:
     """One frame through, so model loading is not counted."""
-    names = StreamNames(settings.redis.key_prefix)
+    names = StreamNames.of(settings)
     pub = FramePublisher(r, settings, cam)
     w = Watch(r, names.embeddings(cam))
     w.start()
@@ -235,7 +235,7 @@ def run_pipeline(settings, env, r, k: int, path: Path, n_frames: int, paced_fps:
     latency percentiles pool the passes, CPU per frame is per role over all of them. `between()`, if given, runs
     before each pass while the workers wait idle (the in-process loop, so both see the same machine) and its
     results are returned as `between`."""
-    names = StreamNames(settings.redis.key_prefix)
+    names = StreamNames.of(settings)
     base = f"bench-{k}w-{cv_threads}t-{f'paced{round(paced_fps)}' if paced_fps else 'max'}"
     procs = start_workers(dict(env, FACETRAIL_WORKERS__CV_THREADS=str(cv_threads)), k)
     fps, lat, seqs_all, faces, embedded_faces, frames_total = [], [], 0, 0, 0, 0

@@ -38,7 +38,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import redis
 
-from pipeline.backbone import key
+from pipeline.backbone import key, wait_for
 from pipeline.config import Settings
 
 from . import hooks
@@ -340,12 +340,13 @@ class GalleryStore:
             source = t.source or "e:" + _emb_digest(e)
             args += [e.tobytes(), t.sha256, f"{float(t.quality):.4f}", t.thumbnail or b"", source]
         try:
-            res = self._enroll(args=args)
+            res = self._enroll(keys=[self.P], args=args)
         except redis.ResponseError as e:
             raise self._user_error(e, name) from None
         iid = _s(res[0])
         tids = [int(x) for x in _s(res[1]).split(",") if x]
         if tids:
+            wait_for(self.r, self.settings, self.P)  # redis.wait_replicas: an enrollment survives a failover
             log.info("gallery enroll identity=%s name=%s templates=%s log_id=%s", iid, name, tids, _s(res[2]))
         return iid, tids
 
@@ -355,11 +356,12 @@ class GalleryStore:
         the events purge must not depend on it). Returns (identity id, name, removed template ids)."""
         iid = self.require(name_or_id)
         try:
-            name, tids, log_id = self._remove(args=[self.P, iid])
+            name, tids, log_id = self._remove(keys=[self.P], args=[self.P, iid])
         except redis.ResponseError as e:
             raise self._user_error(e, name_or_id) from None
         name = _s(name)
         tids = [int(x) for x in _s(tids).split(",") if x]
+        wait_for(self.r, self.settings, self.P)
         log.info("gallery remove identity=%s templates=%d log_id=%s", iid, len(tids), _s(log_id))
         try:
             self.forget_removed()
@@ -375,7 +377,7 @@ class GalleryStore:
             iid, upto = _s(iid), _s(upto)
             after = "0-0"
             while after:
-                after = _s(self._forget_log(args=[self.P, iid, after, upto, FORGET_CHUNK]))
+                after = _s(self._forget_log(keys=[self.P], args=[self.P, iid, after, upto, FORGET_CHUNK]))
             self._scrub_snapshot(iid, upto)
             self.r.hdel(self.k("forget"), iid)
 
@@ -383,9 +385,10 @@ class GalleryStore:
         new = valid_name(new)
         iid = self.require(old)
         try:
-            self._rename(args=[self.P, iid, new])
+            self._rename(keys=[self.P], args=[self.P, iid, new])
         except redis.ResponseError as e:
             raise self._user_error(e, new) from None
+        wait_for(self.r, self.settings, self.P)
         log.info("gallery rename identity=%s %s -> %s", iid, old, new)
         return iid
 
@@ -422,7 +425,8 @@ class GalleryStore:
             sl = slice(c * SNAP_CHUNK, (c + 1) * SNAP_CHUNK)
             pipe.set(self.k("snap", gen, c), _pack(ids[sl], owners[sl], vectors[sl]))
         pipe.execute()
-        ok, old = self._put_snap(args=[self.P, log_id, gen, chunks, n, json.dumps(identities), DIM, now_iso()])
+        ok, old = self._put_snap(keys=[self.P],
+                                 args=[self.P, log_id, gen, chunks, n, json.dumps(identities), DIM, now_iso()])
         old = _s(old)
         if old:
             self._drop_snapshot_chunks(old)
@@ -463,7 +467,8 @@ class GalleryStore:
                 removed += int((~keep).sum())
                 self.r.set(self.k("snap", new, c), _pack(ids[keep], owners[keep], vecs[keep]))
             idents[o] = ["", ""]
-            if self._scrub_snap(args=[self.P, gen, new, chunks, int(meta["count"]) - removed, json.dumps(idents)]):
+            if self._scrub_snap(keys=[self.P],
+                                args=[self.P, gen, new, chunks, int(meta["count"]) - removed, json.dumps(idents)]):
                 log.info("gallery snapshot log_id=%s: %d template(s) of a removed person scrubbed from %d chunk(s)",
                          meta["log_id"], removed, len(hit))
                 return

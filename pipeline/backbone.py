@@ -32,8 +32,13 @@ import time
 from pathlib import Path
 
 import redis
+from redis.backoff import ExponentialBackoff
+from redis.cluster import ClusterNode, RedisCluster
+from redis.retry import Retry
 
 from .config import Settings
+from .keys import is_cluster
+from .keys import key as _key
 
 log = logging.getLogger("facetrail.redis")
 
@@ -173,6 +178,8 @@ def redis_url(settings: Settings) -> str:
 def transient_redis_url(settings: Settings) -> str:
     """Where frames and faces go: redis.transient_url, else the redis.url server, else an embedded server with
     no persistence (started on first use, owned by the process that starts it, like the durable one)."""
+    if is_cluster(settings):
+        return redis_url(settings)  # one cluster carries both (its slots spread the in-flight streams)
     if settings.redis.transient_url:
         return settings.redis.transient_url
     if settings.redis.url:
@@ -182,8 +189,11 @@ def transient_redis_url(settings: Settings) -> str:
 
 def child_env(settings: Settings) -> dict[str, str]:
     """Env for worker subprocesses: both servers by URL (embedded ones are started here, owned by this process)."""
-    return {"FACETRAIL_REDIS_URL": redis_url(settings),
-            "FACETRAIL_REDIS__TRANSIENT_URL": transient_redis_url(settings)}
+    env = {"FACETRAIL_REDIS_URL": redis_url(settings),
+           "FACETRAIL_REDIS__TRANSIENT_URL": transient_redis_url(settings)}
+    if settings.redis.cluster:
+        env["FACETRAIL_REDIS__CLUSTER"] = "true"
+    return env
 
 
 _transient_clients: dict[tuple, redis.Redis] = {}
@@ -201,9 +211,83 @@ def transient_client(settings: Settings, r: redis.Redis | None = None) -> redis.
     return _transient_clients[k]
 
 
+def _cluster_nodes(url: str) -> tuple[list, dict]:
+    """redis+cluster://[user:password@]host:port,host:port[/...] -> startup nodes, client kwargs."""
+    from urllib.parse import unquote
+
+    scheme, _, rest = url.partition("://")
+    kw: dict = {}
+    if scheme.startswith("rediss"):
+        kw["ssl"] = True
+    rest = rest.split("/", 1)[0].split("?", 1)[0]
+    if "@" in rest:
+        cred, rest = rest.rsplit("@", 1)
+        user, _, pw = cred.partition(":")
+        if user:
+            kw["username"] = unquote(user)
+        if pw:
+            kw["password"] = unquote(pw)
+    nodes = []
+    for hp in rest.split(","):
+        host, _, port = hp.strip().rpartition(":")
+        nodes.append(ClusterNode(host or "localhost", int(port or 6379)))
+    return nodes, kw
+
+
+class FailoverCluster(RedisCluster):
+    """RedisCluster that rides out a failover. redis-py retries a failed command at once after refreshing its slot
+    map, which during the ~2-3 s before a replica is promoted still names the dead primary; here a command that
+    failed on a connection error or a cluster-down reply is retried with a backoff for up to `failover_s`.
+    A retried write is safe in facetrail: every Lua write is idempotent (done-markers, event ids, fences)."""
+
+    failover_s = 30.0
+    _RETRY = (redis.ConnectionError, redis.TimeoutError, redis.exceptions.ClusterDownError,
+              redis.exceptions.TryAgainError, redis.exceptions.SlotNotCoveredError,
+              redis.exceptions.MasterDownError)
+
+    def execute_command(self, *args, **kwargs):
+        deadline = time.monotonic() + self.failover_s
+        delay = 0.05
+        while True:
+            try:
+                return super().execute_command(*args, **kwargs)
+            except self._RETRY as e:
+                if time.monotonic() + delay > deadline:
+                    raise
+                log.warning("redis cluster: %s on %s; retrying in %.2fs", type(e).__name__, args[:1], delay)
+                time.sleep(delay)
+                delay = min(2 * delay, 0.5)
+
+
+def connect_cluster(settings: Settings, url: str, *, decode_responses: bool = False) -> RedisCluster:
+    """A RedisCluster client: follows MOVED/ASK, refreshes the slot map and retries on connection errors (a
+    primary failing over to its replica takes about cluster-node-timeout plus the election)."""
+    if url.startswith(("redis+cluster://", "rediss+cluster://")):
+        nodes, kw = _cluster_nodes(url)
+        client = FailoverCluster(startup_nodes=nodes, **kw, **_cluster_kw(settings, decode_responses))
+    else:
+        client = FailoverCluster.from_url(url, **_cluster_kw(settings, decode_responses))
+    return client
+
+
+def _cluster_kw(settings: Settings, decode_responses: bool) -> dict:
+    return dict(decode_responses=decode_responses, socket_timeout=settings.redis.socket_timeout_s,
+                socket_connect_timeout=settings.redis.connect_timeout_s,
+                retry=Retry(ExponentialBackoff(cap=1.0, base=0.05), 12), require_full_coverage=False)
+
+
 def connect(settings: Settings, *, decode_responses: bool = False, url: str | None = None) -> redis.Redis:
     """A checked client: raises BackboneError with one clear line when the server can't be reached."""
     url = url or redis_url(settings)
+    if is_cluster(settings) and (url == settings.redis.url or url.startswith(("redis+cluster://",
+                                                                               "rediss+cluster://"))):
+        try:
+            cl = connect_cluster(settings, url, decode_responses=decode_responses)
+            cl.ping()
+            return cl  # type: ignore[return-value]
+        except (redis.RedisError, OSError) as e:
+            shown = url.split("@")[-1]
+            raise BackboneError(f"cannot reach Redis Cluster at {shown}: {e}") from None
     client = redis.Redis.from_url(url, decode_responses=decode_responses,
                                   socket_timeout=settings.redis.socket_timeout_s,
                                   socket_connect_timeout=settings.redis.connect_timeout_s,
@@ -217,5 +301,57 @@ def connect(settings: Settings, *, decode_responses: bool = False, url: str | No
 
 
 def key(settings: Settings, *parts: object) -> str:
-    """All facetrail keys share one prefix so a shared server can host several deployments."""
-    return ":".join([settings.redis.key_prefix, *map(str, parts)])
+    """All facetrail keys share one prefix so a shared server can host several deployments (on a Redis Cluster
+    the prefix is also the control plane's hash tag: see pipeline/keys.py)."""
+    return _key(settings, *parts)
+
+
+def wait_replicas(settings: Settings) -> int:
+    """How many replicas a must-not-lose write waits for (redis.wait_replicas; unset: 1 on a cluster, 0 else)."""
+    n = settings.redis.wait_replicas
+    if n is not None:
+        return n
+    return 1 if is_cluster(settings) else 0
+
+
+_replica_counts: dict[str, tuple[float, int]] = {}
+
+
+def _replicas_of(r, node) -> int:
+    """Online replicas of a cluster primary (INFO replication, cached for 2 s)."""
+    now = time.monotonic()
+    hit = _replica_counts.get(node.name)
+    if hit and now - hit[0] < 2.0:
+        return hit[1]
+    info = r.info("replication", target_nodes=node)
+    if isinstance(info, dict) and node.name in info and isinstance(info[node.name], dict):
+        info = info[node.name]
+    n = sum(1 for k, v in info.items() if k.startswith("slave") and isinstance(v, dict) and v.get("state") == "online")
+    _replica_counts[node.name] = (now, n)
+    return n
+
+
+def wait_for(r, settings: Settings, near_key: str) -> int:
+    """WAIT on the primary that holds `near_key` until redis.wait_replicas replicas have every write made so far
+    on this connection's node (bounded by redis.wait_timeout_ms). Returns the replicas that acknowledged; logs
+    when fewer did (the write stands on the primary; a failover before it replicates may lose it)."""
+    n = wait_replicas(settings)
+    if n <= 0:
+        return 0
+    try:
+        if isinstance(r, RedisCluster):
+            node = r.get_node_from_key(near_key)
+            if settings.redis.wait_replicas is None:  # auto: only replicas that are there (after a failover the
+                n = min(n, _replicas_of(r, node))     # promoted primary has none until the old one rejoins)
+                if n <= 0:
+                    return 0
+            got = int(r.execute_command("WAIT", n, settings.redis.wait_timeout_ms, target_nodes=node))
+        else:
+            got = int(r.execute_command("WAIT", n, settings.redis.wait_timeout_ms))
+    except redis.RedisError as e:
+        log.warning("WAIT for %d replica(s) near %s failed: %s", n, near_key, e)
+        return 0
+    if got < n:
+        log.warning("WAIT: %d of %d replica(s) acknowledged the write near %s within %d ms", got, n, near_key,
+                    settings.redis.wait_timeout_ms)
+    return got

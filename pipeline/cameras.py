@@ -150,7 +150,9 @@ class CameraRegistry:
         return key(self.settings, "camera", name, "status")
 
     def seq_key(self, name: str) -> str:
-        return key(self.settings, "camera", name, "seq")
+        from .keys import StreamNames
+
+        return StreamNames.of(self.settings).seq(name)  # beside the frames stream (the frame push writes it)
 
     def set_status(self, name: str, state: str | None = None, **fields) -> None:
         if state is not None:

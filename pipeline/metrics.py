@@ -172,12 +172,13 @@ def read_metrics(r: redis.Redis, settings: Settings) -> dict:
             tot[f] = tot.get(f, 0) + float(vals.get(f, 0) or 0)
     from .backbone import transient_client
 
-    names = StreamNames(settings.redis.key_prefix)
+    names = StreamNames.of(settings)
     reg = CameraRegistry(r, settings)
     cams = reg.names()
     rt = transient_client(settings, r)  # frames and faces in flight live there
     queues = {names.frames(c): stream_backlog(rt, names.frames(c), "detectors") for c in cams}
-    queues[names.faces] = stream_backlog(rt, names.faces, "embedders")
+    for fs in names.all_faces:
+        queues[fs] = stream_backlog(rt, fs, "embedders")
     for c in cams:
         queues[names.embeddings(c)] = {"length": int(rt.xlen(names.embeddings(c)))}
     return {"stages": stages, "queues": queues, "cameras": reg.all_status(),

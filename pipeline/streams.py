@@ -4,44 +4,15 @@ derived from the input key, so a redelivered message never produces a second out
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+import time
 from typing import Sequence
 
 import redis
+from redis.cluster import RedisCluster
+
+from .keys import StreamNames, hash_tag  # noqa: F401 - StreamNames is re-exported (its historical home)
 
 log = logging.getLogger("facetrail.streams")
-
-
-@dataclass(frozen=True)
-class StreamNames:
-    prefix: str = "ft"
-
-    def frames(self, camera: str) -> str:
-        return f"{self.prefix}:frames:{camera}"
-
-    @property
-    def faces(self) -> str:
-        return f"{self.prefix}:faces"
-
-    def embeddings(self, camera: str) -> str:
-        return f"{self.prefix}:embeddings:{camera}"
-
-    @property
-    def events(self) -> str:
-        return f"{self.prefix}:events"
-
-    def done(self, stage: str, key: str) -> str:
-        return f"{self.prefix}:done:{stage}:{key}"
-
-    def counter(self, name: str) -> str:
-        return f"{self.prefix}:metrics:{name}"
-
-    def gone(self, camera: str) -> str:
-        """Sorted set of a camera's seqs that will never reach the matcher (dropped at the source before any
-        detector took them, or dead-lettered). The matcher skips a missing seq at once only when it is here;
-        any other missing seq is still in flight (e.g. held by a worker killed with -9 until it is reclaimed)
-        and is waited for."""
-        return f"{self.prefix}:gone:{camera}"
 
 
 GONE_KEEP = 20_000  # seqs kept per camera in the gone set (oldest trimmed): far more than any reorder window
@@ -94,20 +65,108 @@ if fresh then return 1 else return 0 end
 """
 
 
+# Redis is (briefly) unavailable: a worker waits and retries; its unacked entries stay pending. On a Redis Cluster
+# this includes a failover in progress (CLUSTERDOWN, TRYAGAIN, a slot without a primary for a moment).
+UNAVAILABLE: tuple[type[Exception], ...] = (redis.ConnectionError, redis.TimeoutError,
+                                            redis.exceptions.ClusterError, redis.exceptions.TryAgainError,
+                                            redis.exceptions.SlotNotCoveredError)
+
+
+def is_cluster_client(r) -> bool:
+    return isinstance(r, RedisCluster)
+
+
+# Redis Cluster: the same emit in two single-slot steps. (a) In the OUTPUT's slot, SET NX the done-marker (named
+# near the output, StreamNames.done(near=...)) and XADD the outputs, atomically; (b) XACK (+ XDEL) the input in
+# its own slot. A crash between (a) and (b) leaves the input pending; its redelivery finds the marker, writes
+# nothing and only acks: still effectively-once. KEYS[1] marker, KEYS[2..] outputs (one slot).
+# ARGV: marker ttl, n_outputs, then per output: maxlen, payload.
+_EMIT_ONLY = """
+local fresh = redis.call('SET', KEYS[1], '1', 'NX', 'EX', tonumber(ARGV[1]))
+if not fresh then return 0 end
+local n = tonumber(ARGV[2])
+for i = 1, n do
+  local maxlen = tonumber(ARGV[1 + 2 * i])
+  local payload = ARGV[2 + 2 * i]
+  if maxlen > 0 then
+    redis.call('XADD', KEYS[1 + i], 'MAXLEN', '~', maxlen, '*', 'm', payload)
+  else
+    redis.call('XADD', KEYS[1 + i], '*', 'm', payload)
+  end
+end
+return 1
+"""
+
+
 class Emitter:
+    delete_input = False
+
     def __init__(self, r: redis.Redis, marker_ttl_s: int = 3600):
         self.r = r
         self.ttl = marker_ttl_s
+        self.cluster = is_cluster_client(r)
         self._script = r.register_script(_EMIT_ONCE)
 
     def emit_and_ack(self, marker: str, in_stream: str, group: str, in_id: str | bytes,
                      outputs: Sequence[tuple[str, bytes, int]]) -> bool:
         """outputs: (stream, payload, maxlen or 0). Returns False when this input was already emitted."""
+        if self.cluster:
+            return self._emit_cluster([(marker, in_stream, group, in_id, outputs)])[0]
         keys = [marker, in_stream] + [o[0] for o in outputs]
         args: list = [group, in_id.decode() if isinstance(in_id, bytes) else in_id, self.ttl, len(outputs)]
         for _, payload, maxlen in outputs:
             args += [maxlen, payload]
         return bool(self._script(keys=keys, args=args))
+
+    def _emit_cluster(self, items) -> list[bool]:
+        """Step (a) for every item in one pipeline (routed per slot), then step (b), the acks."""
+        pipe = self.r.pipeline(transaction=False)
+        for marker, _in_stream, _group, _in_id, outputs in items:
+            if outputs:
+                args: list = [self.ttl, len(outputs)]
+                for _, payload, maxlen in outputs:
+                    args += [maxlen, payload]
+                pipe.execute_command("EVAL", _EMIT_ONLY, 1 + len(outputs), marker, *[o[0] for o in outputs], *args)
+            else:
+                pipe.set(marker, "1", nx=True, ex=self.ttl)
+        fresh = [bool(x) for x in pipe.execute()]
+        pipe = self.r.pipeline(transaction=False)
+        for _marker, in_stream, group, in_id, _outputs in items:
+            if in_id:
+                pipe.xack(in_stream, group, in_id)
+                if self.delete_input:
+                    pipe.xdel(in_stream, in_id)
+        if len(pipe):
+            pipe.execute()
+        return fresh
+
+
+def xreadgroup_many(r, group: str, consumer: str, streams: dict, count: int, block_ms: int | None):
+    """XREADGROUP over several streams. On a Redis Cluster one call may only name keys of one slot: the streams
+    are read per slot in one pipeline without BLOCK, and when all are empty we sleep (at most 50 ms of the block
+    time) instead of blocking on one of them. Same reply shape as redis-py's xreadgroup."""
+    if not streams:
+        return []
+    if not is_cluster_client(r):
+        return r.xreadgroup(group, consumer, streams, count=count, block=block_ms)
+    by_slot: dict[int, dict] = {}
+    for s, i in streams.items():
+        by_slot.setdefault(r.keyslot(s), {})[s] = i
+    if len(by_slot) == 1:
+        return r.xreadgroup(group, consumer, streams, count=count, block=block_ms)
+    pipe = r.pipeline(transaction=False)
+    for part in by_slot.values():
+        pipe.xreadgroup(group, consumer, part, count=count)
+    out = []
+    for res in pipe.execute(raise_on_error=False):
+        if isinstance(res, Exception):
+            if "NOGROUP" in str(res):
+                continue
+            raise res
+        out.extend(res or [])
+    if not out and block_ms:
+        time.sleep(min(block_ms, 50) / 1000.0)
+    return out
 
 
 def read_batch(r: redis.Redis, group: str, consumer: str, streams: Sequence[str], count: int,
@@ -115,7 +174,7 @@ def read_batch(r: redis.Redis, group: str, consumer: str, streams: Sequence[str]
     """New messages for this consumer across several streams: (stream, id, payload)."""
     if not streams:
         return []
-    resp = r.xreadgroup(group, consumer, {s: ">" for s in streams}, count=count, block=block_ms)
+    resp = xreadgroup_many(r, group, consumer, {s: ">" for s in streams}, count=count, block_ms=block_ms)
     return _flatten(resp)
 
 
@@ -162,6 +221,8 @@ _EMIT_ONCE_CONSUME = _EMIT_ONCE.replace(
 class ConsumingEmitter(Emitter):
     """emit_and_ack that also XDELs the input entry (single consumer group per input stream)."""
 
+    delete_input = True
+
     def __init__(self, r: redis.Redis, marker_ttl_s: int = 3600):
         super().__init__(r, marker_ttl_s)
         self._script = r.register_script(_EMIT_ONCE_CONSUME)
@@ -171,6 +232,8 @@ class ConsumingEmitter(Emitter):
         """Several (marker, in_stream, group, in_id, outputs) in one round trip; each stays atomic on its own."""
         if not items:
             return []
+        if self.cluster:
+            return self._emit_cluster(items)
         pipe = self.r.pipeline(transaction=False)
         for marker, in_stream, group, in_id, outputs in items:
             keys = [marker, in_stream] + [o[0] for o in outputs]
@@ -245,7 +308,9 @@ class FramePusher:
         if not gone_key:
             prefix, _, camera = stream.partition(":frames:")
             gone_key = StreamNames(prefix).gone(camera)
-        res = int(self._script(keys=[stream, seq_key, status_key, lease_key, drops_key, gone_key],
+        # KEYS[3] and KEYS[5] are unused by the script: the stream stands in for them, so every key is in the
+        # camera's slot on a Redis Cluster (status and drops are counted on the durable server below)
+        res = int(self._script(keys=[stream, seq_key, stream, lease_key, stream, gone_key],
                                args=[maxlen, payload, next_seq, mode, token, group,
                                      next_seq - 1 if seq is None else seq]))
         if res > 0:
@@ -274,10 +339,11 @@ class LeaseMirror:
     """The grabber lease lives on the durable server; the frame push (on the transient one) is fenced by a
     copy of its token there, refreshed about once a second after checking the real lease."""
 
-    def __init__(self, durable: redis.Redis, transient: redis.Redis, lease_key: str, ttl_ms: int):
+    def __init__(self, durable: redis.Redis, transient: redis.Redis, lease_key: str, ttl_ms: int,
+                 mirror_key: str | None = None):
         self.durable, self.transient = durable, transient
         self.lease_key = lease_key
-        self.key = lease_key + ":mirror"
+        self.key = mirror_key or lease_key + ":mirror"
         self.ttl_ms = ttl_ms
         self._script = transient.register_script(_MIRROR_LEASE)
         self._at = 0.0

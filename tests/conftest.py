@@ -211,3 +211,33 @@ def wait_for(cond, timeout, what):
             return v
         time.sleep(0.05)
     raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+# ---- Redis Cluster -------------------------------------------------------------------------------------
+@pytest.fixture(scope="session")
+def redis_cluster(tmp_path_factory):
+    """A real local Redis Cluster (3 primaries, 3 replicas) for the session; tests/redis_cluster.py."""
+    import shutil
+
+    from redis_cluster import LocalCluster
+
+    if not (shutil.which("redis-server") and shutil.which("redis-cli")):
+        why = "redis-server/redis-cli are missing (run .ci/system-deps.sh)"
+        if in_ci():
+            pytest.fail(f"CI: {why}")
+        pytest.skip(why)
+    cl = LocalCluster(tmp_path_factory.mktemp("cluster")).start()
+    yield cl
+    cl.stop()
+
+
+_cluster_prefixes = iter(range(1, 1_000_000))
+
+
+@pytest.fixture
+def cluster_settings(tmp_path, redis_cluster, models_dir) -> Settings:
+    """Settings on the session's cluster, with a key prefix of their own (nothing to flush between tests)."""
+    return load_settings([], env={"FACETRAIL_DATA_DIR": str(tmp_path / "data"),
+                                  "FACETRAIL_MODELS_DIR": str(models_dir),
+                                  "FACETRAIL_REDIS_URL": redis_cluster.url,
+                                  "FACETRAIL_REDIS__KEY_PREFIX": f"c{next(_cluster_prefixes)}"})

@@ -15,7 +15,7 @@ import redis
 from pipeline.backbone import key
 from pipeline.config import Settings
 from pipeline.metrics import Heartbeat, StageMetrics
-from pipeline.streams import ensure_group, reclaim_entries
+from pipeline.streams import UNAVAILABLE, ensure_group, reclaim_entries
 
 log = logging.getLogger("facetrail.workers")
 
@@ -165,12 +165,12 @@ class BatchReader:
         return out
 
     def _read(self, want: int, block_ms: int | None) -> list[Entry]:
-        from pipeline.streams import _flatten
+        from pipeline.streams import _flatten, xreadgroup_many
 
         per_stream = max(1, math.ceil(want / max(1, len(self.streams))))  # fair share per camera
         try:
-            resp = self.r.xreadgroup(self.group, self.consumer, {s: ">" for s in self.streams},
-                                     count=per_stream, block=block_ms)
+            resp = xreadgroup_many(self.r, self.group, self.consumer, {s: ">" for s in self.streams},
+                                   count=per_stream, block_ms=block_ms)
         except redis.ResponseError as e:
             if "NOGROUP" not in str(e):
                 raise
@@ -221,7 +221,7 @@ def dead_letter(r: redis.Redis, settings: Settings, stage: str, stream: str, msg
         from pipeline.streams import StreamNames, mark_gone
 
         # the matcher need not wait for it
-        mark_gone(rt if rt is not None else r, StreamNames(settings.redis.key_prefix), camera, [seq])
+        mark_gone(rt if rt is not None else r, StreamNames.of(settings), camera, [seq])
 
 
 def run_loop(role: str, consumer: str, stop: threading.Event, reader: BatchReader,
@@ -249,7 +249,7 @@ def run_loop(role: str, consumer: str, stop: threading.Event, reader: BatchReade
                     continue
                 handle(batch)
                 backoff = 0.1
-            except (redis.ConnectionError, redis.TimeoutError) as e:
+            except UNAVAILABLE as e:  # incl. a Redis Cluster failover in progress
                 metrics.errors += 1
                 log.warning("%s %s: redis unavailable (%s); retrying in %.1fs", role, consumer, e, backoff)
                 stop.wait(backoff)

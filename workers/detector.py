@@ -120,7 +120,7 @@ class DetectorWorker:
         self.consumer = consumer
         self.r = r or connect(settings)
         self.rt = transient_client(settings, self.r)  # frames and faces: the transient server
-        self.names = StreamNames(settings.redis.key_prefix)
+        self.names = StreamNames.of(settings)
         self.registry = CameraRegistry(self.r, settings)
         if stage is None and settings.workers.reembed_shared:  # one gate per camera for every detector
             stage = DetectStage(settings, gate=SharedReembedGate.from_settings(self.rt, settings))
@@ -143,7 +143,13 @@ class DetectorWorker:
             for s in self.reader.streams:
                 pipe.xlen(s)
             self.metrics.lag = sum(pipe.execute()) if self.reader.streams else 0
-        n = self.rt.xlen(self.names.faces)
+        if len(self.names.all_faces) == 1:
+            n = self.rt.xlen(self.names.faces)
+        else:  # faces sharded (Redis Cluster): the fullest shard decides
+            pipe = self.rt.pipeline(transaction=False)
+            for s in self.names.all_faces:
+                pipe.xlen(s)
+            n = max(pipe.execute())
         if n < self.settings.workers.faces_maxlen:
             return True
         if time.monotonic() - self._faces_full_logged > 10:
@@ -179,8 +185,9 @@ class DetectorWorker:
         self.metrics.motion_skipped += self.stage.motion_skipped - still
         items = []
         for (stream, msg_id, msg, _), faces in zip(decoded, results):
-            marker = self.names.done("detect", f"{msg.frame.camera}:{msg.frame.seq}")
-            items.append((marker, stream, GROUP, msg_id, [(self.names.faces, faces.encode(), 0)]))
+            out = self.names.faces_for(msg.frame.camera)
+            marker = self.names.done("detect", f"{msg.frame.camera}:{msg.frame.seq}", near=out)
+            items.append((marker, stream, GROUP, msg_id, [(out, faces.encode(), 0)]))
         fresh = self.emitter.emit_many(items)
         dup = len(fresh) - sum(fresh)
         if dup:

@@ -72,13 +72,13 @@ class EmbedderWorker:
         self.consumer = consumer
         self.r = r or connect(settings)
         self.rt = transient_client(settings, self.r)  # faces and embeddings: the transient server
-        self.names = StreamNames(settings.redis.key_prefix)
+        self.names = StreamNames.of(settings)
         self.stage = stage or EmbedStage(settings)
         # faces in, embeddings out, done:embed markers: all on the transient server, one Lua call per frame
         self.emitter = ConsumingEmitter(self.rt, settings.workers.done_marker_ttl_s)
         self.metrics = StageMetrics(self.r, settings, "embedder", consumer)
         self.heartbeat = Heartbeat(self.r, settings, "embedder", consumer)
-        self.reader = BatchReader(self.rt, settings, GROUP, consumer, lambda: [self.names.faces],
+        self.reader = BatchReader(self.rt, settings, GROUP, consumer, lambda: self.names.all_faces,
                                   role="embedder", hb=self.r)
 
     def handle(self, batch: list[Entry]) -> None:
@@ -104,8 +104,9 @@ class EmbedderWorker:
         items = []
         for (stream, msg_id, msg, _), emb in zip(good, results):
             cam = msg.frame.camera
-            items.append((self.names.done("embed", f"{cam}:{msg.frame.seq}"), stream, GROUP, msg_id,
-                          [(self.names.embeddings(cam), emb.encode(), maxlen)]))
+            out = self.names.embeddings(cam)
+            items.append((self.names.done("embed", f"{cam}:{msg.frame.seq}", near=out), stream, GROUP, msg_id,
+                          [(out, emb.encode(), maxlen)]))
         fresh = self.emitter.emit_many(items)
         dup = len(fresh) - sum(fresh)
         if dup:
@@ -113,7 +114,8 @@ class EmbedderWorker:
         now = time.time()
         lat = [now - g[2].frame.captured_at for g in good if not g[2].frame.eos]
         self.metrics.batch(len(good), latency_ms=1000 * sum(lat) / len(lat) if lat else None)
-        self.metrics.lag = self.rt.xlen(self.names.faces) if self.metrics.batches % 8 == 0 else self.metrics.lag
+        if self.metrics.batches % 8 == 0:
+            self.metrics.lag = sum(self.rt.xlen(s) for s in self.names.all_faces)
 
     def run(self, stop: threading.Event) -> None:
         run_loop("embedder", self.consumer, stop, self.reader, self.handle, self.metrics, self.heartbeat)

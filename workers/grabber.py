@@ -156,11 +156,15 @@ class FramePublisher:
         self.settings = settings
         self.camera = camera
         self.token = token
-        self.names = StreamNames(settings.redis.key_prefix)
+        self.names = StreamNames.of(settings)
         self.registry = CameraRegistry(r, settings)
         self.pusher = FramePusher(self.rt, durable=r)
         self.lease_key = grabber_lease_key(settings, camera)
-        self.mirror = LeaseMirror(r, self.rt, self.lease_key, LEASE_TTL_MS) if self.rt is not r else None
+        # a separate transient server, or a Redis Cluster (the lease is in the control plane's slot, the frames in
+        # the camera's): the push is fenced by a mirror of the lease token beside the frames stream
+        self.mirror = (LeaseMirror(r, self.rt, self.lease_key, LEASE_TTL_MS,
+                                   mirror_key=self.names.lease_mirror(camera, self.lease_key))
+                       if self.rt is not r or self.names.cluster else None)
         self.stream = self.names.frames(camera)
         self.seq = self.registry.next_seq(camera)
         if self.rt is not r:  # the transient copy is exact when that server survived; the durable one is >= last-1
@@ -174,11 +178,10 @@ class FramePublisher:
     def _push(self, msg: FrameMsg, mode: str, stop: threading.Event | None) -> int:
         payload = msg.encode()
         delay = 0.005
-        lease_key = self.lease_key
+        lease_key = self.lease_key if self.mirror is None else self.mirror.key
         if self.mirror is not None and self.token:
             if not self.mirror.refresh(self.token):
                 raise LeaseLost(f"camera {self.camera}: grabber lease taken over by another process")
-            lease_key = self.mirror.key
         while True:
             res = self.pusher.push(stream=self.stream, seq_key=self.registry.seq_key(self.camera),
                                    status_key=self.registry.status_key(self.camera),

@@ -29,7 +29,7 @@ from pipeline.events.sinks import SinkDispatcher, build_sinks
 from pipeline.events.store import EventStore, FencedError
 from pipeline.messages import EmbeddingsMsg
 from pipeline.metrics import Heartbeat, StageMetrics
-from pipeline.streams import StreamNames, all_gone, ensure_group
+from pipeline.streams import UNAVAILABLE, StreamNames, all_gone, ensure_group, xreadgroup_many
 from pipeline.tracking import MatcherStage, ReorderBuffer, StageOutput
 from pipeline.unknowns import keys as ukeys
 from pipeline.unknowns.store import UnknownStore
@@ -49,19 +49,16 @@ CHECKPOINT_EVERY_S = 1.0  # applied input entries stay this long (readers such a
 
 
 def lease_key(settings: Settings, camera: str) -> str:
-    return key(settings, "lease", "matcher", camera)
+    return StreamNames.of(settings).matcher_lease(camera)
 
 
 def checkpoint_key(settings: Settings, camera: str) -> str:
-    return key(settings, "matcher", "ckpt", camera)
+    return StreamNames.of(settings).checkpoint(camera)
 
 
 def progress_key(settings: Settings, camera: str) -> str:
     """Last frame seq the matcher finished (EOS included); `facetrail process` waits on it."""
-    names = StreamNames(settings.redis.key_prefix)
-    if hasattr(names, "progress"):
-        return names.progress(camera)
-    return key(settings, "progress", camera)
+    return StreamNames.of(settings).progress(camera)
 
 
 def make_searcher(r: redis.Redis, settings: Settings):
@@ -92,7 +89,7 @@ class CameraRunner:
         self.consumer = consumer
         self.store = store
         self.resume_seq: int | None = None  # the checkpoint's next seq at takeover: older seqs were applied
-        self.names = StreamNames(settings.redis.key_prefix)
+        self.names = StreamNames.of(settings)
         self.stream = self.names.embeddings(camera)
         self.lease = Lease(r, lease_key(settings, camera), consumer, int(settings.tracking.lease_ttl_s * 1000))
         self.stage = MatcherStage.from_settings(camera, search, settings, name_of=getattr(search, "name_of", None))
@@ -122,6 +119,8 @@ class CameraRunner:
             return False
         self.last_renew = time.monotonic()
         try:
+            if self.names.cluster:  # events the last owner committed but did not relay yet go first
+                self.events += self.store.relay_outbox(self.names.outbox(self.camera))
             self._load_checkpoint()
             self.resume_seq = self.buffer.next_seq
             ensure_group(self.rs, self.stream, GROUP)
@@ -324,7 +323,12 @@ class CameraRunner:
         if not out.events:
             return 0
         sets, xadds = self._track_writes(out)
-        n = self.store.commit(out.events, fence=(self.lease.key, self.lease.token or ""), sets=sets, xadds=xadds)
+        if self.names.cluster:
+            n = self.store.commit_outbox(self.names.outbox(self.camera), out.events,
+                                         fence=(self.lease.key, self.lease.token or ""), sets=sets, xadds=xadds)
+        else:
+            n = self.store.commit(out.events, fence=(self.lease.key, self.lease.token or ""), sets=sets,
+                                  xadds=xadds)
         self.events += n
         return n
 
@@ -337,8 +341,14 @@ class CameraRunner:
             sets.append((progress_key(self.settings, self.camera), str(last_seq)))
         same = self.rs is self.r  # one server: events, checkpoint and acks in one Lua call
         tsets, xadds = self._track_writes(out)
-        n = self.store.commit(out.events, fence=(self.lease.key, self.lease.token or ""), sets=sets + tsets,
-                              ack=(self.stream, GROUP, acks) if acks and same else None, xadds=xadds)
+        if self.names.cluster:  # checkpoint + acks + outbox in the camera's slot, then the events relayed
+            n = self.store.commit_outbox(self.names.outbox(self.camera), out.events,
+                                         fence=(self.lease.key, self.lease.token or ""), camera_sets=sets,
+                                         sets=tsets, ack=(self.stream, GROUP, acks) if acks else None, xadds=xadds)
+            acks = []
+        else:
+            n = self.store.commit(out.events, fence=(self.lease.key, self.lease.token or ""), sets=sets + tsets,
+                                  ack=(self.stream, GROUP, acks) if acks and same else None, xadds=xadds)
         if acks and not same:
             # embeddings on the transient server: ack after the durable commit. A crash in between leaves them
             # pending; the next owner finds their seqs below the checkpoint's next seq and acks them unapplied.
@@ -363,12 +373,12 @@ def _configured(settings: Settings, registry: CameraRegistry) -> set[str]:
 def _scan_streams(r: redis.Redis, settings: Settings) -> set[str]:  # r: the embeddings (transient) server
     """Cameras with a non-empty embeddings stream (e.g. one left with work after its camera was removed).
     A full SCAN: done rarely (SCAN_EVERY_S), the registry is read every second."""
-    pre = StreamNames(settings.redis.key_prefix).embeddings("")
+    pre, post = StreamNames.of(settings).embeddings_prefix()
     found = set()
-    for k in r.scan_iter(match=pre + "*", count=1000, _type="stream"):
+    for k in r.scan_iter(match=pre + "*" + post, count=1000, _type="stream"):
         k = k.decode() if isinstance(k, bytes) else k
         if r.xlen(k) > 0:
-            found.add(k[len(pre):])
+            found.add(k[len(pre):len(k) - len(post)])
     return found
 
 
@@ -457,8 +467,8 @@ def run(settings: Settings, *, consumer: str, stop: threading.Event, search=None
                     stop.wait(0.2)
                     continue
                 by_stream = {rn.stream: rn for rn in runners.values()}
-                resp = rt.xreadgroup(GROUP, consumer, {s: ">" for s in by_stream},
-                                    count=settings.workers.batch_max * 4, block=100)
+                resp = xreadgroup_many(rt, GROUP, consumer, {s: ">" for s in by_stream},
+                                  count=settings.workers.batch_max * 4, block_ms=100)
                 n_in = 0
                 for stream, rows in resp or []:
                     stream = stream.decode() if isinstance(stream, bytes) else stream
@@ -507,19 +517,19 @@ def run(settings: Settings, *, consumer: str, stop: threading.Event, search=None
                 else:
                     metrics.maybe_flush()
                 backoff = 0.1
-            except redis.ResponseError as e:
-                if "NOGROUP" in str(e):  # a camera's stream was deleted: re-create groups on reacquire
-                    for cam in list(runners):
-                        drop(cam, "stream deleted")
-                    continue
-                raise
-            except (redis.ConnectionError, redis.TimeoutError) as e:
+            except UNAVAILABLE as e:  # incl. a cluster failover (caught before ResponseError: CLUSTERDOWN is one)
                 metrics.errors += 1
                 log.warning("matcher %s: redis unavailable (%s); retrying in %.1fs", consumer, e, backoff)
                 for cam in list(runners):  # the checkpoint is the truth: reload it when we get back
                     runners.pop(cam, None)
                 stop.wait(backoff)
                 backoff = min(backoff * 2, 5.0)
+            except redis.ResponseError as e:
+                if "NOGROUP" in str(e):  # a camera's stream was deleted: re-create groups on reacquire
+                    for cam in list(runners):
+                        drop(cam, "stream deleted")
+                    continue
+                raise
     finally:
         for cam, rn in list(runners.items()):
             try:

@@ -141,7 +141,7 @@ def count_events_by_type(st, max_rounds: int = 20, chunk: int = 5000) -> dict[st
     from ..streams import StreamNames
 
     r, settings = st.redis, st.settings
-    stream = StreamNames(settings.redis.key_prefix).events
+    stream = StreamNames.of(settings).events
     h, lock = key(settings, "apimetrics", "events"), key(settings, "apimetrics", "events", "lock")
     if r.set(lock, "1", nx=True, px=10_000):
         try:

@@ -63,7 +63,7 @@ def cmd_events(args) -> int:
         from index.store import GalleryStore
 
         identity_id = GalleryStore(r, settings).resolve(args.identity)
-    stream = StreamNames(settings.redis.key_prefix).events
+    stream = StreamNames.of(settings).events
     tail_from = "$"
     if args.follow:
         last = r.xrevrange(stream, count=1)

@@ -139,9 +139,9 @@ def cmd_camera_list(args) -> int:
 # ---- process ---------------------------------------------------------------------------------------------------
 def progress_key(settings, camera: str) -> str:
     """<prefix>:progress:{camera} = the last seq the matcher has handled (it sets it; `process` waits on it)."""
-    from ..backbone import key
+    from ..keys import StreamNames
 
-    return key(settings, "progress", camera)
+    return StreamNames.of(settings).progress(camera)
 
 
 class _EmbeddingsWatcher(threading.Thread):
@@ -234,7 +234,7 @@ def cmd_process(args) -> int:
 
     redis_url(settings)  # embedded: this process owns it for the run
     r = connect(settings)
-    names = StreamNames(settings.redis.key_prefix)
+    names = StreamNames.of(settings)
     reg = CameraRegistry(r, settings)
     lease = Lease(r, grabber_lease_key(settings, name), f"process-{os.getpid()}", LEASE_TTL_MS)
     if not lease.acquire():

@@ -36,14 +36,20 @@ class RedisConfig(Section):
     key_prefix: str = "ft"
     socket_timeout_s: float = 10.0
     connect_timeout_s: float = 3.0
+    cluster: bool = Field(False, description="redis.url names one node of a Redis Cluster (also implied by a "
+                                             "redis+cluster://host:port,host:port url)")
+    wait_replicas: int | None = Field(None, ge=0, le=16,
+                                      description="WAIT for this many replicas after gallery and event writes "
+                                                  "(unset: 1 on a cluster whose primaries have replicas, else 0)")
+    wait_timeout_ms: int = Field(1000, ge=1, le=60_000)
 
     @field_validator("url", "transient_url")
     @classmethod
     def _scheme(cls, v: str | None) -> str | None:
         if v in (None, ""):
             return None
-        if not v.startswith(("redis://", "rediss://", "unix://")):
-            raise ValueError("must start with redis://, rediss:// or unix://")
+        if not v.startswith(("redis://", "rediss://", "unix://", "redis+cluster://", "rediss+cluster://")):
+            raise ValueError("must start with redis://, rediss://, unix:// or redis+cluster://")
         return v
 
 
@@ -108,6 +114,8 @@ class WorkersConfig(Section):
     open_timeout_s: float = Field(5.0, gt=0, description="give up opening a stream after this long")
     faces_maxlen: int = Field(4096, ge=16, description="detectors pause (frames back up and drop at the source) "
                                                         "while the faces stream holds this many entries")
+    faces_shards: int = Field(0, ge=0, le=1024, description="faces streams, by a stable hash of the camera "
+                                                            "(0: 1 on a single Redis, 8 on a Redis Cluster)")
     embeddings_maxlen: int = Field(20_000, ge=100, description="approximate cap of embeddings:{camera}")
     done_marker_ttl_s: int = Field(900, ge=10, description="how long a processed frame's idempotency marker lives")
     thumb_px: int = Field(96, ge=16, le=512, description="long side of the per-face thumbnail JPEG")

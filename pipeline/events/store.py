@@ -26,7 +26,7 @@ from dataclasses import dataclass
 
 import redis
 
-from ..backbone import key
+from ..backbone import key, wait_for
 from ..config import Settings
 from ..streams import StreamNames
 from ..unknowns import keys as ukeys
@@ -73,6 +73,27 @@ if op.ack and op.ack ~= cjson.null and #op.ack.ids > 0 then
   if op.ack.delete then redis.call('XDEL', op.ack.stream, unpack(op.ack.ids)) end
 end
 return n
+"""
+
+
+# Redis Cluster, step 1 of a matcher commit, in the CAMERA's slot (KEYS[1] = its outbox stream): only if the lease
+# (op.fence, camera slot) is still ours, write the checkpoint/progress (op.sets), ack (and XDEL) the applied input
+# entries, and append the events' commit op (op.entry, a JSON string: what _COMMIT takes) to the outbox.
+# Returns the outbox entry id ('' when there was nothing to append), or -1 when fenced off (nothing written).
+_OUTBOX = r"""
+local op = cjson.decode(ARGV[1])
+if op.fence and op.fence ~= cjson.null then
+  if redis.call('GET', op.fence[1]) ~= op.fence[2] then return -1 end
+end
+for _, kv in ipairs(op.sets) do
+  if kv[3] then redis.call('SET', kv[1], kv[2], 'EX', kv[3]) else redis.call('SET', kv[1], kv[2]) end
+end
+if op.ack and op.ack ~= cjson.null and #op.ack.ids > 0 then
+  redis.call('XACK', op.ack.stream, op.ack.group, unpack(op.ack.ids))
+  if op.ack.delete then redis.call('XDEL', op.ack.stream, unpack(op.ack.ids)) end
+end
+if op.entry ~= '' then return redis.call('XADD', KEYS[1], '*', 'op', op.entry) end
+return ''
 """
 
 
@@ -140,9 +161,10 @@ class EventStore:
     def __init__(self, r: redis.Redis, settings: Settings):
         self.r = r
         self.settings = settings
-        self.names = StreamNames(settings.redis.key_prefix)
+        self.names = StreamNames.of(settings)
         self._commit = r.register_script(_COMMIT)
         self._purge_stream = r.register_script(_PURGE_STREAM)
+        self._outbox = r.register_script(_OUTBOX)
 
     # ---- keys -----------------------------------------------------------------------------------------
     def k(self, *parts) -> str:
@@ -201,10 +223,54 @@ class EventStore:
         Returns how many events were new; raises FencedError when `fence` = (lease key, our value) no longer
         holds (then nothing at all was written)."""
         op = self.commit_op(events, fence=fence, sets=sets, ack=ack, delete_acked=delete_acked, xadds=xadds)
-        n = int(self._commit(keys=[], args=[json.dumps(op)]))
+        # KEYS names the events stream only to route the call on a Redis Cluster (all keys of the op share the
+        # control plane's slot there: pipeline/keys.py); the script reads its keys from the op
+        n = int(self._commit(keys=[self.names.events], args=[json.dumps(op)]))
         if n < 0:
             raise FencedError(f"lease {fence[0] if fence else ''} lost; nothing written")
+        if n > 0:
+            wait_for(self.r, self.settings, self.names.events)
         return n
+
+    # ---- Redis Cluster: commit through the camera's outbox -----------------------------------------------------
+    def commit_outbox(self, outbox: str, events: list[Event], *, fence: tuple[str, str] | None = None,
+                      camera_sets: list[tuple] = (), sets: list[tuple] = (),
+                      ack: tuple[str, str, list[str]] | None = None, delete_acked: bool = False,
+                      xadds: list[tuple[str, str, str]] = ()) -> int:
+        """The matcher's commit on a Redis Cluster, where the camera's state (lease, checkpoint, progress, input
+        stream) and the events (control plane) are in different slots. Step 1, atomic and fenced in the camera's
+        slot: camera_sets (checkpoint, progress), the acks, and the events' write op appended to `outbox`.
+        Step 2, relay_outbox: every outbox op is written to the events slot (each event id once: the done-marker),
+        WAITed for, then XDELed from the outbox. A crash between the steps leaves the op in the outbox; the next
+        owner of the camera relays it before anything else, and a relay repeated writes nothing twice.
+        Returns how many events were new; FencedError as commit()."""
+        entry = ""
+        if events or sets or xadds:
+            entry = json.dumps(self.commit_op(events, sets=sets, xadds=xadds))
+        op = {"fence": list(fence) if fence else None, "sets": [list(kv) for kv in camera_sets],
+              "ack": ({"stream": ack[0], "group": ack[1], "ids": list(ack[2]), "delete": delete_acked}
+                      if ack else None), "entry": entry}
+        res = self._outbox(keys=[outbox], args=[json.dumps(op)])
+        if isinstance(res, int) and res < 0:
+            raise FencedError(f"lease {fence[0] if fence else ''} lost; nothing written")
+        return self.relay_outbox(outbox) if entry else 0
+
+    def relay_outbox(self, outbox: str, count: int = 100) -> int:
+        """Move every op left in `outbox` into the events slot, oldest first (see commit_outbox). Returns the
+        number of events that were new."""
+        n = 0
+        while True:
+            rows = self.r.xrange(outbox, "-", "+", count=count)
+            if not rows:
+                return n
+            for mid, f in rows:
+                raw = f.get(b"op", f.get("op"))
+                if raw:
+                    n += int(self._commit(keys=[self.names.events], args=[raw]))
+            wait_for(self.r, self.settings, self.names.events)
+            self.r.xdel(outbox, *[mid for mid, _ in rows])
+            if len(rows) < count:
+                return n
 
     def add(self, events: list[Event]) -> int:
         return self.commit(events)

@@ -162,6 +162,15 @@ class SharedReembedGate(ReembedGate):
             return [[True] * len(f) for _, _, f in frames]
         if not any(f for _, _, f in frames):
             return [[] for _ in frames]
+        cams = {c for c, _, _ in frames}
+        if len(cams) > 1 and _is_cluster(self.r):
+            # Redis Cluster: one call per camera (each camera's key is in its own slot)
+            out: list[list[bool]] = [[] for _ in frames]
+            for cam in cams:
+                idx = [i for i, f in enumerate(frames) if f[0] == cam]
+                for i, res in zip(idx, self.plan_many([frames[i] for i in idx])):
+                    out[i] = res
+            return out
         keys: list[str] = []
         index: dict[str, int] = {}
         items = []
@@ -180,3 +189,9 @@ class SharedReembedGate(ReembedGate):
             log.warning("shared reembed gate unavailable (%s): this batch is judged by the process's own gate", e)
             return [super(SharedReembedGate, self).plan(c, t, f) for c, t, f in frames]
         return [[c == "1" for c in (s.decode() if isinstance(s, bytes) else s)] for s in res]
+
+
+def _is_cluster(r) -> bool:
+    from redis.cluster import RedisCluster
+
+    return isinstance(r, RedisCluster)

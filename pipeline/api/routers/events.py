@@ -117,7 +117,7 @@ async def stream_events(
         last_event_id: str | None = Header(None, pattern=r"^\d{1,20}-\d{1,20}$",
                                            description="resume point an EventSource sends on reconnect")):
     st = state(request)
-    stream = StreamNames(st.settings.redis.key_prefix).events
+    stream = StreamNames.of(st.settings).events
     start = after or last_event_id or "$"
     if start == "$":  # resolve now, so nothing committed between this request and the first read is lost
         last = await run_in_threadpool(st.redis.xrevrange, stream, "+", "-", 1)

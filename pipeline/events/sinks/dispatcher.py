@@ -43,7 +43,7 @@ class SinkDispatcher:
         self.consumer = consumer
         self.stop = stop
         self.block_ms = block_ms
-        self.stream = StreamNames(settings.redis.key_prefix).events
+        self.stream = StreamNames.of(settings).events
         self.threads: list[threading.Thread] = []
         self.delivered: dict[str, int] = {s.name: 0 for s in sinks}
         self.dropped: dict[str, int] = {s.name: 0 for s in sinks}
