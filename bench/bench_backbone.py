@@ -27,7 +27,8 @@ import redis  # noqa: E402
 
 from pipeline.backbone import connect  # noqa: E402
 from pipeline.config import load_settings  # noqa: E402
-from pipeline.streams import ConsumingEmitter, FramePusher, StreamNames, ensure_group, read_batch  # noqa: E402
+from pipeline.framepush import FramePusher  # noqa: E402
+from pipeline.streams import ConsumingEmitter, StreamNames, ensure_group, read_batch  # noqa: E402
 
 
 def run_one(url: str, cluster: bool, cameras: int, frames: int, size_kb: int, prefix: str) -> dict:

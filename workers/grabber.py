@@ -28,7 +28,8 @@ from pipeline.config import CameraConfig, Settings  # noqa: E402
 from pipeline.engine.framecodec import encode_frame  # noqa: E402
 from pipeline.messages import FrameMsg, FrameRef  # noqa: E402
 from pipeline.metrics import Heartbeat, StageMetrics, drops_key  # noqa: E402
-from pipeline.streams import FramePusher, LeaseMirror, StreamNames  # noqa: E402
+from pipeline.framepush import FramePusher, LeaseMirror  # noqa: E402
+from pipeline.streams import StreamNames  # noqa: E402
 
 log = logging.getLogger("facetrail.grabber")
 
