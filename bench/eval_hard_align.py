@@ -13,7 +13,7 @@ matcher (MatcherStage, the gallery of eval_hard with `gallery.lowres_templates`)
   sigma 1 px of the original) before alignment;
 - `--landmarks`: per enrolled person's appearance, the cosine with the detector's landmarks, with "oracle" landmarks
   (the sharp photo's landmarks carried by the clip's known paste transform) and with RetinaFace's landmarks on
-  the face's patch upscaled 2x.
+  the face's patch upscaled 2x; and the cosine of the clip's faces to their own sharp source photo.
 
     .venv/bin/python bench/eval_hard_align.py [--variants plain,cubic,...] [--landmarks] [FACETRAIL_...=V ...]
 
@@ -242,12 +242,15 @@ def landmarks(eng: FaceEngine, data: dict, gallery: dict[str, np.ndarray]) -> li
                 rf_c.append(align_face(up, np.asarray(max(r, key=lambda r: r.box[2] * r.box[3]).landmarks)
                                        .reshape(5, 2), 112))
         g = gallery[v.person]
+        img = cv2.imread(v.photo)
+        own = eng.embedder.embed(eng.align(img, eng.detect([img])[0][:1]))  # the clip's own sharp source photo
 
         def cos(cs):
             return round(float((eng.embedder.embed(cs) @ g.T).max(1).mean()), 3) if cs else None
         out.append({"person": v.person, "face_px": v.face_px, "blur": v.blur, "faces": len(faces),
                     "landmark_error_of_face": round(float(np.mean(err)), 3), "cos_detected": cos(det_c),
-                    "cos_oracle": cos(ora_c), "cos_retinaface_2x": cos(rf_c)})
+                    "cos_oracle": cos(ora_c), "cos_retinaface_2x": cos(rf_c),
+                    "cos_to_own_source_photo": round(float((eng.embedder.embed(det_c) @ own.T).mean()), 3)})
     return out
 
 

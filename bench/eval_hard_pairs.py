@@ -8,8 +8,8 @@ short "track" of `--frames` faces with sub-pixel shifts. Each track is decided b
 IdentityVoter (per-face votes at thresholds.match / margin, the track mean at track_match / track_margin, and the
 consistent-evidence bar when tracking.track_consistent_match is set):
 
-- **5-person gallery** (bench/eval_hard.py's enrollment): tracks of strangers named (false accepts) and tracks of
-  enrolled people named right / wrong;
+- **5-person gallery** (bench/eval_hard.py's enrollment): tracks of strangers named (false accepts), the highest
+  stranger track mean and lead over the runner-up, and tracks of enrolled people named right / wrong;
 - **pairs**: for each of the 300 deepface pairs (both ways), the pair's first photo is added to the gallery as a
   sixth identity X and the second photo's degraded tracks are decided: a different-person pair is a false accept
   when the track is named X (or anyone it is not), a same-person pair is found when it is named X (or the
@@ -155,6 +155,10 @@ def main() -> int:
         else:
             five["stranger_tracks"] += 1
             five["stranger_named"] += name is not None
+            m = tr["vecs"].mean(axis=0)
+            sc = sorted((float((g @ (m / np.linalg.norm(m))).max()) for g in gallery.values()), reverse=True)
+            five["stranger_max_mean"] = round(max(five.get("stranger_max_mean", -1.0), sc[0]), 3)
+            five["stranger_max_lead"] = round(max(five.get("stranger_max_lead", -1.0), sc[0] - sc[1]), 3)
     pairs = {"different_tracks": 0, "different_named": 0, "same_tracks": 0, "same_named": 0}
     worst: list[tuple] = []
     by_photo: dict[str, list[dict]] = {}
