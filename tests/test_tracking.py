@@ -168,6 +168,17 @@ def test_consistent_evidence_names_a_low_track_mean_only_with_a_lead_and_a_consi
     assert feed(IdentityVoter(0.45, 0.05, **on), steady[:4]) is None                 # fewer than track_min_faces
 
 
+def test_consistent_evidence_settings_reach_the_stage_and_default_off():
+    from pipeline.config import load_settings
+
+    off = MatcherStage.from_settings("cam", lambda v: [], load_settings([], env={}))
+    assert off.voter.consistent_match is None
+    on = MatcherStage.from_settings("cam", lambda v: [], load_settings([], env={
+        "FACETRAIL_TRACKING__TRACK_CONSISTENT_MATCH": "0.3", "FACETRAIL_TRACKING__TRACK_CONSISTENT_MARGIN": "0.25",
+        "FACETRAIL_TRACKING__TRACK_CONSISTENT_SHARE": "0.9"}))
+    assert (on.voter.consistent_match, on.voter.consistent_margin, on.voter.consistent_share) == (0.3, 0.25, 0.9)
+
+
 # ---- the stage: events ---------------------------------------------------------------------------------
 def frame(seq, faces, fps=30.0, eos=False):
     ref = FrameRef(camera="cam", seq=seq, captured_at=1000.0 + seq / fps, pts=seq / fps, width=640, height=360,
