@@ -133,8 +133,9 @@ def embed(eng: FaceEngine, faces: list[dict], crops_of) -> tuple[np.ndarray, flo
     return l2_normalize(out), ms
 
 
-def replay(data: dict, vecs: np.ndarray, gallery: dict[str, np.ndarray], settings) -> dict:
-    """The cached faces with these embeddings through MatcherStage; verdicts and track means per visit."""
+def replay(data: dict, vecs: np.ndarray, gallery: dict[str, np.ndarray], settings, top_k: int = 0) -> dict:
+    """The cached faces with these embeddings through MatcherStage; verdicts and track means per visit (the
+    reported mean over the top_k best-quality faces of the track when top_k > 0, else over all, as the matcher)."""
     names = list(gallery)
 
     def best_of(v):
@@ -182,6 +183,8 @@ def replay(data: dict, vecs: np.ndarray, gallery: dict[str, np.ndarray], setting
         given = set().union(*(named[t] for t in tids)) if tids else set()
         ks = [k for t in tids for k in track_faces[t]]
         w = np.array([max(0.05, min(1.0, data["faces"][k]["quality"] or data["faces"][k]["score"])) for k in ks])
+        if top_k and len(ks) > top_k:
+            w[np.argsort(-w)[top_k:]] = 0.0
         m = (vecs[ks] * w[:, None]).sum(0) if ks else np.zeros(128)
         sc = best_of(m / max(np.linalg.norm(m), 1e-9))[0]
         o = np.argsort(-sc)
@@ -257,6 +260,8 @@ def landmarks(eng: FaceEngine, data: dict, gallery: dict[str, np.ndarray]) -> li
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--variants", default=",".join(VARIANTS), help="comma-separated, of: " + ", ".join(VARIANTS))
+    ap.add_argument("--top-k", type=int, default=0, help="report track means over the k best-quality faces only "
+                    "(template aggregation; the decisions are still the matcher's)")
     ap.add_argument("--landmarks", action="store_true", help="also the landmark check (oracle, RetinaFace)")
     ap.add_argument("--out", default=str(REPO / "bench" / "results" / "hard_align.json"))
     ap.add_argument("overrides", nargs="*", help="FACETRAIL_* env overrides, KEY=VALUE")
@@ -272,7 +277,7 @@ def main() -> int:
     for v in args.variants.split(","):
         for name, data in sets.items():
             vecs, ms = embed(eng, data["faces"], VARIANTS[v])
-            r = replay(data, vecs, gallery, s)
+            r = replay(data, vecs, gallery, s, args.top_k)
             r["summary"] = dict(summary(r["rows"]), crop_ms_per_face=round(ms, 2))
             result["variants"].setdefault(v, {})[name] = r
             print(f"{v:8s} {name:5s} {r['summary']}", flush=True)
