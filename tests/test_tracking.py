@@ -147,6 +147,38 @@ def test_voting_is_quality_weighted():
     assert v.decide(d) == "1"
 
 
+def test_consistent_evidence_names_a_low_track_mean_only_with_a_lead_and_a_consistent_top1():
+    """tracking.track_consistent_match: a track mean under track_match names the track when it clears the lower
+    bar with the larger lead and its identity was the top-1 of enough faces; off (None) it never does."""
+    def feed(v, cands_per_face):
+        d: dict = {}
+        for cands in cands_per_face:
+            v.add(d, cands, quality=0.5, det_score=0.9)
+        v.add_mean(d, [Candidate("1", "ann", 0.32), Candidate("2", "bob", 0.10)])  # mean 0.32, lead 0.22
+        return v.decide(d)
+
+    steady = [[Candidate("1", "ann", 0.3), Candidate("2", "bob", 0.1)]] * 10
+    mixed = steady[:5] + [[Candidate("2", "bob", 0.3), Candidate("1", "ann", 0.1)]] * 5
+    kw = dict(track_match=0.40, track_margin=0.1, track_min_faces=8)
+    assert feed(IdentityVoter(0.45, 0.05, **kw), steady) is None                     # off: 0.32 < 0.40
+    on = dict(kw, consistent_match=0.30, consistent_margin=0.2, consistent_share=0.8)
+    assert feed(IdentityVoter(0.45, 0.05, **on), steady) == "1"                      # lead 0.22, top-1 10/10
+    assert feed(IdentityVoter(0.45, 0.05, **on), mixed) is None                      # top-1 only 5/10
+    assert feed(IdentityVoter(0.45, 0.05, **dict(on, consistent_margin=0.25)), steady) is None  # lead too small
+    assert feed(IdentityVoter(0.45, 0.05, **on), steady[:4]) is None                 # fewer than track_min_faces
+
+
+def test_consistent_evidence_settings_reach_the_stage_and_default_off():
+    from pipeline.config import load_settings
+
+    off = MatcherStage.from_settings("cam", lambda v: [], load_settings([], env={}))
+    assert off.voter.consistent_match is None
+    on = MatcherStage.from_settings("cam", lambda v: [], load_settings([], env={
+        "FACETRAIL_TRACKING__TRACK_CONSISTENT_MATCH": "0.3", "FACETRAIL_TRACKING__TRACK_CONSISTENT_MARGIN": "0.25",
+        "FACETRAIL_TRACKING__TRACK_CONSISTENT_SHARE": "0.9"}))
+    assert (on.voter.consistent_match, on.voter.consistent_margin, on.voter.consistent_share) == (0.3, 0.25, 0.9)
+
+
 # ---- the stage: events ---------------------------------------------------------------------------------
 def frame(seq, faces, fps=30.0, eos=False):
     ref = FrameRef(camera="cam", seq=seq, captured_at=1000.0 + seq / fps, pts=seq / fps, width=640, height=360,

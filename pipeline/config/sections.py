@@ -152,6 +152,14 @@ class TrackingConfig(Section):
                                                   "single face could (null = off)")
     track_margin: float = Field(0.1, ge=0.0, le=1.0, description="track mean's lead over the runner-up identity")
     track_min_faces: int = Field(8, ge=2, description="faces before the track mean counts")
+    # consistent evidence (README "Hard footage", bench/eval_hard_pairs.py): off, it names a few different-person
+    # degraded pairs (0.05 % at 0.30 / 0.20 without low-res templates, more with them)
+    track_consistent_match: float | None = Field(
+        None, ge=-1.0, le=1.0, description="a lower bar for the track mean when its lead is track_consistent_margin "
+                                           "and its identity is top-1 of track_consistent_share of the faces "
+                                           "(null = off)")
+    track_consistent_margin: float = Field(0.2, ge=0.0, le=1.0)
+    track_consistent_share: float = Field(0.8, ge=0.0, le=1.0)
 
 
 class ApiConfig(Section):

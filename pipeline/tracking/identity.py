@@ -14,6 +14,13 @@ many faces removes per-frame noise, so this rule can ask for a lower cosine than
 Hamilton clip: Lacamoire at the piano, 20 faces, mean 0.42 vs best single face 0.44 < 0.48; audience tracks
 stay <= 0.30).
 
+Consistent evidence (opt-in, `tracking.track_consistent_match`): a track mean below `track_match` may still name
+the track when it clears that lower bar with a larger lead (`track_consistent_margin`) and at least
+`track_consistent_share` of the track's embedded faces had that identity as their own top-1 candidate. Measured
+with bench/eval_hard_pairs.py (degraded tracks of every shared photo, and the deepface pairs with the pair's
+photo as a sixth identity): it names more enrolled people at 34-52 px but also names a few different-person
+pairs, so it is off by default (README "Hard footage").
+
 State lives in the track's `data` dict (plain JSON) so the matcher can checkpoint it."""
 from __future__ import annotations
 
@@ -56,7 +63,9 @@ def face_weight(quality: float, det_score: float) -> float:
 
 class IdentityVoter:
     def __init__(self, match: float, margin: float, min_votes: int = 1, vote_ratio: float = 2.0,
-                 track_match: float | None = None, track_margin: float = 0.1, track_min_faces: int = 8):
+                 track_match: float | None = None, track_margin: float = 0.1, track_min_faces: int = 8,
+                 consistent_match: float | None = None, consistent_margin: float = 0.2,
+                 consistent_share: float = 0.8):
         self.match = match
         self.margin = margin
         self.min_votes = min_votes
@@ -64,6 +73,9 @@ class IdentityVoter:
         self.track_match = track_match
         self.track_margin = track_margin
         self.track_min_faces = track_min_faces
+        self.consistent_match = consistent_match
+        self.consistent_margin = consistent_margin
+        self.consistent_share = consistent_share
 
     # ---- track-level evidence: the quality-weighted mean embedding of the track ----------------------------
     def accumulate(self, data: dict, embedding, quality: float, det_score: float) -> bool:
@@ -92,11 +104,23 @@ class IdentityVoter:
         """The search result of the track's mean embedding: accepted with track_match / track_margin."""
         self.init(data)
         acc = decide_open_set(cands, self.track_match, self.track_margin) if self.track_match is not None else None
+        if acc is None and self.track_match is not None and self.consistent_match is not None:
+            acc = self._consistent(data, cands)
         data["mean"] = None if acc is None else {"id": acc.identity_id, "name": acc.name,
                                                  "score": round(float(acc.score), 6)}
         if cands:
             data["closest"] = round(max(data["closest"], max(c.score for c in cands)), 6)
         return acc
+
+    def _consistent(self, data: dict, cands: list[Candidate]) -> Candidate | None:
+        """The track mean's top candidate by the consistent-evidence bar: its score >= consistent_match, a lead of
+        consistent_margin, and the top-1 of at least consistent_share of the track's searched faces."""
+        acc = decide_open_set(cands, self.consistent_match, self.consistent_margin)
+        if acc is None:
+            return None
+        top1 = data.get("top1") or {}
+        n = sum(top1.values())
+        return acc if n >= self.track_min_faces and top1.get(acc.identity_id, 0) >= self.consistent_share * n else None
 
     @staticmethod
     def init(data: dict) -> None:
@@ -110,6 +134,9 @@ class IdentityVoter:
         self.init(data)
         if cands:
             data["closest"] = round(max(data["closest"], max(c.score for c in cands)), 6)
+            if self.consistent_match is not None:  # per-identity count of faces it was the top-1 of
+                top = max(cands, key=lambda c: c.score).identity_id
+                data.setdefault("top1", {})[top] = data.get("top1", {}).get(top, 0) + 1
         acc = decide_open_set(cands, self.match, self.margin)
         if acc is None:
             return None

@@ -46,13 +46,15 @@ class StageOutput:
 class MatcherStage:
     def __init__(self, camera: str, search: SearchFn, *, match: float, margin: float, min_votes: int = 1,
                  vote_ratio: float = 2.0, track_match: float | None = None, track_margin: float = 0.1,
-                 track_min_faces: int = 8, min_track_frames: int = 3, iou_threshold: float = 0.3,
+                 track_min_faces: int = 8, consistent_match: float | None = None, consistent_margin: float = 0.2,
+                 consistent_share: float = 0.8, min_track_frames: int = 3, iou_threshold: float = 0.3,
                  appearance_threshold: float = 0.4, appearance_veto: float = 0.15, max_age_s: float = 2.0,
                  clock: Callable[[], float] = time.time, name_of: Callable[[str], str | None] | None = None,
                  faces_per_track: int = 3, crop_min_quality: float = 0.0):
         self.camera = camera
         self.search = search
-        self.voter = IdentityVoter(match, margin, min_votes, vote_ratio, track_match, track_margin, track_min_faces)
+        self.voter = IdentityVoter(match, margin, min_votes, vote_ratio, track_match, track_margin, track_min_faces,
+                                   consistent_match, consistent_margin, consistent_share)
         self.min_track_frames = min_track_frames
         self.tracker = FaceTracker(camera, iou_threshold=iou_threshold, appearance_threshold=appearance_threshold,
                                    appearance_veto=appearance_veto, max_age_s=max_age_s)
@@ -70,7 +72,9 @@ class MatcherStage:
         t = settings.tracking
         return cls(camera, search, match=settings.thresholds.match, margin=settings.thresholds.margin,
                    min_votes=t.min_votes, vote_ratio=t.vote_ratio, track_match=t.track_match,
-                   track_margin=t.track_margin, track_min_faces=t.track_min_faces, min_track_frames=t.min_track_frames,
+                   track_margin=t.track_margin, track_min_faces=t.track_min_faces,
+                   consistent_match=t.track_consistent_match, consistent_margin=t.track_consistent_margin,
+                   consistent_share=t.track_consistent_share, min_track_frames=t.min_track_frames,
                    iou_threshold=t.iou_threshold, appearance_threshold=t.appearance_threshold,
                    appearance_veto=t.appearance_veto, max_age_s=t.max_age_s,
                    faces_per_track=settings.unknowns.faces_per_track,
