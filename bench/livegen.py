@@ -111,7 +111,10 @@ def _plane_tilt(w: float, h: float, yaw: float, pitch: float, f: float) -> np.nd
 
 def render(shot: Shot, detector, size=(640, 360)) -> list[np.ndarray]:
     """The shot's frames (BGR), one face moving across a static background."""
-    from .clipgen import background
+    try:
+        from bench.clipgen import background
+    except ImportError:  # run as a script from bench/
+        from clipgen import background
 
     rng = np.random.default_rng(shot.seed)
     crop, nose, fh = face_crop(shot.photo, detector)
@@ -171,3 +174,50 @@ def _similar(w: float, h: float, cx: float, cy: float, roll: float, scale: float
     c, s = np.cos(roll) * scale, np.sin(roll) * scale
     A = np.array([[c, -s, 0], [s, c, 0], [0, 0, 1]], np.float64)
     return np.array([[1, 0, cx], [0, 1, cy], [0, 0, 1]]) @ A @ np.array([[1, 0, -w / 2], [0, 1, -h / 2], [0, 0, 1]])
+
+
+class StagePipeline:
+    """The real pipeline stages in one process, no Redis: DetectStage (YuNet, the re-embedding gate, thumbnails)
+    -> EmbedStage (SFace) -> MatcherStage (tracker, voting, analyzers). Each shot is its own camera."""
+
+    def __init__(self, settings):
+        from pipeline.engine.engine import FaceEngine
+        from workers.detector import DetectStage
+        from workers.embedder import EmbedStage
+
+        self.settings = settings
+        self.engine = FaceEngine(settings)
+        self.det = DetectStage(settings, engine=self.engine)
+        self.emb = EmbedStage(settings, engine=self.engine)
+
+    def enroll(self, photos: dict[str, str]):
+        """A gallery search over one embedding per name (the photo's largest face)."""
+        from pipeline.tracking import Candidate
+
+        gallery = {}
+        for name, path in photos.items():
+            img = cv2.imread(path)
+            faces = self.engine.embed_faces(img, self.engine.detect([img])[0])
+            best = max(faces, key=lambda f: f.box[2] * f.box[3])
+            gallery[name] = np.asarray(best.embedding, np.float32)
+
+        def search(vecs):
+            return [sorted((Candidate(n, n, float(np.dot(g, v))) for n, g in gallery.items()),
+                           key=lambda c: -c.score) for v in vecs]
+        return search
+
+    def run(self, camera: str, frames: list[np.ndarray], search, fps: float = 10.0, stage=None):
+        """All events of the shot (the stream ends after the last frame). Returns (events, stage)."""
+        from pipeline.messages import FrameMsg, FrameRef
+        from pipeline.tracking import MatcherStage
+
+        stage = stage or MatcherStage.from_settings(camera, search, self.settings)
+        events = []
+        h, w = frames[0].shape[:2]
+        for i, img in enumerate(frames + [None]):
+            ref = FrameRef(camera=camera, seq=i, captured_at=1000.0 + i / fps, pts=i / fps, width=w, height=h,
+                           eos=img is None)
+            faces = self.det.process([(FrameMsg(frame=ref, jpeg=b""), img)])
+            for em in self.emb.process(faces):
+                events += stage.update(em).events
+        return events, stage

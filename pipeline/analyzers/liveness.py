@@ -55,18 +55,34 @@ def _prep(crop: np.ndarray) -> np.ndarray | None:
     return cv2.equalizeHist(img)
 
 
-def pair_measure(a: np.ndarray, b: np.ndarray) -> tuple[float, float]:
-    """(residual, motion) of one pair of prepared crops, both as a share of the crop side."""
+def _flow_fit(a: np.ndarray, b: np.ndarray, p: np.ndarray):
     flow = cv2.calcOpticalFlowFarneback(a, b, None, 0.5, 3, 13, 4, 5, 1.1, 0)
-    p = _PTS
-    f = flow[p[:, 1].astype(int), p[:, 0].astype(int)]
-    q = p + f
-    motion = float(np.percentile(np.linalg.norm(f - np.median(f, 0), axis=1), 90)) / SIDE
+    pi = np.clip(np.rint(p), 0, SIDE - 1).astype(int)
+    q = p + flow[pi[:, 1], pi[:, 0]]
     H, _ = cv2.findHomography(p, q, cv2.RANSAC, 1.0, maxIters=500, confidence=0.99)
+    return q, H
+
+
+def pair_measure(a: np.ndarray, b: np.ndarray, refine: bool = True) -> tuple[float, float]:
+    """(residual, motion) of one pair of prepared crops, both as a share of the crop side. With `refine`, crop a
+    is first warped by the homography found, and the flow measured again: what is left is small for a plane
+    (flow is accurate at small displacements), the parallax for a head."""
+    p = _PTS
+    q, H = _flow_fit(a, b, p)
+    f = q - p
+    motion = float(np.percentile(np.linalg.norm(f - np.median(f, 0), axis=1), 90)) / SIDE
     if H is None:
         return 0.0, motion
-    ph = cv2.perspectiveTransform(p[None], H)[0]
-    res = np.linalg.norm(ph - q, axis=1)
+    if refine:
+        aw = cv2.warpPerspective(a, H, (SIDE, SIDE), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+        p2 = cv2.perspectiveTransform(p[None], H)[0]
+        ok = (p2 >= 0).all(1) & (p2 <= SIDE - 1).all(1)
+        if ok.sum() >= 20:
+            q2, H2 = _flow_fit(aw, b, p2[ok])
+            if H2 is not None:
+                res = np.linalg.norm(cv2.perspectiveTransform(p2[ok][None], H2)[0] - q2, axis=1)
+                return float(np.percentile(res, 90)) / SIDE, motion
+    res = np.linalg.norm(cv2.perspectiveTransform(p[None], H)[0] - q, axis=1)
     return float(np.percentile(res, 90)) / SIDE, motion
 
 
@@ -74,7 +90,7 @@ class LivenessAnalyzer:
     name = "liveness"
     field = "liveness"
 
-    def __init__(self, cfg=None, *, live_threshold: float = 1.5, spoof_threshold: float = 1.5,
+    def __init__(self, cfg=None, *, live_threshold: float = 0.8, spoof_threshold: float = 0.8,
                  min_motion: float = 0.02, min_pairs: int = 3, max_gap: int = 3, percentile: float = 50.0):
         g = (lambda k, d: getattr(cfg, k, d)) if cfg is not None else (lambda k, d: d)
         self.live_threshold = g("live_threshold", live_threshold)

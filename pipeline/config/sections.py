@@ -275,8 +275,8 @@ class LivenessConfig(Section):
     undetermined: Literal["deny", "allow"] = Field(
         "deny", description="under the gate, a track too still to judge: deny = ends spoof_suspected, names nobody; "
                             "allow = named as usual")
-    live_threshold: float = Field(1.5, ge=0.0, description="parallax score at or above which a track is live")
-    spoof_threshold: float = Field(1.5, ge=0.0, description="parallax score below which a moving track is a spoof")
+    live_threshold: float = Field(0.8, ge=0.0, description="parallax score at or above which a track is live")
+    spoof_threshold: float = Field(0.8, ge=0.0, description="parallax score below which a moving track is a spoof")
     min_motion: float = Field(0.02, ge=0.0, le=1.0, description="non-shift motion (share of the crop) a crop pair "
                                                                 "needs to count")
     min_pairs: int = Field(4, ge=1, le=100, description="moving pairs needed for a spoof verdict")
