@@ -12,9 +12,9 @@ from typing import Any, Mapping
 import yaml
 from pydantic import Field, ValidationError
 
-from .sections import (AnalyzersConfig, ApiConfig, CameraConfig, DecodeConfig, EventsConfig, GalleryConfig, ModelsConfig,
-                       MotionConfig, MqttSink, PathsConfig, RedisConfig, Section, SinksConfig, ThresholdsConfig,
-                       TrackingConfig, UnknownsConfig, WebhookSink, WorkersConfig)
+from .sections import (AnalyzersConfig, ApiConfig, CameraConfig, DecodeConfig, EventsConfig, GalleryConfig,
+                       ModelsConfig, MotionConfig, MqttSink, PathsConfig, RedisConfig, Section, SinksConfig,
+                       ThresholdsConfig, TrackingConfig, UnknownsConfig, WebhookSink, WorkersConfig)
 
 __all__ = ["Settings", "ConfigError", "load_settings", "CameraConfig", "MqttSink", "WebhookSink"]
 
