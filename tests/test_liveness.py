@@ -145,3 +145,51 @@ def test_face_buffer_is_bounded_and_spread_over_the_track():
     assert len(buf.items) <= 8
     ts = [t for t, *_ in buf.items]
     assert ts[0] == 0.0 and ts[-1] > 30.0  # the whole 50 s track, not its first or last seconds only
+
+
+def _stored_events(settings):
+    import redis
+
+    from pipeline.events.store import EventStore
+
+    r = redis.Redis.from_url(settings.redis.url)
+    evs = []
+    for i, (verdict, status) in enumerate([("live", None), ("spoof", None), ("spoof", "spoof_suspected"),
+                                           ("undetermined", "spoof_suspected"), (None, None)]):
+        e = Event.make("track.ended", "door", f"door:{i}:0", None, first_seen=100.0 + i, last_seen=101.0 + i, seq=i)
+        if verdict:
+            e.liveness = Liveness(score=1.0, verdict=verdict, reasons=["test"], pairs=5)
+        e.status = status
+        evs.append(e)
+    EventStore(r, settings).add(evs)
+    return EventStore(r, settings)
+
+
+def test_liveness_filter_in_store_cli_and_api(settings, cli_env):
+    import subprocess
+    import sys
+
+    from fastapi.testclient import TestClient
+
+    from pipeline.api import create_app
+
+    store = _stored_events(settings)
+    track = lambda evs: sorted(e.track_id for e in evs)  # noqa: E731
+    assert track(store.query(liveness="spoof").events) == ["door:1:0", "door:2:0"]
+    assert track(store.query(liveness="spoof_suspected").events) == ["door:2:0", "door:3:0"]
+    assert len(store.query().events) == 5  # no filter: the v1 event too
+    res = subprocess.run([sys.executable, "-m", "pipeline.cli", "events", "--json", "--liveness", "live"],
+                         env=cli_env, capture_output=True, text=True, timeout=60)
+    rows = [json.loads(x) for x in res.stdout.splitlines()]
+    assert res.returncode == 0 and [r["track_id"] for r in rows] == ["door:0:0"]
+    assert rows[0]["v"] == 2 and rows[0]["liveness"]["verdict"] == "live"
+    bad = subprocess.run([sys.executable, "-m", "pipeline.cli", "events", "--liveness", "maybe"], env=cli_env,
+                         capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 2
+    settings.api.require_keys = "never"
+    with TestClient(create_app(settings), raise_server_exceptions=False) as c:
+        r = c.get("/v1/events", params={"liveness": "undetermined"})
+        assert r.status_code == 200, r.text
+        assert [e["track_id"] for e in r.json()["events"]] == ["door:3:0"]
+        assert r.json()["events"][0]["status"] == "spoof_suspected"
+        assert c.get("/v1/events", params={"liveness": "maybe"}).status_code == 422

@@ -19,6 +19,19 @@ from pydantic import BaseModel, ConfigDict, Field
 from ..analyzers.liveness import Liveness
 from ..messages import MessageVersionError
 
+LIVENESS_FILTERS: tuple[str, ...] = ("live", "spoof", "undetermined", "spoof_suspected")
+
+
+def liveness_matches(ev: "Event", want: str | None) -> bool:
+    """`--liveness` / `?liveness=`: a verdict (live, spoof, undetermined: track.ended events that carry it), or
+    spoof_suspected (the tracks the per-camera gate refused to name)."""
+    if not want:
+        return True
+    if want == "spoof_suspected":
+        return ev.status == "spoof_suspected"
+    return ev.liveness is not None and ev.liveness.verdict == want
+
+
 EventType = Literal["track.started", "identity.matched", "track.ended", "track.named"]
 EVENT_TYPES: tuple[str, ...] = ("track.started", "identity.matched", "track.ended", "track.named")
 
