@@ -29,7 +29,9 @@ from bench.livegen import Shot, StagePipeline, render  # noqa: E402
 from pipeline.config import load_settings  # noqa: E402
 
 DATA = Path(os.environ.get("FACETRAIL_SHARED_DATA", REPO.parent / "shared" / "data"))
-KINDS = [("live", "none", False), ("spoof", "none", False), ("spoof", "paper", False), ("spoof", "bezel", True)]
+# (kind, border, screen, peak yaw/tilt in degrees): the default turn (25), a small one (10) and a strong tilt (40)
+KINDS = [("live", "none", False, 25.0), ("live", "none", False, 10.0), ("spoof", "none", False, 25.0),
+         ("spoof", "paper", False, 25.0), ("spoof", "bezel", True, 25.0), ("spoof", "paper", False, 40.0)]
 
 
 def photos() -> list[str]:
@@ -57,20 +59,21 @@ def main() -> int:
     t0 = time.time()
     for pi, photo in enumerate(photos()):
         for seed in range(a.seeds):
-            for kind, border, screen in KINDS:
-                shot = Shot(kind, photo, 1000 + 97 * pi + seed, frames=a.frames, border=border, screen=screen)
+            for kind, border, screen, yaw in KINDS:
+                shot = Shot(kind, photo, 1000 + 97 * pi + seed, frames=a.frames, border=border, screen=screen,
+                            yaw_deg=yaw)
                 try:
                     frames = render(shot, _yunet(settings))
                 except ValueError as e:
                     print(f"skip {photo}: {e}", file=sys.stderr)
                     break
-                cam = f"s{pi}-{seed}-{kind}-{border}"
+                cam = f"s{pi}-{seed}-{kind}-{border}-{yaw:g}"
                 events, stage = pipe.run(cam, frames, search)
                 ms += stage.analyzers.ms
                 for e in ended(events):
                     lv = e.liveness
                     rows.append({"photo": Path(photo).name, "seed": shot.seed, "kind": kind, "border": border,
-                                 "screen": screen, "track": e.track_id, "frames": e.frames, "verdict": lv.verdict,
+                                 "screen": screen, "yaw": yaw, "track": e.track_id, "frames": e.frames, "verdict": lv.verdict,
                                  "score": lv.score, "pairs": lv.pairs})
                     print(f"{cam:28s} {Path(photo).name:14s} frames={e.frames:3d} {lv.verdict:12s} "
                           f"score={lv.score} pairs={lv.pairs}", flush=True)
@@ -87,9 +90,15 @@ def main() -> int:
         "APCER": rate(spoof, lambda r: r["verdict"] == "live"),
         "APCER_by_border": {b: rate([r for r in spoof if r["border"] == b], lambda r: r["verdict"] == "live")
                             for b in ("none", "paper", "bezel")},
+        "APCER_tilt40": rate([r for r in spoof if r["yaw"] == 40.0], lambda r: r["verdict"] == "live"),
         "spoof_undetermined": rate(spoof, lambda r: r["verdict"] == "undetermined"),
         "BPCER": rate(live, lambda r: r["verdict"] != "live"),
         "BPCER_spoof_verdict": rate(live, lambda r: r["verdict"] == "spoof"),
+        "BPCER_yaw10": rate([r for r in live if r["yaw"] == 10.0], lambda r: r["verdict"] != "live"),
+        "scores": {k: [round(min(x), 3), round(max(x), 3)] if x else None for k, x in (
+            ("live", [r["score"] for r in live if r["score"] is not None]),
+            ("spoof", [r["score"] for r in spoof if r["score"] is not None]),
+            ("real_heads", [r["score"] for r in real if r["score"] is not None]))},
         "real_heads_live": rate(real, lambda r: r["verdict"] == "live"),
         "real_heads_spoof": rate(real, lambda r: r["verdict"] == "spoof"),
         "real_heads_20plus_frames": {"n": len(long_real), "live": rate(long_real, lambda r: r["verdict"] == "live")},

@@ -9,7 +9,7 @@ from pathlib import Path
 BENCH = Path(__file__).resolve().parent
 RUNS = [["calibrate_threshold.py"], ["bench_engine.py"], ["bench_pipeline.py"], ["bench_gallery.py"],
         ["bench_unknowns.py"], ["bench_ui.py"], ["bench_decode.py"], ["eval_reembed_shared.py"],
-        ["bench_cameras.py"]]
+        ["bench_cameras.py"], ["eval_liveness.py"]]
 
 
 def main() -> int:
