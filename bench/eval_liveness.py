@@ -73,7 +73,8 @@ def main() -> int:
                 for e in ended(events):
                     lv = e.liveness
                     rows.append({"photo": Path(photo).name, "seed": shot.seed, "kind": kind, "border": border,
-                                 "screen": screen, "yaw": yaw, "track": e.track_id, "frames": e.frames, "verdict": lv.verdict,
+                                 "screen": screen, "yaw": yaw, "track": e.track_id, "frames": e.frames,
+                                 "verdict": lv.verdict,
                                  "score": lv.score, "pairs": lv.pairs})
                     print(f"{cam:28s} {Path(photo).name:14s} frames={e.frames:3d} {lv.verdict:12s} "
                           f"score={lv.score} pairs={lv.pairs}", flush=True)
