@@ -14,7 +14,7 @@ import hashlib
 import json
 from typing import ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_serializer
 
 from ..analyzers.liveness import Liveness
 from ..messages import MessageVersionError
@@ -78,16 +78,21 @@ class Event(BaseModel):
         """The time the store indexes an event by."""
         return self.last_seen
 
-    def _v1_fields(self) -> set[str] | None:
-        """The v2 fields to leave out: all of them (an event without analyzer results is a v1 event)."""
-        if any(getattr(self, f) is not None for f in self.V2_FIELDS):
-            self.v = 2
-            return None
-        self.v = 1
-        return set(self.V2_FIELDS)
+    @model_serializer(mode="wrap")
+    def _versioned(self, handler):
+        """An event without analyzer results is a v1 event, field for field (every dump: store, stream, sinks,
+        CLI, API); with them it is v2."""
+        data = handler(self)
+        if isinstance(data, dict):
+            v2 = any(getattr(self, f) is not None for f in self.V2_FIELDS)
+            if not v2:
+                for f in self.V2_FIELDS:
+                    data.pop(f, None)
+            data["v"] = 2 if v2 else 1
+        return data
 
     def encode(self) -> str:
-        return self.model_dump_json(exclude=self._v1_fields())
+        return self.model_dump_json()
 
     @classmethod
     def decode(cls, raw: bytes | str) -> "Event":
@@ -99,4 +104,4 @@ class Event(BaseModel):
 
     def public(self) -> dict:
         """The stable JSON shape (CLI --json, sinks); v2 events add `liveness` and `status`."""
-        return self.model_dump(mode="json", exclude=self._v1_fields())
+        return self.model_dump(mode="json")
