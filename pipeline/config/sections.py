@@ -5,7 +5,7 @@ import os
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_serializer
 
 
 class Section(BaseModel):
@@ -93,6 +93,14 @@ class CameraConfig(Section):
     external: bool = Field(False, description="frames are pushed by `facetrail process`, not read by grabbers")
     liveness: CameraLiveness | None = Field(None, description="per-camera liveness gate (None: analyzers.liveness."
                                                                 "required applies)")
+
+    @model_serializer(mode="wrap")
+    def _without_unset_liveness(self, handler):
+        """A camera without its own liveness setting serializes as before (the registry in Redis, `config show`)."""
+        data = handler(self)
+        if isinstance(data, dict) and data.get("liveness", 0) is None:
+            data.pop("liveness")
+        return data
 
 
 class WorkersConfig(Section):
