@@ -81,12 +81,15 @@ def test_flat_photo_is_a_spoof_and_the_gate_names_nobody(env, shot, who):
     assert not [e for e in events if e.type == "identity.matched" or e.identity is not None]
 
 
-def test_gate_names_a_live_track_at_its_end(env):
+def test_gate_names_a_live_track_once_it_is_judged_live(env):
     events, end = run(env, "live_obama", required=True)
     assert end.status is None and end.identity == "obama"
     types = [e.type for e in events]
     assert types == ["track.started", "identity.matched", "track.ended"]
     assert events[0].identity is None  # held back until the liveness verdict
+    assert events[1].seq < end.seq - 10  # judged live while the face was still there, not only at the end
+    _, ungated = run(env, "live_obama")
+    assert ungated.liveness == end.liveness  # the end verdict is the same either way
 
 
 def test_a_still_face_is_undetermined_and_the_policy_decides(env):

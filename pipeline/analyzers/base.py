@@ -47,6 +47,8 @@ class FaceBuffer:
     min_dt: float = 0.1
     items: list[tuple[float, bytes, tuple, tuple]] = field(default_factory=list)
     spacing: float = 0.0
+    added: int = 0    # samples ever kept (the early liveness check runs on new ones only)
+    checked: int = 0  # `added` at the last early check
 
     def __post_init__(self):
         self.spacing = self.min_dt
@@ -57,6 +59,7 @@ class FaceBuffer:
         if self.items and t - self.items[-1][0] < self.spacing:
             return
         self.items.append((t, jpeg, tuple(box), tuple(landmarks)))
+        self.added += 1
         if len(self.items) > self.size:
             self.items = self.items[::2]
             self.spacing *= 2

@@ -54,6 +54,23 @@ class TrackAnalyzers:
             buf = self.buffers[track_id] = FaceBuffer(size=self.faces)
         buf.add(t, thumb, det.box, getattr(p, "landmarks", ()) or ())
 
+    def live_now(self, track_id: str, every: int = 3, min_faces: int = 5) -> bool:
+        """Under the gate, before the track ends: is it live already? Judged on the crops so far, once at least
+        `min_faces` are kept and then after every `every` new ones (the buffer's spacing doubles as it fills, so
+        a long track is checked a logarithmic number of times). Only `live` opens the gate early; anything else
+        waits for the track's end."""
+        buf = self.buffers.get(track_id)
+        if buf is None or len(buf.items) < min_faces or buf.added - buf.checked < every:
+            return False
+        buf.checked = buf.added
+        lv = next((a for a in self.analyzers if a.field == "liveness"), None)
+        if lv is None:
+            return False
+        t0 = time.process_time()
+        res = lv.analyze(buf.samples())
+        self.ms = (self.ms + [(time.process_time() - t0) * 1000])[-100:]
+        return res.verdict == "live"
+
     def end(self, track_id: str, started: bool) -> dict | None:
         buf = self.buffers.pop(track_id, None)
         if not started:

@@ -127,7 +127,8 @@ class MatcherStage:
             self._search_mean(d)  # the final track mean: the whole track's evidence
             if not (self.analyzers and self.analyzers.gated):
                 self._announce(tr, seq, out)
-        spoof = self.analyzers is not None and not self.analyzers.passes(found)
+        # a track the gate already let through (live before its end, and named) stays named
+        spoof = self.analyzers is not None and not d.get("live_ok") and not self.analyzers.passes(found)
         if self.analyzers is not None and self.analyzers.gated and not spoof:
             self._announce(tr, seq, out, final=True)  # the name held back until the liveness verdict
         ended = self._event("track.ended", tr, seq)
@@ -172,8 +173,11 @@ class MatcherStage:
         d = tr.data
         self._refresh_names(d)
         iid = self.voter.decide(d)
-        if self.analyzers is not None and self.analyzers.gated and not final:
-            return  # liveness required: the name comes with the liveness verdict, at the track's end
+        if self.analyzers is not None and self.analyzers.gated and not final and not d.get("live_ok"):
+            # liveness required: no name before the track is judged live (checked as its crops come in)
+            if iid is None or not d.get("started") or not self.analyzers.live_now(tr.track_id):
+                return
+            d["live_ok"] = True
         if d.get("started") and iid is not None and iid not in d["emitted"]:
             d["emitted"].append(iid)
             out.events.append(self._event("identity.matched", tr, seq, iid))
@@ -255,7 +259,7 @@ class MatcherStage:
             self._refresh_names(d)
             self.voter.decide(d)  # track.started names the person when that is already known
             started = self._event("track.started", tr, seq)
-            if self.analyzers is not None and self.analyzers.gated:
+            if self.analyzers is not None and self.analyzers.gated and not d.get("live_ok"):
                 started.identity = started.identity_id = started.score = None  # named at the end, if live
                 started.votes = {}
             out.events.append(started)
