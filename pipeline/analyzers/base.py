@@ -3,7 +3,7 @@ its `track.ended` event (liveness today; attributes would be another). They run 
 track already kept (a few small grey crops, boxes, landmarks), never per frame.
 
 An analyzer registers itself by name in ANALYZERS (as detectors do in pipeline/models.py) and is built from
-settings by `build_analyzers`."""
+settings by `hook.build_analyzers`."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -72,15 +72,3 @@ class FaceBuffer:
                 out.append(FaceSample(t, img, box, lm))
         return out
 
-
-def build_analyzers(settings) -> list[Analyzer]:
-    """The analyzers settings.analyzers enables, in a stable order."""
-    from . import liveness  # noqa: F401 - registers itself
-
-    cfg = getattr(settings, "analyzers", None)
-    if cfg is None:
-        return []
-    out: list[Analyzer] = []
-    if cfg.liveness.enabled:
-        out.append(ANALYZERS.create("liveness", cfg.liveness))
-    return out

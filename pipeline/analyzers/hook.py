@@ -10,9 +10,21 @@ from __future__ import annotations
 import logging
 import time
 
-from .base import ANALYZERS, FaceBuffer, build_analyzers
+from . import liveness  # noqa: F401 - registers itself
+from .base import ANALYZERS, Analyzer, FaceBuffer
 
 log = logging.getLogger("facetrail.analyzers")
+
+
+def build_analyzers(settings) -> list[Analyzer]:
+    """The analyzers settings.analyzers enables, in a stable order."""
+    cfg = getattr(settings, "analyzers", None)
+    if cfg is None:
+        return []
+    out: list[Analyzer] = []
+    if cfg.liveness.enabled:
+        out.append(ANALYZERS.create("liveness", cfg.liveness))
+    return out
 
 
 class TrackAnalyzers:
