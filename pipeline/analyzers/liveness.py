@@ -56,7 +56,7 @@ def _prep(crop: np.ndarray) -> np.ndarray | None:
 
 
 def _flow_fit(a: np.ndarray, b: np.ndarray, p: np.ndarray):
-    flow = cv2.calcOpticalFlowFarneback(a, b, None, 0.5, 3, 13, 4, 5, 1.1, 0)
+    flow = cv2.calcOpticalFlowFarneback(a, b, np.zeros((SIDE, SIDE, 2), np.float32), 0.5, 3, 13, 4, 5, 1.1, 0)
     pi = np.clip(np.rint(p), 0, SIDE - 1).astype(int)
     q = p + flow[pi[:, 1], pi[:, 0]]
     H, _ = cv2.findHomography(p, q, cv2.RANSAC, 1.0, maxIters=500, confidence=0.99)
