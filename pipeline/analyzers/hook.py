@@ -28,6 +28,8 @@ def build_analyzers(settings) -> list[Analyzer]:
 
 
 class TrackAnalyzers:
+    MAX_TRACKS = 256  # open tracks with crops kept, per camera (x faces x ~3 KB)
+
     def __init__(self, camera: str, analyzers: list, *, gated: bool = False, undetermined: str = "deny",
                  faces: int = 12):
         self.camera = camera
@@ -64,6 +66,8 @@ class TrackAnalyzers:
         buf = self.buffers.get(track_id)
         if buf is None:
             buf = self.buffers[track_id] = FaceBuffer(size=self.faces)
+            while len(self.buffers) > self.MAX_TRACKS:  # a backstop: every ended track pops its own buffer
+                self.buffers.pop(next(iter(self.buffers)))
         buf.add(t, thumb, det.box, getattr(p, "landmarks", ()) or ())
 
     def live_now(self, track_id: str, every: int = 3, min_faces: int = 5) -> bool:
