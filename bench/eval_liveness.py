@@ -58,7 +58,7 @@ def main() -> int:
     settings = load_settings([])
     settings.analyzers.liveness.required = True  # the gate: is a held-up photo named, is a live face?
     pipe = StagePipeline(settings)
-    search = pipe.enroll({Path(p).stem: p for p in photos()})
+    search = pipe.enroll({f"{Path(p).parent.name}/{Path(p).stem}": p for p in photos()})  # img1.jpg is in two folders
     rows, ms = [], []
     t0 = time.time()
     for pi, photo in enumerate(photos()):
