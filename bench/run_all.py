@@ -1,4 +1,4 @@
-"""`make bench`: every benchmark in one go (about 50 minutes on 2 cores; HNSW is not included:
+"""`make bench`: every benchmark in one go (about 60 minutes on 2 cores; HNSW is not included:
 bench/bench_gallery.py --ann pq hnsw measures it too). Each writes its JSON under bench/results/."""
 from __future__ import annotations
 
