@@ -1,4 +1,4 @@
-"""`make bench`: every benchmark in one go (about 50 minutes on 2 cores; HNSW is not included:
+"""`make bench`: every benchmark in one go (about 60 minutes on 2 cores; HNSW is not included:
 bench/bench_gallery.py --ann pq hnsw measures it too). Each writes its JSON under bench/results/."""
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from pathlib import Path
 BENCH = Path(__file__).resolve().parent
 RUNS = [["calibrate_threshold.py"], ["bench_engine.py"], ["bench_pipeline.py"], ["bench_gallery.py"],
         ["bench_unknowns.py"], ["bench_ui.py"], ["bench_decode.py"], ["eval_reembed_shared.py"],
-        ["bench_cameras.py"], ["bench_backbone.py"]]
+        ["bench_cameras.py"], ["bench_backbone.py"], ["eval_liveness.py"]]
 
 
 def main() -> int:

@@ -1,20 +1,21 @@
 """`facetrail events`: query the event store, or follow new events live.
 
     facetrail events [--camera C] [--identity NAME] [--unknown] [--since T] [--until T] [--min-score S]
-                     [--type TYPE] [--limit N] [--json] [--follow]
+                     [--type TYPE] [--liveness V] [--limit N] [--json] [--follow]
 
 Times: unix seconds, ISO 8601 (2026-01-31T12:00:00Z; no zone = UTC) or an age like 30s, 10m, 2h, 7d.
 Without --since the newest --limit events are shown; with it, the first --limit events from then on.
 Either way they are printed oldest first. --json prints one event per line (a contract: the fields id, type,
 camera, track_id, identity (null = unknown), identity_id, score, first_seen, last_seen, frames, snapshot_id,
-seq, votes, created_at, v). --follow then keeps printing new matching events until Ctrl-C.
+seq, votes, created_at, v; v2 track.ended events add liveness and status). --follow then keeps printing new
+matching events until Ctrl-C.
 """
 from __future__ import annotations
 
 import argparse
 import sys
 
-from ..events.model import EVENT_TYPES
+from ..events.model import EVENT_TYPES, LIVENESS_FILTERS, liveness_matches
 from ..events.render import format_line
 from ..timeparse import parse_time
 from .common import print_json, settings_from
@@ -30,6 +31,9 @@ def register(sub) -> None:
     p.add_argument("--min-score", type=float, metavar="S", help="only events with score >= S")
     p.add_argument("--type", action="append", choices=list(EVENT_TYPES),
                    help="only these event types (repeatable)")
+    p.add_argument("--liveness", choices=list(LIVENESS_FILTERS),
+                   help="only track.ended events with this liveness verdict, or the tracks the liveness gate "
+                        "refused to name (spoof_suspected)")
     p.add_argument("--limit", type=int, default=100, metavar="N", help="at most N events (default 100)")
     p.add_argument("--json", action="store_true", help="one JSON object per line")
     p.add_argument("--follow", "-f", action="store_true", help="then keep printing new events until Ctrl-C")
@@ -69,7 +73,8 @@ def cmd_events(args) -> int:
         last = r.xrevrange(stream, count=1)
         tail_from = (last[0][0].decode() if isinstance(last[0][0], bytes) else last[0][0]) if last else "0-0"
     filters = dict(camera=args.camera, identity=None if identity_id else args.identity, identity_id=identity_id,
-                   unknown=args.unknown, since=since, until=until, min_score=args.min_score, types=args.type)
+                   unknown=args.unknown, since=since, until=until, min_score=args.min_score, types=args.type,
+                   liveness=args.liveness)
     order = "asc" if since is not None else "desc"
     page = store.query(limit=args.limit, order=order, **filters)
     events = page.events if order == "asc" else list(reversed(page.events))
@@ -84,6 +89,8 @@ def cmd_events(args) -> int:
 
     def wanted(ev: Event) -> bool:
         if args.camera and ev.camera != args.camera:
+            return False
+        if not liveness_matches(ev, args.liveness):
             return False
         if identity_id and ev.identity_id != identity_id:
             return False

@@ -12,9 +12,9 @@ from typing import Any, Mapping
 import yaml
 from pydantic import Field, ValidationError
 
-from .sections import (ApiConfig, CameraConfig, DecodeConfig, EventsConfig, GalleryConfig, ModelsConfig,
-                       MotionConfig, MqttSink, PathsConfig, RedisConfig, Section, SinksConfig, ThresholdsConfig,
-                       TrackingConfig, UnknownsConfig, WebhookSink, WorkersConfig)
+from .sections import (AnalyzersConfig, ApiConfig, CameraConfig, DecodeConfig, EventsConfig, GalleryConfig,
+                       ModelsConfig, MotionConfig, MqttSink, PathsConfig, RedisConfig, Section, SinksConfig,
+                       ThresholdsConfig, TrackingConfig, UnknownsConfig, WebhookSink, WorkersConfig)
 
 __all__ = ["Settings", "ConfigError", "load_settings", "CameraConfig", "MqttSink", "WebhookSink"]
 
@@ -41,6 +41,7 @@ class Settings(Section):
     unknowns: UnknownsConfig = Field(default_factory=UnknownsConfig)
     motion: MotionConfig = Field(default_factory=MotionConfig)
     decode: DecodeConfig = Field(default_factory=DecodeConfig)
+    analyzers: AnalyzersConfig = Field(default_factory=AnalyzersConfig)
 
 
 class ConfigError(Exception):

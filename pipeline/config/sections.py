@@ -5,7 +5,7 @@ import os
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_serializer
 
 
 class Section(BaseModel):
@@ -97,6 +97,16 @@ class CameraConfig(Section):
     fps: float | None = Field(None, gt=0, description="analysis fps; None = every frame")
     enabled: bool = True
     external: bool = Field(False, description="frames are pushed by `facetrail process`, not read by grabbers")
+    liveness: CameraLiveness | None = Field(None, description="per-camera liveness gate (None: analyzers.liveness."
+                                                                "required applies)")
+
+    @model_serializer(mode="wrap")
+    def _without_unset_liveness(self, handler):
+        """A camera without its own liveness setting serializes as before (the registry in Redis, `config show`)."""
+        data = handler(self)
+        if isinstance(data, dict) and data.get("liveness", 0) is None:
+            data.pop("liveness")
+        return data
 
 
 class WorkersConfig(Section):
@@ -275,3 +285,32 @@ class DecodeConfig(Section):
     hwaccel: str = Field("none", pattern=r"^[a-z0-9_]+$",
                          description="hardware decoding: opencv: none|any|vaapi|d3d11|mfx; pyav: none or an FFmpeg "
                                      "hwdevice type (vaapi, cuda, qsv, ...); falls back to software")
+
+
+class CameraLiveness(Section):
+    required: bool = Field(False, description="a track must pass liveness to be named (else: spoof_suspected)")
+
+
+class LivenessConfig(Section):
+    """Liveness from the track's own motion (pipeline/analyzers/liveness.py; bench/eval_liveness.py)."""
+
+    enabled: bool = Field(True, description="analyze every confirmed track at its end (liveness on track.ended)")
+    required: bool = Field(False, description="default gate for cameras that do not set liveness.required")
+    undetermined: Literal["deny", "allow"] = Field(
+        "deny", description="under the gate, a track too still to judge: deny = ends spoof_suspected, names nobody; "
+                            "allow = named as usual")
+    live_threshold: float = Field(0.8, ge=0.0, description="parallax score at or above which a track is live")
+    spoof_threshold: float = Field(0.8, ge=0.0, description="parallax score below which a moving track is a spoof")
+    min_motion: float = Field(0.02, ge=0.0, le=1.0, description="non-shift motion (share of the crop) a crop pair "
+                                                                "needs to count")
+    min_pairs: int = Field(4, ge=1, le=100, description="moving pairs needed for a spoof verdict")
+    max_gap: int = Field(3, ge=1, le=16, description="each crop is compared with the next max_gap crops")
+    percentile: float = Field(50.0, ge=0.0, le=100.0, description="percentile of the pairs' parallax that scores")
+    faces: int = Field(12, ge=2, le=64, description="grey face crops kept per open track (bounded memory)")
+
+
+class AnalyzersConfig(Section):
+    """Track analyzers: run once per confirmed track at its end, in the matcher (pipeline/analyzers/)."""
+
+    liveness: LivenessConfig = Field(default_factory=LivenessConfig)
+CameraConfig.model_rebuild()

@@ -30,7 +30,7 @@ from ..backbone import key, wait_for
 from ..config import Settings
 from ..streams import StreamNames
 from ..unknowns import keys as ukeys
-from .model import Event
+from .model import Event, liveness_matches
 
 log = logging.getLogger("facetrail.events.store")
 
@@ -286,7 +286,7 @@ class EventStore:
     def query(self, *, camera: str | None = None, identity: str | None = None, identity_id: str | None = None,
               unknown: bool = False, since: float | None = None, until: float | None = None,
               min_score: float | None = None, types: list[str] | None = None, limit: int = 100,
-              cursor: str | None = None, order: str = "asc") -> Page:
+              cursor: str | None = None, order: str = "asc", liveness: str | None = None) -> Page:
         """Events matching every filter, by time (`order` asc or desc), `limit` per page."""
         if order not in ("asc", "desc"):
             raise ValueError("order must be asc or desc")
@@ -351,6 +351,8 @@ class EventStore:
                 if types and ev.type not in types:
                     continue
                 if min_score is not None and (ev.score is None or ev.score < min_score):
+                    continue
+                if liveness and not liveness_matches(ev, liveness):
                     continue
                 out.append(ev)
                 if len(out) >= limit:

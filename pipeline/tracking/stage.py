@@ -20,6 +20,7 @@ import numpy as np
 
 from ..events.model import Event
 from ..messages import EmbeddingsMsg
+from ..analyzers.hook import TrackAnalyzers
 from ..unknowns.model import TrackFace, TrackFaces, pack_vector, unpack_vector
 from .identity import Candidate, IdentityVoter, face_weight
 from .tracker import Detection, FaceTracker, Track
@@ -50,7 +51,7 @@ class MatcherStage:
                  consistent_share: float = 0.8, min_track_frames: int = 3, iou_threshold: float = 0.3,
                  appearance_threshold: float = 0.4, appearance_veto: float = 0.15, max_age_s: float = 2.0,
                  clock: Callable[[], float] = time.time, name_of: Callable[[str], str | None] | None = None,
-                 faces_per_track: int = 3, crop_min_quality: float = 0.0):
+                 faces_per_track: int = 3, crop_min_quality: float = 0.0, analyzers=None):
         self.camera = camera
         self.search = search
         self.voter = IdentityVoter(match, margin, min_votes, vote_ratio, track_match, track_margin, track_min_faces,
@@ -66,6 +67,7 @@ class MatcherStage:
         self.last_seq: int | None = None
         self.epoch: int | None = None  # stream epoch and time of the last frame (gap / reconnect detection)
         self.last_t: float | None = None
+        self.analyzers = analyzers  # TrackAnalyzers (pipeline/analyzers/hook.py) or None
 
     @classmethod
     def from_settings(cls, camera: str, search: SearchFn, settings, **kw) -> "MatcherStage":
@@ -78,7 +80,8 @@ class MatcherStage:
                    iou_threshold=t.iou_threshold, appearance_threshold=t.appearance_threshold,
                    appearance_veto=t.appearance_veto, max_age_s=t.max_age_s,
                    faces_per_track=settings.unknowns.faces_per_track,
-                   crop_min_quality=settings.unknowns.min_quality, **kw)
+                   crop_min_quality=settings.unknowns.min_quality,
+                   analyzers=kw.pop("analyzers", None) or TrackAnalyzers.from_settings(camera, settings), **kw)
 
     def _refresh_names(self, d: dict) -> None:
         """Drop votes for identities removed from the gallery meanwhile; pick up renames."""
@@ -120,14 +123,24 @@ class MatcherStage:
 
     def _end(self, tr: Track, seq: int, out: StageOutput) -> None:
         d = tr.data
+        found = self.analyzers.end(tr.track_id, d.get("started", False)) if self.analyzers else None
         if not d.get("started"):
             return
         self._refresh_names(d)
         if d.get("en", 0) != d.get("mean_at"):
             self._search_mean(d)  # the final track mean: the whole track's evidence
-            self._announce(tr, seq, out)
+            if not (self.analyzers and self.analyzers.gated):
+                self._announce(tr, seq, out)
+        # a track the gate already let through (live before its end, and named) stays named
+        spoof = self.analyzers is not None and not d.get("live_ok") and not self.analyzers.passes(found)
+        if self.analyzers is not None and self.analyzers.gated and not spoof:
+            self._announce(tr, seq, out, final=True)  # the name held back until the liveness verdict
         ended = self._event("track.ended", tr, seq)
+        if found is not None:
+            self.analyzers.apply(ended, found, spoof)
         out.events.append(ended)
+        if spoof:
+            return  # names nobody, and a photo held up is no unknown visitor to cluster
         rec = self._track_faces(tr, ended)
         if rec is not None:
             out.tracks.append(rec)
@@ -160,10 +173,15 @@ class MatcherStage:
         d["mean_at"] = d.get("en", 0)
         self.voter.add_mean(d, list(self.search(mean[None, :])[0]))
 
-    def _announce(self, tr: Track, seq: int, out: StageOutput) -> None:
+    def _announce(self, tr: Track, seq: int, out: StageOutput, final: bool = False) -> None:
         d = tr.data
         self._refresh_names(d)
         iid = self.voter.decide(d)
+        if self.analyzers is not None and self.analyzers.gated and not final and not d.get("live_ok"):
+            # liveness required: no name before the track is judged live (checked as its crops come in)
+            if iid is None or not d.get("started") or not self.analyzers.live_now(tr.track_id):
+                return
+            d["live_ok"] = True
         if d.get("started") and iid is not None and iid not in d["emitted"]:
             d["emitted"].append(iid)
             out.events.append(self._event("identity.matched", tr, seq, iid))
@@ -224,6 +242,8 @@ class MatcherStage:
         d.setdefault("first_cap", cap)
         d["last_cap"] = cap
         d["frames"] = d.get("frames", 0) + 1
+        if self.analyzers is not None:
+            self.analyzers.observe(tr.track_id, det, cap)
         self.voter.add(d, cands, det.quality, det.score)
         if self.voter.accumulate(d, det.embedding, det.quality, det.score):
             self._search_mean(d)
@@ -242,7 +262,11 @@ class MatcherStage:
             d["started"] = True
             self._refresh_names(d)
             self.voter.decide(d)  # track.started names the person when that is already known
-            out.events.append(self._event("track.started", tr, seq))
+            started = self._event("track.started", tr, seq)
+            if self.analyzers is not None and self.analyzers.gated and not d.get("live_ok"):
+                started.identity = started.identity_id = started.score = None  # named at the end, if live
+                started.votes = {}
+            out.events.append(started)
         self._announce(tr, seq, out)
 
     def _keep_best(self, d: dict, sid: str, key: float, det: Detection, thumb: bytes, out: StageOutput) -> None:
@@ -271,6 +295,8 @@ class MatcherStage:
 
     def load_state(self, state: dict) -> None:
         self.tracker.load_state(state.get("tracks", []))
+        if self.analyzers is not None:
+            self.analyzers.reset()  # face crops are not checkpointed: tracks resumed here judge what follows
         self.last_seq = state.get("last_seq")
         self.epoch = state.get("epoch")
         self.last_t = state.get("last_t")

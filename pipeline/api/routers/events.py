@@ -12,7 +12,7 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import Response, StreamingResponse
 from pydantic import BaseModel, Field
 
-from ...events.model import Event, EventType
+from ...events.model import Event, EventType, liveness_matches
 from ...streams import StreamNames
 from ..deps import state
 from ..errors import ApiError
@@ -23,6 +23,9 @@ log = logging.getLogger("facetrail.api")
 router = APIRouter(prefix="/events", tags=["events"])
 
 EVENT_ID = r"^[0-9a-f]{1,64}$"
+Liveness = Literal["live", "spoof", "undetermined", "spoof_suspected"]
+LIVENESS_HELP = ("track.ended events with this liveness verdict, or spoof_suspected: the tracks the per-camera "
+                 "liveness gate refused to name")
 
 
 class EventPage(BaseModel):
@@ -60,6 +63,7 @@ async def query_events(
         since: str | None = Query(None, max_length=64, description=TIME_HELP),
         until: str | None = Query(None, max_length=64, description=TIME_HELP),
         min_score: float | None = Query(None, ge=-1.0, le=1.0),
+        liveness: Liveness | None = Query(None, description=LIVENESS_HELP),
         limit: int = Query(50, ge=1, le=1000),
         cursor: str | None = Query(None, max_length=512),
         order: Literal["asc", "desc"] = Query("desc")):
@@ -74,7 +78,7 @@ async def query_events(
             return store.query(camera=camera, identity=None if iid else identity, identity_id=iid,
                                unknown=unknown,
                                since=t0, until=t1, min_score=min_score, types=list(type) if type else None,
-                               limit=limit, cursor=cursor, order=order)
+                               limit=limit, cursor=cursor, order=order, liveness=liveness)
         except ValueError as e:
             raise ApiError(422, "invalid_request", str(e)) from None
 
@@ -82,8 +86,10 @@ async def query_events(
     return EventPage(events=page.events, next_cursor=page.cursor)
 
 
-def _matches(ev: Event, camera, identity, identity_id, unknown, types, min_score) -> bool:
+def _matches(ev: Event, camera, identity, identity_id, unknown, types, min_score, liveness=None) -> bool:
     """The filters of `facetrail events --follow`."""
+    if not liveness_matches(ev, liveness):
+        return False
     if camera and ev.camera != camera:
         return False
     if identity_id and ev.identity_id != identity_id:
@@ -109,6 +115,7 @@ async def stream_events(
         unknown: bool = Query(False, description="only tracks that ended without a match"),
         type: list[EventType] | None = Query(None),  # noqa: A002
         min_score: float | None = Query(None, ge=-1.0, le=1.0),
+        liveness: Liveness | None = Query(None, description=LIVENESS_HELP),
         after: str | None = Query(None, pattern=r"^(\$|0|\d{1,20}-\d{1,20})$",
                                   description="stream id to resume after ($ = only new events, 0 = from the start)"),
         limit: int | None = Query(None, ge=1, le=100_000, description="close after this many events"),
@@ -150,7 +157,7 @@ async def stream_events(
                     except Exception:  # noqa: BLE001 - an unreadable entry is skipped, not fatal
                         log.warning("events stream: unreadable entry %s skipped", cursor)
                         continue
-                    if not _matches(ev, camera, identity, iid, unknown, types, min_score):
+                    if not _matches(ev, camera, identity, iid, unknown, types, min_score, liveness):
                         continue
                     yield f"id: {cursor}\nevent: {ev.type}\ndata: {ev.encode()}\n\n"
                     sent += 1
