@@ -68,6 +68,7 @@ class AvCapture:
         self._gop: list = []       # packets since the last keyframe (the keyframe first)
         self._prev_gop: list = []  # the GOP before it
         self._pending: list = []
+        self._prev_t: float | None = None  # pts of the frame grabbed before the current one
         self.skip = skip
         self.period = sample_period_s
         self._mode = "NONREF" if skip in ("nonref", "auto") else ("NONKEY" if skip == "nonkey" else "DEFAULT")
@@ -103,6 +104,7 @@ class AvCapture:
         return self._pending.pop(0)
 
     def grab(self) -> bool:
+        self._prev_t = self._pts() if self._frame is not None else None
         try:
             self._frame = self._next_frame()
         except (StopIteration, EOFError):
@@ -159,13 +161,12 @@ class AvCapture:
             log.info("decode: replay: %s: %s", type(e).__name__, e)
         self._prev_gop = []
         out: list[tuple[float, np.ndarray]] = []
-        t0 = next_t = None
+        last = self._prev_t if self._prev_t is not None else -1e18  # the grabber had every frame up to this one
+        next_t = last + self.period
         for f in frames:
-            t = float(f.pts * f.time_base) if f.pts is not None and f.time_base is not None else None
-            if t is None or t >= t_key - 0.5 * self.period - 1e-6:
-                continue
-            if t0 is None:  # the keyframe before: the grabber had it already
-                t0 = next_t = t + self.period
+            tb = f.time_base if f.time_base is not None else self._stream.time_base
+            t = float(f.pts * tb) if f.pts is not None and tb is not None else None
+            if t is None or t <= last + 1e-6 or t >= t_key - 0.5 * self.period - 1e-6:
                 continue
             if t + 0.2 * self.period >= next_t:
                 out.append((t, f.to_ndarray(format="bgr24")))
@@ -179,7 +180,8 @@ class AvCapture:
         f = self._frame
         if f is None or f.pts is None:
             return 0.0
-        return float(f.pts * f.time_base) if f.time_base is not None else 0.0
+        tb = f.time_base if f.time_base is not None else self._stream.time_base  # flushed frames lack their own
+        return float(f.pts * tb) if tb is not None else 0.0
 
     @property
     def mode(self) -> str:

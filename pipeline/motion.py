@@ -98,6 +98,7 @@ class GrabberGate:
         import time
 
         m = settings.motion
+        self.idle_keyframes = m.idle_keyframes
         self.gate = MotionGate(width=m.width, threshold=m.threshold, min_area=m.min_area, alpha=m.alpha,
                                refresh_s=m.refresh_s, hot_s=poll_s + 0.5, hold_s=m.hold_s)
         self.camera = camera
@@ -127,3 +128,13 @@ class GrabberGate:
         if not go:
             self.skipped += 1
         return go
+
+    def step(self, cap, now: float, image: np.ndarray) -> tuple[bool, list]:
+        """The grabber's per-sampled-frame call: (does this frame go to the detector, frames to publish before it).
+        With an idle-capable reader (pipeline/decode.AvCapture) the camera decodes keyframes only while it is not
+        awake; waking on a keyframe returns the sampled frames of the stretch before it, decoded from its packets."""
+        go = self.moving(now, image)
+        replay = []
+        if self.idle_keyframes and getattr(cap, "idle_capable", False):
+            replay = cap.set_idle(not self.awake)
+        return go, replay

@@ -551,16 +551,14 @@ class CameraRunner(threading.Thread):
             raw = cap.get(cv2.CAP_PROP_POS_MSEC) / 1000.0
             gated = None
             if self.gate is not None:  # the gate runs on real time: hold, hot and refresh are real-time spans
-                gated = self.gate.moving(now_m, img)
+                gated, replay = self.gate.step(cap, now_m, img)
                 if not gated:
                     self.metrics.motion_skipped += 1
-                if self.settings.motion.idle_keyframes and getattr(cap, "idle_capable", False):
-                    # idle: keyframes only; woken: the stretch since the last keyframe, from its packets, first
-                    for old_raw, old_img in cap.set_idle(not self.gate.awake):
-                        at = captured_at - max(0.0, raw - old_raw)  # when it was live, for honest latencies
-                        pub.publish(old_img, captured_at=at, pts=self.clock.stamp(old_raw, at), mode="drop",
-                                    epoch=self.clock.epoch, gated=True)
-                        self.metrics.batch(1)
+                for old_raw, old_img in replay:  # woken from keyframes-only: the stretch before this keyframe
+                    at = captured_at - max(0.0, raw - old_raw)  # when it was live, for honest latencies
+                    pub.publish(old_img, captured_at=at, pts=self.clock.stamp(old_raw, at), mode="drop",
+                                epoch=self.clock.epoch, gated=True)
+                    self.metrics.batch(1)
             pts = self.clock.stamp(raw, captured_at)
             pub.publish(img, captured_at=captured_at, pts=pts, mode="drop", epoch=self.clock.epoch, gated=gated)
             self.metrics.batch(1)
