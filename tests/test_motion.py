@@ -205,3 +205,67 @@ def test_grabber_gate_with_idle_keyframe_decoding_misses_no_face_on_clip_and_har
         # what still reaches the detector: the replayed stretch before each wake-up, the hot span and the hold
         assert detected - len(off) <= 0.6 * empty, f"{name}: {detected - len(off)} of {empty} empty frames detected"
         assert decoded_on < 0.7 * n, f"{name}: idle decoding decoded {decoded_on} of {n} frames"
+
+
+def test_live_grabber_gates_before_the_jpeg_and_the_detector_marks_the_camera_hot(settings, tmp_path, faces_dir,
+                                                                                  models_dir):
+    """A real RTSP camera (a static scene a person walks through) through the grabber with motion.at = grabber and
+    the PyAV reader, and a detector worker: still frames travel without pixels (FrameMsg v2) and are counted in
+    the grabber's metrics (motion_skipped), idle stretches decode keyframes only, the person's frames are
+    detected, and the detector marks the camera hot for the grabber."""
+    import pytest
+
+    pytest.importorskip("av")
+    from conftest import RtspServer, Running, free_port, gst_available, wait_for
+
+    from pipeline.backbone import connect, transient_client
+    from pipeline.cameras import CameraRegistry
+    from pipeline.config import CameraConfig
+    from pipeline.messages import FacesMsg
+    from pipeline.metrics import metrics_key
+    from pipeline.motion import hot_key
+    from pipeline.streams import StreamNames
+    from test_grabber import GrabberThread
+    from workers.detector import DetectorWorker
+
+    if not gst_available():
+        pytest.skip("GStreamer RTSP server for the system python is missing (.ci/system-deps.sh)")
+    sys.path.insert(0, str(REPO / "bench"))
+    from clipgen import Visit, render
+
+    raw = tmp_path / "door.mp4"
+    render([Visit(person="a", photo=str(faces_dir / "deepface" / "img1.jpg"), start_s=4.0, dur_s=3.0)], raw,
+           models_dir=models_dir, fps=30.0, duration_s=10.0, seed=3)
+    clip = _h264(raw, tmp_path / "door_h264.mp4", gop=30)
+    srv = RtspServer(clip, free_port()).start()
+    s = settings.model_copy(update={"decode": settings.decode.model_copy(update={"reader": "pyav"}),
+                                    "motion": settings.motion.model_copy(update={"at": "grabber"})})
+    r = connect(s)
+    rt = transient_client(s, r)
+    reg = CameraRegistry(r, s)
+    names = StreamNames(s.redis.key_prefix)
+    reg.add(CameraConfig(name="door", url=srv.url, fps=5))
+    seen: dict[str, int] = {"still": 0, "faces": 0, "frames": 0}
+    hot = []
+    last = "0-0"
+
+    def progress() -> bool:
+        nonlocal last
+        for msg_id, f in rt.xrange(names.faces, min=f"({last}" if last != "0-0" else "-"):
+            last = msg_id.decode()
+            m = FacesMsg.decode(f[b"m"])
+            if m.frame.camera == "door":
+                seen["frames"] += 1
+                seen["faces"] += bool(m.faces)
+        if r.exists(hot_key(s, "door")):
+            hot.append(True)
+        g = {k.decode(): v for k, v in r.hgetall(metrics_key(s, "grabber", "grab-test:door")).items()}
+        seen["still"] = int(g.get("motion_skipped", 0))
+        return seen["faces"] >= 3 and seen["still"] >= 10 and bool(hot)
+
+    try:
+        with GrabberThread(s), Running(DetectorWorker(s, "det-test"), "detector"):
+            wait_for(progress, 45, f"still frames counted, faces found, camera marked hot ({seen}, hot={hot})")
+    finally:
+        srv.kill()
+    assert seen["frames"] > seen["faces"], "still frames go on to the matcher with no faces"
