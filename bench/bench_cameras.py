@@ -246,7 +246,8 @@ class Up:
         self.log.close()
 
 
-def measure(up: Up, names: list[str], window_s: float, *, visits: bool = True, latency_limit_s: float = 1.0) -> dict:
+def measure(up: Up, names: list[str], window_s: float, *, visits: bool = True, latency_limit_s: float = 1.0,
+            fps_check: bool = True) -> dict:
     s0, c0, t0 = up.status(names), up.cpu(), time.time()
     time.sleep(window_s)
     s1, c1, t1 = up.status(names), up.cpu(), time.time()
@@ -282,7 +283,7 @@ def measure(up: Up, names: list[str], window_s: float, *, visits: bool = True, l
            "latency_p50_s": p(0.5), "latency_p99_s": p(0.99), "person_events_missing": missing,
            "cpu_cores": cpu, "cpu_cores_total": round(sum(cpu.values()), 3),
            "cpu_cores_per_camera": round(sum(cpu.values()) / len(names), 3), "load_avg": os.getloadavg()}
-    res["ok"] = (res["drops"] == 0 and res["min_fps"] >= 0.95 * FPS and missing == 0
+    res["ok"] = (res["drops"] == 0 and (res["min_fps"] >= 0.95 * FPS or not fps_check) and missing == 0
                  and (res["latency_p99_s"] is None or res["latency_p99_s"] < latency_limit_s))
     res["latency_limit_s"] = latency_limit_s
     print(json.dumps(res), flush=True)
@@ -313,7 +314,9 @@ def run_mode(tmp: Path, clips: dict[str, Path], steps: list[int], window_s: floa
                 if len(names) < n:
                     time.sleep(min(stagger, 5.0))
             time.sleep(warm_s)
-            res = measure(up, names, window_s, latency_limit_s=LATENCY_LIMIT_S.get(mode, 1.0))
+            # an idle camera decoding keyframes only publishes a frame per keyframe (1 fps here) by design
+            res = measure(up, names, window_s, latency_limit_s=LATENCY_LIMIT_S.get(mode, 1.0),
+                          fps_check=not MODES[mode]["motion"].get("idle_keyframes"))
             out["steps"].append(res)
             if not res["ok"]:
                 break
