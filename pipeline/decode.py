@@ -43,7 +43,7 @@ class AvCapture:
 
     def __init__(self, url: str, *, skip: str = "auto", sample_period_s: float = 0.0, open_timeout_s: float = 10.0,
                  read_timeout_s: float = 10.0, options: dict | None = None, hwaccel: str = "none", threads: int = 0,
-                 idle_capable: bool = False):
+                 idle_capable: bool = False, max_idle_gap_s: float = 5.0):
         import av
 
         opts = {"rtsp_transport": "tcp", "fflags": "nobuffer", "flags": "low_delay"} if url.startswith("rtsp") \
@@ -65,6 +65,8 @@ class AvCapture:
         self.idle_capable = idle_capable
         self.idle = False
         self.replayed = 0
+        self.max_idle_gap_s = max_idle_gap_s  # keyframes further apart than this: no idle mode (the watchdog)
+        self._key_t: float | None = None
         self._gop: list = []       # packets since the last keyframe (the keyframe first)
         self._prev_gop: list = []  # the GOP before it
         self._pending: list = []
@@ -92,8 +94,16 @@ class AvCapture:
                 if not self._pending:
                     raise StopIteration
                 break
+            t = float(pkt.pts * self._stream.time_base) if pkt.pts is not None and self._stream.time_base else None
             if pkt.is_keyframe:
                 self._prev_gop, self._gop = self._gop, [pkt]
+                self._key_t = t
+            elif self.idle and t is not None and self._key_t is not None and t - self._key_t > self.max_idle_gap_s:
+                # keyframes too rare (or none: intra refresh) for an idle camera to be looked at often enough:
+                # decode everything from here on (until the next keyframe the picture may show artefacts)
+                log.warning("decode: no keyframe for %.1fs: keyframes-only idle decoding off for this stream",
+                            t - self._key_t)
+                self.idle_capable = self.idle = False
             elif self._gop and len(self._gop) < self.MAX_GOP_PACKETS:
                 self._gop.append(pkt)
             else:

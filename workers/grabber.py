@@ -126,7 +126,7 @@ def open_capture(url: str, settings: Settings, *, read_timeout_s: float | None =
                              read_timeout_s=read_timeout_s if read_timeout_s is not None else w.watchdog_s + 2.0,
                              hwaccel=settings.decode.hwaccel,
                              idle_capable=settings.motion.enabled and settings.motion.at == "grabber"
-                             and settings.motion.idle_keyframes)
+                             and settings.motion.idle_keyframes, max_idle_gap_s=0.8 * w.watchdog_s)
         except Exception as e:  # av.error.*: refused, timed out, not a video
             raise SourceError(f"cannot open {redact_url(url)}: {type(e).__name__}: {e}") from None
     if url.isdigit():  # webcam index
