@@ -333,7 +333,8 @@ def run_mode(tmp: Path, clips: dict[str, Path], steps: list[int], window_s: floa
                 up.add(kind, 0)
                 up.wait_live([kind])
                 time.sleep(warm_s)
-                res = measure(up, [kind], window_s, visits=False)
+                res = measure(up, [kind], window_s, visits=False,
+                              fps_check=not MODES[mode]["motion"].get("idle_keyframes"))
                 res["no_camera_baseline"] = base
                 res["camera_cores"] = round(res["cpu_cores_total"] - base["cpu_cores_total"], 3)
                 out[f"one_{kind}_camera"] = res
