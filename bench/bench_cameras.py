@@ -1,7 +1,8 @@
 """Cameras per box: how many live 720p30 H.264 RTSP cameras, analysed at 5 fps, one box keeps up with, with motion
 gating on and off, and the CPU one camera costs by role.
 
-    .venv/bin/python bench/bench_cameras.py [--steps 1 2 4 8] [--window-s 30] [--json bench/results/cameras.json]
+    .venv/bin/python bench/bench_cameras.py [--modes on on_full off] [--steps 4 8 12] [--steps-off 4 8]
+        [--window-s 45] [--json bench/results/cameras.json]     (~30 min)
 
 Cameras: GStreamer's RTSP server (tests/rtsp_server.py --passthrough) serves one pre-encoded clip to every
 camera as is (x264, IPPP, a keyframe a second, 4 Mbit/s), so the server costs next to nothing. The clip is
@@ -349,18 +350,19 @@ def run_mode(tmp: Path, clips: dict[str, Path], steps: list[int], window_s: floa
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--steps", type=int, nargs="+", default=[1, 2, 4, 8])
-    ap.add_argument("--window-s", type=float, default=30.0)
-    ap.add_argument("--warm-s", type=float, default=10.0)
-    ap.add_argument("--modes", nargs="+", default=["on", "on_full", "detector", "off"], choices=list(MODES))
+    ap.add_argument("--steps", type=int, nargs="+", default=[4, 8, 12])
+    ap.add_argument("--window-s", type=float, default=45.0)
+    ap.add_argument("--warm-s", type=float, default=8.0)
+    ap.add_argument("--modes", nargs="+", default=["on", "on_full", "off"], choices=list(MODES))
     ap.add_argument("--json", default=str(REPO / "bench" / "results" / "cameras.json"))
     ap.add_argument("--steps-on", type=int, nargs="+", help="steps for mode on (default --steps)")
-    ap.add_argument("--steps-off", type=int, nargs="+", help="steps for modes detector and off (default --steps)")
+    ap.add_argument("--steps-off", type=int, nargs="+", default=[4, 8],
+                    help="steps for modes detector and off")
     ap.add_argument("--single", nargs="*", default=None,
                     help="modes that also measure one empty / one busy camera (default: all)")
     args = ap.parse_args()
     steps = {"on": args.steps_on or args.steps, "on_full": args.steps_on or args.steps,
-             "detector": args.steps_off or args.steps, "off": args.steps_off or args.steps}
+             "detector": args.steps_off, "off": args.steps_off}
     if shutil.which("gst-launch-1.0") is None or not Path(SYS_PY).exists():
         print("bench_cameras: needs GStreamer (gst-launch-1.0, x264enc) and its RTSP server for /usr/bin/python3 "
               "(.ci/system-deps.sh)", file=sys.stderr)
