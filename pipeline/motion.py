@@ -84,7 +84,8 @@ class MotionGate:
 
 
 def hot_key(settings, camera: str) -> str:
-    """Set by detectors (PX tracking.max_age_s) whenever they find a face on the camera; read by its grabber."""
+    """Set by detectors whenever they find a face on the camera, to the wall-clock time until which the camera is
+    hot (now + tracking.max_age_s; the key expires then too); read by its grabber."""
     from pipeline.backbone import key
 
     return key(settings, "camera", camera, "hot")
@@ -92,7 +93,9 @@ def hot_key(settings, camera: str) -> str:
 
 class GrabberGate:
     """The motion gate of one live camera, in its grabber: moving(t, image) says whether the sampled frame goes
-    to the detector. hot() (a Redis read) is asked at most every poll_s; while it says yes the camera is hot."""
+    to the detector (t: the frame's time on a monotonic clock). hot() (a Redis read) gives the time until which
+    the camera is hot (on `clock`, by default the wall clock; 0 or None = not hot) and is asked at most every
+    poll_s."""
 
     def __init__(self, settings, camera: str, hot, *, poll_s: float = 1.0, clock=None):
         import time
@@ -100,31 +103,29 @@ class GrabberGate:
         m = settings.motion
         self.idle_keyframes = m.idle_keyframes
         self.gate = MotionGate(width=m.width, threshold=m.threshold, min_area=m.min_area, alpha=m.alpha,
-                               refresh_s=m.refresh_s, hot_s=poll_s + 0.5, hold_s=m.hold_s)
+                               refresh_s=m.refresh_s, hot_s=0.0, hold_s=m.hold_s)
         self.camera = camera
         self.hot = hot
         self.poll_s = poll_s
-        self.clock = clock or time.monotonic
+        self.clock = clock or time.time
         self._polled = -1e18
+        self._hot_until = 0.0
         self.skipped = 0
         self.awake = True
 
     def moving(self, t: float, image: np.ndarray) -> bool:
         now = self.clock()
-        hot = False
         if now - self._polled >= self.poll_s:
             self._polled = now
             try:
-                hot = bool(self.hot())
+                self._hot_until = float(self.hot() or 0.0)
             except Exception:  # Redis unreachable: count the camera hot rather than lose faces
-                hot = True
-        go = self.gate.moving(self.camera, t, image)
-        if hot:  # hot until the next poll (and a little): then the next poll says again
-            self.gate.faces_seen(self.camera, t)
-            go = True
+                self._hot_until = now + self.poll_s
+        hot = now < self._hot_until
+        go = self.gate.moving(self.camera, t, image) or hot
         cam = self.gate.cams[self.camera]
         # awake (full decoding wanted): motion within hold_s or hot; a refresh alone leaves the camera idle
-        self.awake = t - cam.moved_t <= self.gate.hold_s or t - cam.face_t <= self.gate.hot_s
+        self.awake = hot or t - cam.moved_t <= self.gate.hold_s
         if not go:
             self.skipped += 1
         return go

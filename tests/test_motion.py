@@ -130,7 +130,7 @@ def _face_times(path: Path, settings, gated: bool):
     stage = DetectStage(settings.model_copy(update={"motion": settings.motion.model_copy(update={"enabled": False})}))
     cap = AvCapture(str(path), skip="none", idle_capable=gated)
     clock = {"t": 0.0, "face": -1e9}
-    gate = GrabberGate(settings, "door", lambda: clock["t"] - clock["face"] <= settings.tracking.max_age_s,
+    gate = GrabberGate(settings, "door", lambda: clock["face"] + settings.tracking.max_age_s,
                        clock=lambda: clock["t"])
     faces, seq, n = set(), 0, 0
     published: list[float] = []

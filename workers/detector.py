@@ -185,8 +185,9 @@ class DetectorWorker:
             hot = {m.frame.camera for (_, _, m, _), f in zip(decoded, results) if f.faces}
             if hot:
                 pipe = self.r.pipeline(transaction=False)
+                until = round(time.time() + self.hot_ms / 1000.0, 3)
                 for cam in hot:
-                    pipe.set(hot_key(self.settings, cam), 1, px=self.hot_ms)
+                    pipe.set(hot_key(self.settings, cam), until, px=self.hot_ms)
                 pipe.execute()
         items = []
         for (stream, msg_id, msg, _), faces in zip(decoded, results):

@@ -380,7 +380,7 @@ class CameraRunner(threading.Thread):
         self.gate = None  # motion gate before the JPEG (live cameras, motion.at = grabber)
         if settings.motion.enabled and settings.motion.at == "grabber":
             hk = hot_key(settings, cam.name)
-            self.gate = GrabberGate(settings, cam.name, lambda: r.exists(hk))
+            self.gate = GrabberGate(settings, cam.name, lambda: r.get(hk))
 
     # -- status -----------------------------------------------------------------------------------------------
     def _set_state(self, state: str, **fields) -> None:
