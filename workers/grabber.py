@@ -8,7 +8,10 @@ followed live through cameras:changes, so `facetrail camera add|remove` needs no
 Live sources: OpenCV's FFmpeg backend with low-latency options (RTSP over TCP, no buffering), sampled to the
 camera's fps by wall clock, a watchdog on time since the last frame (status `stalled`), reconnect with
 exponential backoff capped at workers.reconnect_max_s, frames dropped oldest-first (and counted) when the
-detectors fall behind. Files: every frame (or --fps sampling by stream time), no pacing, backpressure instead
+detectors fall behind. With motion.at = grabber (default) a live camera's sampled frames pass its motion gate
+(pipeline/motion.GrabberGate) before the JPEG: a still frame is published without pixels (FrameMsg v2), and with
+the PyAV reader an idle camera decodes keyframes only (pipeline/decode.AvCapture.set_idle).
+Files: every frame (or --fps sampling by stream time), no pacing, backpressure instead
 of drops, then an EOS frame (seq one past the last)."""
 from __future__ import annotations
 
