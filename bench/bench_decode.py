@@ -9,7 +9,10 @@ cores one camera needs):
 - cv_read_all: OpenCV read() of every frame (decode + BGR conversion of all: the naive reader);
 - cv_grab: OpenCV grab() every frame, retrieve() the sampled ones (the grabber until now);
 - av_none / av_nonref / av_nonkey / av_auto: PyAV (pipeline/decode.py) with skip_frame DEFAULT, NONREF, NONKEY,
-  or auto (NONREF, NONKEY once keyframes come at least as often as the sampling period).
+  or auto (NONREF, NONKEY once keyframes come at least as often as the sampling period);
+- av_awake / av_idle: the reader of a motion-gated camera (motion.idle_keyframes: auto, slice threads only, so
+  that a decoder fed keyframes alone hands each out at once): awake (something moves) and idle (keyframes only:
+  an empty camera; `sampled` is then the keyframes the motion gate looks at, not frames lost).
 `sampled` is how many frames the sampler got, `wanted` how many the fps asks for: fewer = frames lost.
 CPU is this process's user+system time (all decoder threads), on whatever else the box is doing."""
 from __future__ import annotations
@@ -61,6 +64,8 @@ def run_mode(path: Path, mode: str, fps: float, seconds: float) -> dict:
     period = 1.0 / fps
     if mode.startswith("cv"):
         cap = cv2.VideoCapture(str(path), cv2.CAP_FFMPEG)
+    elif mode in ("av_awake", "av_idle"):  # the reader of a motion-gated camera (motion.idle_keyframes)
+        cap = AvCapture(str(path), skip="auto", sample_period_s=period, idle_capable=True)
     else:
         cap = AvCapture(str(path), skip=mode[3:], sample_period_s=period)
     c0 = _cpu()
@@ -75,6 +80,8 @@ def run_mode(path: Path, mode: str, fps: float, seconds: float) -> dict:
         if t > seconds:
             break
         n += 1
+        if mode == "av_idle" and n == 1:
+            cap.set_idle(True)  # an empty camera: keyframes only from here on
         if mode == "cv_read_all":
             cap.retrieve()
         if t + 1e-6 < next_t:
@@ -105,7 +112,8 @@ def main() -> int:
     for name in args.clips:
         path = make_clip(tmp / f"{name}.mp4", *CLIPS[name])
         for fps in (5.0, 10.0):
-            for mode in ("cv_read_all", "cv_grab", "av_none", "av_nonref", "av_nonkey", "av_auto"):
+            for mode in ("cv_read_all", "cv_grab", "av_none", "av_nonref", "av_nonkey", "av_auto", "av_awake",
+                         "av_idle"):
                 if mode == "cv_read_all" and fps == 10.0:
                     continue  # independent of the sampling rate
                 row = {"clip": name, **run_mode(path, mode, fps, args.seconds)}

@@ -8,7 +8,7 @@ from __future__ import annotations
 from typing import ClassVar, Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 
 class MessageVersionError(ValueError):
@@ -56,10 +56,45 @@ class FrameRef(BaseModel):
 
 
 class FrameMsg(Message):
-    """frames:{camera} - one sampled frame, JPEG-encoded."""
+    """frames:{camera} - one sampled frame, JPEG-encoded.
 
+    v2 (written by a grabber that gates on motion itself, motion.at = grabber; v1 is still read, and written by
+    every other grabber, byte for byte as before): `still` = the grabber's motion gate saw nothing move and the
+    camera was not hot, so the frame travels without pixels (jpeg empty) and the detector passes it on with no
+    faces; `gated` = the grabber's gate already passed this frame, so the detector does not check it again.
+    The seq is used either way, so the matcher sees every seq in order and ages its tracks as before."""
+
+    VERSION: ClassVar[int] = 2
+    VERSIONS: ClassVar[tuple[int, ...]] = (1, 2)
+    v: int = 1
     frame: FrameRef
     jpeg: bytes
+    still: bool = False
+    gated: bool = False
+
+    @model_validator(mode="after")
+    def _check(self):
+        if self.v not in self.VERSIONS:
+            raise ValueError(f"FrameMsg: unsupported schema version {self.v!r}")
+        if self.v == 1 and (self.still or self.gated):
+            raise ValueError("FrameMsg v1 has no still/gated fields (they are v2)")
+        if self.still and self.jpeg:
+            raise ValueError("a still frame carries no pixels")
+        return self
+
+    def encode(self) -> bytes:
+        if self.v == 1:  # exactly the v1 body: older detectors refuse fields they do not know
+            return self.model_dump_json(exclude={"still", "gated"}).encode()
+        return self.model_dump_json().encode()
+
+    @classmethod
+    def decode(cls, raw: bytes | str):
+        import json
+
+        v = json.loads(raw).get("v")
+        if v not in cls.VERSIONS:
+            raise MessageVersionError(f"FrameMsg: unsupported schema version {v!r} (this build reads v1 and v2)")
+        return cls.model_validate_json(raw)
 
 
 class DetectedFace(BaseModel):

@@ -49,7 +49,8 @@ class StageMetrics:
         self.frames = self.batches = self.errors = self.drops = self.reclaimed = 0
         self.skipped = 0  # items passed over on purpose (detector: faces tracked without a new embedding;
         # matcher: missing seqs skipped by the reorder buffer, e.g. frames dropped at the source)
-        self.motion_skipped = 0  # detector: frames passed on without a detector pass (no motion)
+        self.motion_skipped = 0  # detector: frames passed on without a detector pass (no motion); grabber: frames
+        # sent without pixels by its motion gate (motion.at = grabber)
         self.late = 0  # matcher: frames that arrived after their seq was skipped, so never applied (lost work)
         self.batch_items = 0
         self.lag = 0

@@ -7,7 +7,13 @@ when the camera is *hot* (a face was found within `tracking.max_age_s` of stream
 makes no motion but must stay tracked), when it is the camera's first frame or the source restarted, and at
 least every `motion.refresh_s` (a face that slipped in without motion is never missed for longer). A frame
 passed over is sent on with no faces, so the matcher still sees every seq; detectors count them
-(`motion_skipped`). Cost: about 0.1 ms a frame at 160 px (bench/eval_motion.py)."""
+(`motion_skipped`). Cost: about 0.1 ms a frame at 160 px (bench/eval_motion.py).
+
+Live cameras are gated in their grabber (motion.at = grabber, `GrabberGate`), before the frame is JPEG-encoded:
+a still frame travels as a FrameMsg v2 without pixels, so an empty camera costs no JPEG encode, no JPEG decode
+and almost no Redis traffic. The grabber cannot see faces, so the detector marks a camera hot in Redis
+(`hot_key`, a key that lives tracking.max_age_s after the last face) and the grabber polls it once a second;
+frames also keep going for motion.hold_s after the last motion (the detector's delay in marking it hot)."""
 from __future__ import annotations
 
 from collections import OrderedDict
@@ -23,15 +29,16 @@ class _Cam:
     last_t: float        # stream time of the last frame seen
     detected_t: float    # stream time of the last frame sent to the detector
     face_t: float        # stream time of the last frame with a face
+    moved_t: float = -1e18  # stream time of the last frame with motion
 
 
 class MotionGate:
     MAX_CAMERAS = 1024
 
     def __init__(self, *, width: int = 160, threshold: int = 25, min_area: float = 0.002, alpha: float = 0.2,
-                 refresh_s: float = 5.0, hot_s: float = 2.0):
+                 refresh_s: float = 5.0, hot_s: float = 2.0, hold_s: float = 0.0):
         self.width, self.threshold, self.min_area = width, threshold, min_area
-        self.alpha, self.refresh_s, self.hot_s = alpha, refresh_s, hot_s
+        self.alpha, self.refresh_s, self.hot_s, self.hold_s = alpha, refresh_s, hot_s, hold_s
         self.cams: OrderedDict[str, _Cam] = OrderedDict()
 
     @classmethod
@@ -62,7 +69,9 @@ class MotionGate:
         changed = np.count_nonzero(diff > self.threshold) / float(diff.size)
         cv2.accumulateWeighted(grey, cam.bg, self.alpha)
         cam.last_t = max(cam.last_t, t)
-        go = (changed >= self.min_area or t - cam.face_t <= self.hot_s or t - cam.detected_t >= self.refresh_s)
+        if changed >= self.min_area:
+            cam.moved_t = t
+        go = (t - cam.moved_t <= self.hold_s or t - cam.face_t <= self.hot_s or t - cam.detected_t >= self.refresh_s)
         if go:
             cam.detected_t = t
         return go
@@ -72,3 +81,61 @@ class MotionGate:
         cam = self.cams.get(camera)
         if cam is not None:
             cam.face_t = max(cam.face_t, t)
+
+
+def hot_key(settings, camera: str) -> str:
+    """Set by detectors whenever they find a face on the camera, to the wall-clock time until which the camera is
+    hot (now + tracking.max_age_s; the key expires then too); read by its grabber."""
+    from pipeline.backbone import key
+
+    return key(settings, "camera", camera, "hot")
+
+
+class GrabberGate:
+    """The motion gate of one live camera, in its grabber: moving(t, image) says whether the sampled frame goes
+    to the detector (t: the frame's time on a monotonic clock). hot() (a Redis read) gives the time until which
+    the camera is hot (on `clock`, by default the wall clock; 0 or None = not hot) and is asked at most every
+    poll_s."""
+
+    def __init__(self, settings, camera: str, hot, *, poll_s: float = 1.0, clock=None):
+        import time
+
+        m = settings.motion
+        self.idle_keyframes = m.idle_keyframes
+        self.gate = MotionGate(width=m.width, threshold=m.threshold, min_area=m.min_area, alpha=m.alpha,
+                               refresh_s=m.refresh_s, hot_s=0.0, hold_s=m.hold_s)
+        self.camera = camera
+        self.hot = hot
+        self.poll_s = poll_s
+        self.clock = clock or time.time
+        self._polled = -1e18
+        self._hot_until = 0.0
+        self.skipped = 0
+        self.awake = True
+
+    def moving(self, t: float, image: np.ndarray) -> bool:
+        now = self.clock()
+        if now - self._polled >= self.poll_s:
+            self._polled = now
+            try:
+                self._hot_until = float(self.hot() or 0.0)
+            except Exception:  # Redis unreachable: count the camera hot rather than lose faces
+                self._hot_until = now + self.poll_s
+        hot = now < self._hot_until
+        go = self.gate.moving(self.camera, t, image) or hot
+        cam = self.gate.cams[self.camera]
+        # awake (full decoding wanted): motion within hold_s or hot; a refresh alone leaves the camera idle
+        self.awake = hot or t - cam.moved_t <= self.gate.hold_s
+        if not go:
+            self.skipped += 1
+        return go
+
+    def step(self, cap, now: float, image: np.ndarray) -> tuple[bool, list]:
+        """The grabber's per-sampled-frame call: (does this frame go to the detector, frames to publish before it).
+        With an idle-capable reader (pipeline/decode.AvCapture) the camera decodes keyframes only while it is not
+        awake; waking on a keyframe returns the sampled frames of the stretch before it, decoded from its packets."""
+        go = self.moving(now, image)
+        replay = []
+        if self.idle_keyframes and getattr(cap, "idle_capable", False):
+            replay = cap.set_idle(not self.awake)
+        return go, replay

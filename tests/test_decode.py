@@ -113,3 +113,57 @@ def test_rtsp_server_passthrough_serves_several_cameras(tmp_path):
     finally:
         srv.kill()
         srv.wait(10)
+
+
+def moving_square(path: Path, *, frames: int = 90, gop: int = 30) -> Path:
+    """H.264 (PyAV's libx264, IPPP, a keyframe every gop frames) of a square moving 3 px a frame: x = 10 + 3 i."""
+    import numpy as np
+
+    c = av.open(str(path), "w")
+    s = c.add_stream("libx264", rate=30)
+    s.width, s.height, s.pix_fmt = 320, 240, "yuv420p"
+    s.options = {"g": str(gop), "keyint_min": str(gop), "bf": "0", "sc_threshold": "0", "preset": "ultrafast"}
+    for i in range(frames):
+        img = np.full((240, 320, 3), 60, np.uint8)
+        img[100:140, 10 + 3 * i:30 + 3 * i] = 250
+        for p in s.encode(av.VideoFrame.from_ndarray(img, format="bgr24")):
+            c.mux(p)
+    for p in s.encode(None):
+        c.mux(p)
+    c.close()
+    return path
+
+
+def _x(img) -> int:
+    return int((img[120, :, 1] > 150).argmax())
+
+
+def test_idle_decodes_keyframes_only_and_waking_replays_the_stretch_before(tmp_path):
+    clip = moving_square(tmp_path / "sq.mp4")
+    cap = AvCapture(str(clip), skip="none", sample_period_s=0.2, idle_capable=True)
+    assert cap.grab() and cap.get(0) == 0.0
+    assert cap.set_idle(True) == []
+    assert cap.grab() and abs(cap.get(0) / 1000 - 1.0) < 1e-3, "idle: the next frame handed out is the keyframe"
+    assert cap.decoded == 2, "nothing between the keyframes was decoded"
+    replay = cap.set_idle(False)  # motion in the keyframe at 1.0 s
+    ts = [t for t, _ in replay]
+    assert ts == sorted(ts) and 0.0 < ts[0] <= 0.2 and ts[-1] < 1.0 - 0.1 and len(ts) >= 4, ts
+    for t, img in replay:  # decoded right, from the kept packets
+        assert abs(_x(img) - (10 + 3 * round(t * 30))) <= 1, (t, _x(img))
+    n = 0
+    while cap.grab():  # awake again: every frame, decoded right after the keyframe
+        ok, img = cap.retrieve()
+        t = cap.get(0) / 1000
+        assert abs(_x(img) - (10 + 3 * round(t * 30))) <= 1
+        n += 1
+    assert n == 59
+
+
+def test_idle_is_given_up_where_keyframes_are_too_rare(tmp_path):
+    clip = moving_square(tmp_path / "long.mp4", gop=90)
+    cap = AvCapture(str(clip), skip="none", sample_period_s=0.2, idle_capable=True, max_idle_gap_s=1.0)
+    assert cap.grab()
+    cap.set_idle(True)
+    assert cap.grab(), "no keyframe within 1 s: frames come again"
+    assert not cap.idle and not cap.idle_capable
+    assert cap.get(0) / 1000 <= 1.1

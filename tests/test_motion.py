@@ -72,3 +72,200 @@ def test_detect_stage_with_motion_gating_misses_no_face(tmp_path, faces_dir, mod
     assert len(off) >= 30 and skipped_off == 0
     assert on == off, f"face frames missed with motion gating: {sorted(off - on)}"
     assert skipped_on >= 0.4 * (n - len(off)), f"only {skipped_on} of {n - len(off)} empty frames skipped"
+
+
+def test_frame_msg_v2_still_and_gated_and_v1_unchanged():
+    import json
+
+    import pytest
+
+    from pipeline.messages import MessageVersionError
+
+    ref = FrameRef(camera="c", seq=3, captured_at=1.0, pts=0.5, width=640, height=360)
+    v1 = FrameMsg(frame=ref, jpeg=b"xy").encode()
+    assert set(json.loads(v1)) == {"v", "frame", "jpeg"}, "an ungated grabber writes v1 exactly as before"
+    assert FrameMsg.decode(v1).still is False
+    still = FrameMsg.decode(FrameMsg(v=2, frame=ref, jpeg=b"", still=True).encode())
+    assert still.still and still.v == 2 and not still.jpeg
+    with pytest.raises(ValueError):
+        FrameMsg(v=2, frame=ref, jpeg=b"xy", still=True)  # a still frame has no pixels
+    with pytest.raises(ValueError):
+        FrameMsg(frame=ref, jpeg=b"", still=True)  # v1 has no still field
+    with pytest.raises(MessageVersionError):
+        FrameMsg.decode(json.dumps({"v": 3, "frame": ref.model_dump(), "jpeg": ""}))
+
+
+def _h264(src: Path, out: Path, gop: int) -> Path:
+    """The composed clip as an IP camera sends it: H.264, IPPP, a keyframe every gop frames (PyAV's libx264)."""
+    import av
+
+    cap = cv2.VideoCapture(str(src))
+    fps = cap.get(cv2.CAP_PROP_FPS)
+    c = av.open(str(out), "w")
+    s = c.add_stream("libx264", rate=int(round(fps)))
+    s.pix_fmt = "yuv420p"
+    s.width, s.height = int(cap.get(cv2.CAP_PROP_FRAME_WIDTH)), int(cap.get(cv2.CAP_PROP_FRAME_HEIGHT))
+    s.options = {"g": str(gop), "keyint_min": str(gop), "bf": "0", "sc_threshold": "0", "preset": "ultrafast"}
+    while True:
+        ok, img = cap.read()
+        if not ok:
+            break
+        for p in s.encode(av.VideoFrame.from_ndarray(img, format="bgr24")):
+            c.mux(p)
+    for p in s.encode(None):
+        c.mux(p)
+    c.close()
+    return out
+
+
+def _face_times(path: Path, settings, gated: bool):
+    """Run the clip as a live camera's grabber would (every frame sampled) and the detector after it: with
+    gated, the grabber's GrabberGate (idle keyframes-only decoding, replay on motion, hot while a face was seen
+    within tracking.max_age_s); without, every frame is detected. -> (stream times with a face, skipped, decoded,
+    frames)."""
+    from pipeline.decode import AvCapture
+    from pipeline.motion import GrabberGate
+    from workers.detector import DetectStage
+
+    stage = DetectStage(settings.model_copy(update={"motion": settings.motion.model_copy(update={"enabled": False})}))
+    cap = AvCapture(str(path), skip="none", idle_capable=gated)
+    clock = {"t": 0.0, "face": -1e9}
+    gate = GrabberGate(settings, "door", lambda: clock["face"] + settings.tracking.max_age_s,
+                       clock=lambda: clock["t"])
+    faces, seq, n = set(), 0, 0
+    published: list[float] = []
+
+    def detect(t, img):
+        nonlocal seq
+        ref = FrameRef(camera="door", seq=seq, captured_at=t, pts=t, width=img.shape[1], height=img.shape[0])
+        seq += 1
+        if stage.process([(FrameMsg(v=2, frame=ref, jpeg=b"", gated=True), img)])[0].faces:
+            faces.add(round(t, 3))
+            clock["face"] = t  # the detector marks the camera hot (in Redis, live)
+
+    last_t = -1.0
+    while cap.grab():
+        ok, img = cap.retrieve()
+        n += 1
+        t = cap.get(0) / 1000.0
+        assert t > last_t, "frames come in stream order"
+        last_t = t
+        clock["t"] = t
+        if not gated:
+            detect(t, img)
+            continue
+        go, replay = gate.step(cap, t, img)
+        for old_t, old_img in replay:
+            assert last_t < old_t < t or old_t < t, "replayed frames are new and older than the keyframe"
+            detect(old_t, old_img)
+            n += 1
+        seen = [x for x, _ in replay] + [t]
+        assert seen == sorted(seen) and len(set(seen)) == len(seen)
+        assert not published or published[-1] < seen[0], "no frame published twice, none out of order"
+        published.extend(seen)
+        if go:
+            detect(t, img)
+    cap.release()
+    return faces, gate.skipped, cap.decoded, seq
+
+
+def test_grabber_gate_with_idle_keyframe_decoding_misses_no_face_on_clip_and_hard_scenes(tmp_path, faces_dir,
+                                                                                         models_dir):
+    """The grabber-side gate (motion.at = grabber, idle_keyframes): no face frame lost against no gating, on a
+    composed clip and on a hard scene (small, blurred, dim faces behind a pillar); still frames skipped and
+    counted; idle decoding left most frames undecoded, yet every frame with a face was decoded."""
+    import pytest
+
+    pytest.importorskip("av")
+    sys.path.insert(0, str(REPO / "bench"))
+    from clipgen import Bar, Visit, render
+
+    fr = faces_dir / "face_recognition"
+    scenes = {
+        "clip": ([Visit(person="a", photo=str(faces_dir / "deepface" / "img1.jpg"), start_s=3.3, dur_s=2.0),
+                  Visit(person="b", photo=str(faces_dir / "deepface" / "img13.jpg"), start_s=9.5, dur_s=2.0)], []),
+        "hard": ([Visit(person="obama", photo=str(fr / "knn_examples" / "test" / "obama1.jpg"), start_s=2.4,
+                        dur_s=3.0, face_px=42, x0=0.1, x1=0.9, y=0.5, blur=1.0, gain=0.8),
+                  Visit(person="rose", photo=str(fr / "knn_examples" / "train" / "rose_leslie" / "img1.jpg"),
+                        start_s=8.6, dur_s=2.5, face_px=48, x0=0.9, x1=0.1, y=0.72, blur=0.8, gain=1.1)],
+                 [Bar(x=0.55, width=0.06)]),
+    }
+    s = load_settings([], env={"FACETRAIL_MODELS_DIR": str(models_dir)})
+    for name, (visits, bars) in scenes.items():
+        raw = tmp_path / f"{name}.mp4"
+        render(visits, raw, models_dir=models_dir, fps=10.0, duration_s=24.0, seed=5, bars=bars)
+        clip = _h264(raw, tmp_path / f"{name}_h264.mp4", gop=10)
+        off, _, decoded_off, n = _face_times(clip, s, gated=False)
+        on, skipped, decoded_on, detected = _face_times(clip, s, gated=True)
+        assert len(off) >= 20, f"{name}: the ungated run finds the faces ({len(off)} frames)"
+        assert on == off, f"{name}: face frames missed with the grabber gate: {sorted(off - on)}"
+        assert n == decoded_off == 240
+        assert skipped >= 5, f"{name}: still frames seen by the gate are counted ({skipped})"
+        empty = n - len(off)
+        # what still reaches the detector: the replayed stretch before each wake-up, the hot span and the hold
+        assert detected - len(off) <= 0.6 * empty, f"{name}: {detected - len(off)} of {empty} empty frames detected"
+        assert decoded_on < 0.7 * n, f"{name}: idle decoding decoded {decoded_on} of {n} frames"
+
+
+def test_live_grabber_gates_before_the_jpeg_and_the_detector_marks_the_camera_hot(settings, tmp_path, faces_dir,
+                                                                                  models_dir):
+    """A real RTSP camera (a static scene a person walks through) through the grabber with motion.at = grabber and
+    the PyAV reader, and a detector worker: still frames travel without pixels (FrameMsg v2) and are counted in
+    the grabber's metrics (motion_skipped), idle stretches decode keyframes only, the person's frames are
+    detected, and the detector marks the camera hot for the grabber."""
+    import pytest
+
+    pytest.importorskip("av")
+    from conftest import RtspServer, Running, free_port, gst_available, wait_for
+
+    from pipeline.backbone import connect, transient_client
+    from pipeline.cameras import CameraRegistry
+    from pipeline.config import CameraConfig
+    from pipeline.messages import FacesMsg
+    from pipeline.metrics import metrics_key
+    from pipeline.motion import hot_key
+    from pipeline.streams import StreamNames
+    from test_grabber import GrabberThread
+    from workers.detector import DetectorWorker
+
+    if not gst_available():
+        pytest.skip("GStreamer RTSP server for the system python is missing (.ci/system-deps.sh)")
+    sys.path.insert(0, str(REPO / "bench"))
+    from clipgen import Visit, render
+
+    raw = tmp_path / "door.mp4"
+    render([Visit(person="a", photo=str(faces_dir / "deepface" / "img1.jpg"), start_s=4.0, dur_s=3.0)], raw,
+           models_dir=models_dir, fps=30.0, duration_s=10.0, seed=3)
+    clip = _h264(raw, tmp_path / "door_h264.mp4", gop=30)
+    srv = RtspServer(clip, free_port()).start()
+    s = settings.model_copy(update={"decode": settings.decode.model_copy(update={"reader": "pyav"}),
+                                    "motion": settings.motion.model_copy(update={"at": "grabber"})})
+    r = connect(s)
+    rt = transient_client(s, r)
+    reg = CameraRegistry(r, s)
+    names = StreamNames(s.redis.key_prefix)
+    reg.add(CameraConfig(name="door", url=srv.url, fps=5))
+    seen: dict[str, int] = {"still": 0, "faces": 0, "frames": 0}
+    hot = []
+    last = "0-0"
+
+    def progress() -> bool:
+        nonlocal last
+        for msg_id, f in rt.xrange(names.faces, min=f"({last}" if last != "0-0" else "-"):
+            last = msg_id.decode()
+            m = FacesMsg.decode(f[b"m"])
+            if m.frame.camera == "door":
+                seen["frames"] += 1
+                seen["faces"] += bool(m.faces)
+        if r.exists(hot_key(s, "door")):
+            hot.append(True)
+        g = {k.decode(): v for k, v in r.hgetall(metrics_key(s, "grabber", "grab-test:door")).items()}
+        seen["still"] = int(g.get("motion_skipped", 0))
+        return seen["faces"] >= 3 and seen["still"] >= 10 and bool(hot)
+
+    try:
+        with GrabberThread(s), Running(DetectorWorker(s, "det-test"), "detector"):
+            wait_for(progress, 45, f"still frames counted, faces found, camera marked hot ({seen}, hot={hot})")
+    finally:
+        srv.kill()
+    assert seen["frames"] > seen["faces"], "still frames go on to the matcher with no faces"

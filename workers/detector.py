@@ -1,7 +1,9 @@
 """Detector role: frames:{camera} (every registered camera, group "detectors") -> faces.
 
 Stage: DetectStage.process(frames) -> FacesMsg per frame (zero-face frames included, EOS passed through). Its
-MotionGate (pipeline/motion.py) passes frames where nothing moves on without a detector pass; its
+MotionGate (pipeline/motion.py) passes frames where nothing moves on without a detector pass (live cameras are
+gated in their grabber: a still FrameMsg v2 has no pixels and is passed on as it is, and the worker marks
+cameras with a face hot in Redis for their grabber); its
 ReembedGate (pipeline/tracking/reembed.py; or SharedReembedGate, one per camera in Redis for all detectors, with
 workers.reembed_shared) picks the faces worth a new embedding; only those are aligned and
 get a crop and a thumbnail, the others travel as box, landmarks and quality for the tracker.
@@ -25,7 +27,7 @@ from pipeline.engine.framecodec import decode_frame
 from pipeline.engine.types import Face
 from pipeline.messages import DetectedFace, FacesMsg, FrameMsg
 from pipeline.metrics import Heartbeat, StageMetrics
-from pipeline.motion import MotionGate
+from pipeline.motion import MotionGate, hot_key
 from pipeline.streams import ConsumingEmitter, StreamNames
 from pipeline.tracking.reembed import ReembedGate
 from pipeline.tracking.reembed_shared import SharedReembedGate
@@ -72,8 +74,8 @@ class DetectStage:
         order = sorted(range(len(frames)), key=lambda i: (refs[i].camera, refs[i].stream_time, i))
         run = [img is not None for _, img in frames]
         if self.motion is not None:
-            for i in order:
-                if run[i]:
+            for i in order:  # a frame the grabber's gate passed (gated) is not checked twice
+                if run[i] and not frames[i][0].gated:
                     run[i] = self.motion.moving(refs[i].camera, refs[i].stream_time, frames[i][1])
             self.motion_skipped += sum(1 for (_, img), r in zip(frames, run) if img is not None and not r)
         images = [img for (_, img), r in zip(frames, run) if r]
@@ -91,7 +93,7 @@ class DetectStage:
             wanted[i] = plan
         out = []
         for (msg, img), faces, want in zip(frames, found, wanted):
-            if img is None:  # EOS: flows through unchanged
+            if img is None:  # EOS, or a still frame from the grabber's motion gate: no faces
                 out.append(FacesMsg(frame=msg.frame))
                 continue
             keep = [f for f, w in zip(faces, want) if w]
@@ -131,6 +133,8 @@ class DetectorWorker:
         self.reader = BatchReader(self.rt, settings, GROUP, consumer, frame_streams(self.registry, self.names),
                                   role="detector", hb=self.r)
         self._faces_full_logged = 0.0
+        m = settings.motion
+        self.hot_ms = int(1000 * settings.tracking.max_age_s) if m.enabled and m.at == "grabber" else 0
         self._lag_at = 0.0
 
     def faces_has_room(self) -> bool:
@@ -164,7 +168,7 @@ class DetectorWorker:
             try:
                 msg = FrameMsg.decode(payload)
                 img = None
-                if not msg.frame.eos:
+                if not msg.frame.eos and not msg.still:  # a still frame has no pixels: nothing to detect
                     img = decode_frame(msg.jpeg)
                     if img is None:
                         raise ValueError("frame JPEG does not decode")
@@ -183,6 +187,14 @@ class DetectorWorker:
         results = self.stage.process([(m, img) for _, _, m, img in decoded])
         self.metrics.skipped += self.stage.skipped - skipped
         self.metrics.motion_skipped += self.stage.motion_skipped - still
+        if self.hot_ms:  # cameras with a face: hot for their grabber's motion gate (pipeline/motion.GrabberGate)
+            hot = {m.frame.camera for (_, _, m, _), f in zip(decoded, results) if f.faces}
+            if hot:
+                pipe = self.r.pipeline(transaction=False)
+                until = round(time.time() + self.hot_ms / 1000.0, 3)
+                for cam in hot:
+                    pipe.set(hot_key(self.settings, cam), until, px=self.hot_ms)
+                pipe.execute()
         items = []
         for (stream, msg_id, msg, _), faces in zip(decoded, results):
             out = self.names.faces_for(msg.frame.camera)

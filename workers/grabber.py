@@ -8,7 +8,10 @@ followed live through cameras:changes, so `facetrail camera add|remove` needs no
 Live sources: OpenCV's FFmpeg backend with low-latency options (RTSP over TCP, no buffering), sampled to the
 camera's fps by wall clock, a watchdog on time since the last frame (status `stalled`), reconnect with
 exponential backoff capped at workers.reconnect_max_s, frames dropped oldest-first (and counted) when the
-detectors fall behind. Files: every frame (or --fps sampling by stream time), no pacing, backpressure instead
+detectors fall behind. With motion.at = grabber (default) a live camera's sampled frames pass its motion gate
+(pipeline/motion.GrabberGate) before the JPEG: a still frame is published without pixels (FrameMsg v2), and with
+the PyAV reader an idle camera decodes keyframes only (pipeline/decode.AvCapture.set_idle).
+Files: every frame (or --fps sampling by stream time), no pacing, backpressure instead
 of drops, then an EOS frame (seq one past the last)."""
 from __future__ import annotations
 
@@ -29,6 +32,7 @@ from pipeline.engine.framecodec import encode_frame  # noqa: E402
 from pipeline.messages import FrameMsg, FrameRef  # noqa: E402
 from pipeline.metrics import Heartbeat, StageMetrics, drops_key  # noqa: E402
 from pipeline.framepush import FramePusher, LeaseMirror  # noqa: E402
+from pipeline.motion import GrabberGate, hot_key  # noqa: E402
 from pipeline.streams import StreamNames  # noqa: E402
 
 log = logging.getLogger("facetrail.grabber")
@@ -124,7 +128,9 @@ def open_capture(url: str, settings: Settings, *, read_timeout_s: float | None =
             return AvCapture(url, skip=settings.decode.skip, sample_period_s=sample_period_s,
                              open_timeout_s=w.open_timeout_s,
                              read_timeout_s=read_timeout_s if read_timeout_s is not None else w.watchdog_s + 2.0,
-                             hwaccel=settings.decode.hwaccel)
+                             hwaccel=settings.decode.hwaccel,
+                             idle_capable=settings.motion.enabled and settings.motion.at == "grabber"
+                             and settings.motion.idle_keyframes, max_idle_gap_s=0.8 * w.watchdog_s)
         except Exception as e:  # av.error.*: refused, timed out, not a video
             raise SourceError(f"cannot open {redact_url(url)}: {type(e).__name__}: {e}") from None
     if url.isdigit():  # webcam index
@@ -205,12 +211,19 @@ class FramePublisher:
             delay = min(delay * 2, 0.05)
 
     def publish(self, img: np.ndarray, *, captured_at: float, pts: float | None, mode: str = "drop",
-                stop: threading.Event | None = None, epoch: int = 0) -> int:
+                stop: threading.Event | None = None, epoch: int = 0, gated: bool | None = None) -> int:
+        """gated: None = no motion gate here (FrameMsg v1, as ever); True = the grabber's motion gate passed it;
+        False = it did not: the frame goes without pixels (FrameMsg v2, still), no JPEG is encoded."""
         h, w = img.shape[:2]
         self.size = (w, h)
         ref = FrameRef(camera=self.camera, seq=self.seq, captured_at=captured_at, pts=pts, width=w, height=h,
                        epoch=epoch)
-        self._push(FrameMsg(frame=ref, jpeg=encode_frame(img, self.settings.workers.jpeg_quality)), mode, stop)
+        if gated is False:
+            msg = FrameMsg(v=2, frame=ref, jpeg=b"", still=True)
+        else:
+            msg = FrameMsg(frame=ref, jpeg=encode_frame(img, self.settings.workers.jpeg_quality),
+                           **({"v": 2, "gated": True} if gated else {}))
+        self._push(msg, mode, stop)
         self.seq += 1
         self.frames += 1
         return ref.seq
@@ -371,6 +384,10 @@ class CameraRunner(threading.Thread):
         # time would trip it again and again, so after 3 in a row without a stall the check is switched off
         self._lag_checks_left = 3
         self.clock: StreamClock | None = None
+        self.gate = None  # motion gate before the JPEG (live cameras, motion.at = grabber)
+        if settings.motion.enabled and settings.motion.at == "grabber":
+            hk = hot_key(settings, cam.name)
+            self.gate = GrabberGate(settings, cam.name, lambda: r.get(hk))
 
     # -- status -----------------------------------------------------------------------------------------------
     def _set_state(self, state: str, **fields) -> None:
@@ -538,8 +555,19 @@ class CameraRunner(threading.Thread):
             if not ok or img is None:
                 continue
             captured_at = time.time()
-            pts = self.clock.stamp(cap.get(cv2.CAP_PROP_POS_MSEC) / 1000.0, captured_at)
-            pub.publish(img, captured_at=captured_at, pts=pts, mode="drop", epoch=self.clock.epoch)
+            raw = cap.get(cv2.CAP_PROP_POS_MSEC) / 1000.0
+            gated = None
+            if self.gate is not None:  # the gate runs on real time: hold, hot and refresh are real-time spans
+                gated, replay = self.gate.step(cap, now_m, img)
+                if not gated:
+                    self.metrics.motion_skipped += 1
+                for old_raw, old_img in replay:  # woken from keyframes-only: the stretch before this keyframe
+                    at = captured_at - max(0.0, raw - old_raw)  # when it was live, for honest latencies
+                    pub.publish(old_img, captured_at=at, pts=self.clock.stamp(old_raw, at), mode="drop",
+                                epoch=self.clock.epoch, gated=True)
+                    self.metrics.batch(1)
+            pts = self.clock.stamp(raw, captured_at)
+            pub.publish(img, captured_at=captured_at, pts=pts, mode="drop", epoch=self.clock.epoch, gated=gated)
             self.metrics.batch(1)
             win_frames += 1
             if now_m - last_status >= 1.0:

@@ -77,7 +77,8 @@ _STAGE_COUNTERS = {"frames": "frames (or faces) processed", "batches": "batches 
                    "errors": "processing errors", "drops": "items dropped", "reclaimed": "entries reclaimed from "
                                                                                      "crashed consumers",
                    "skipped": "items passed over on purpose (detector: faces tracked without a new embedding)",
-                   "motion_skipped": "frames passed on without a detector pass: nothing moved (detector)"}
+                   "motion_skipped": "frames passed on without a detector pass: nothing moved (detector; grabber: "
+                                     "sent without pixels)"}
 
 
 def _num(v) -> float | None:

@@ -263,7 +263,8 @@ class UnknownsConfig(Section):
 
 
 class MotionConfig(Section):
-    """Motion gating (pipeline/motion.py): the detector skips frames where nothing moves."""
+    """Motion gating (pipeline/motion.py): frames where nothing moves skip the face detector (live cameras: in
+    the grabber, before the JPEG)."""
 
     enabled: bool = True
     width: int = Field(160, ge=32, le=1280, description="width of the grey copy motion is measured on")
@@ -271,6 +272,15 @@ class MotionConfig(Section):
     min_area: float = Field(0.002, ge=0.0, le=1.0, description="share of the frame that must change")
     alpha: float = Field(0.2, gt=0.0, le=1.0, description="background update rate per frame")
     refresh_s: float = Field(5.0, gt=0.0, description="detect at least this often (stream seconds) regardless")
+    at: Literal["grabber", "detector"] = Field(
+        "grabber", description="where live cameras are gated: grabber = before the JPEG (a still frame travels "
+                               "without pixels, FrameMsg v2), detector = after it; files are always gated in the "
+                               "detector (a file's grabber runs ahead of the detector, so it cannot know who is hot)")
+    hold_s: float = Field(1.0, ge=0.0, description="grabber: frames still go this long after the last motion "
+                                                    "(covers the detector's delay in marking the camera hot)")
+    idle_keyframes: bool = Field(True, description="grabber, decode.reader pyav: while a camera is idle decode "
+                                                   "keyframes only; on motion decode the skipped stretch from its "
+                                                   "buffered packets, so no sampled frame is lost")
 
 
 
