@@ -46,7 +46,8 @@ from pipeline.engine.engine import FaceEngine  # noqa: E402
 from pipeline.messages import EmbeddingsMsg  # noqa: E402
 from pipeline.streams import StreamNames  # noqa: E402
 from pipeline.tracking.reembed import ReembedGate  # noqa: E402
-from workers.grabber import FramePublisher, push_file  # noqa: E402
+from pipeline.publisher import FramePublisher  # noqa: E402
+from pipeline.sources import push_file  # noqa: E402
 
 SHARED = Path(os.environ.get("FACETRAIL_SHARED_DATA", REPO.parent / "shared" / "data"))
 CLIP = SHARED / "faces" / "face_recognition" / "short_hamilton_clip.mp4"

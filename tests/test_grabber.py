@@ -219,10 +219,10 @@ def test_a_live_open_leaves_no_ffmpeg_options_behind(monkeypatch):
     FFmpeg drop most frames of a file)."""
     import os
 
-    from workers import grabber
+    from pipeline import sources
 
-    monkeypatch.delenv(grabber._ENV, raising=False)
-    monkeypatch.setattr(grabber, "_ORIGINAL", None)
-    seen = grabber._options.open(True, lambda: os.environ.get(grabber._ENV))
+    monkeypatch.delenv(sources._ENV, raising=False)
+    monkeypatch.setattr(sources, "_ORIGINAL", None)
+    seen = sources._options.open(True, lambda: os.environ.get(sources._ENV))
     assert "nobuffer" in seen, "the live open itself gets the low-latency options"
-    assert grabber._ENV not in os.environ, "and they are gone afterwards"
+    assert sources._ENV not in os.environ, "and they are gone afterwards"

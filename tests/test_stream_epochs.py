@@ -8,8 +8,8 @@ import numpy as np
 from pipeline.backbone import connect
 from pipeline.messages import EmbeddedFace, EmbeddingsMsg, FrameRef
 from pipeline.streams import StreamNames, all_gone, mark_gone
+from pipeline.streamtime import StreamClock
 from pipeline.tracking import MatcherStage, ReorderBuffer
-from workers.grabber import StreamClock
 
 from test_tracking import FakeClock, gallery_search, near, rand_unit
 

@@ -16,10 +16,10 @@ from pipeline.cameras import CameraRegistry, Lease, grabber_lease_key
 from pipeline.config import CameraConfig, Settings
 from pipeline.messages import EmbeddingsMsg, FacesMsg, FrameMsg
 from pipeline.metrics import drops_key, metrics_key, read_metrics
+from pipeline.publisher import FramePublisher, LeaseLost
 from pipeline.streams import StreamNames
 from workers.detector import DetectorWorker
 from workers.embedder import EmbedderWorker
-from workers.grabber import FramePublisher, LeaseLost
 
 from conftest import CLIP
 

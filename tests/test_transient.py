@@ -13,10 +13,10 @@ from pipeline.backbone import connect, transient_client, transient_redis_url
 from pipeline.cameras import CameraRegistry, Lease, grabber_lease_key
 from pipeline.config import CameraConfig, load_settings
 from pipeline.messages import EmbeddingsMsg
+from pipeline.publisher import LEASE_TTL_MS, FramePublisher, LeaseLost
 from pipeline.streams import StreamNames
 from workers.detector import DetectorWorker
 from workers.embedder import EmbedderWorker
-from workers.grabber import LEASE_TTL_MS, FramePublisher, LeaseLost
 
 from conftest import RedisProc, Running, wait_for
 from test_streaming import clip_frames
