@@ -128,7 +128,7 @@ def motion_cost_ms(clip: Path, settings: Settings, frames: int = 60) -> float:
 
 def grabber_split(clip: Path, settings: Settings, seconds: float = 20.0) -> dict:
     """The grabber's CPU split in-process on this clip at 5 fps: decode (grab every frame, retrieve the sampled
-    ones, as workers/grabber.py does) and the JPEG encoding of sampled frames for the frames stream."""
+    ones, as pipeline/livesource.py does) and the JPEG encoding of sampled frames for the frames stream."""
     from bench_decode import run_mode as decode_run
 
     from pipeline.engine.framecodec import encode_frame

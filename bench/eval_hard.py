@@ -115,7 +115,7 @@ def _hit(box, gt) -> bool:
 
 
 def open_clip(path: Path) -> cv2.VideoCapture:
-    """The clip, every frame of it: a live source opened earlier in this process (workers/grabber.py) may have
+    """The clip, every frame of it: a live source opened earlier in this process (pipeline/sources.py) may have
     left `fflags nobuffer` in OPENCV_FFMPEG_CAPTURE_OPTIONS, which makes FFmpeg drop most frames of a file."""
     old = os.environ.pop("OPENCV_FFMPEG_CAPTURE_OPTIONS", None)
     try:

@@ -11,6 +11,7 @@ Keys (prefix = redis.key_prefix):
 """
 from __future__ import annotations
 
+import builtins
 import json
 import logging
 import time
@@ -54,7 +55,7 @@ class CameraRegistry:
         self.changes = key(settings, "cameras", "changes")
 
     # -- registry ---------------------------------------------------------------------------------------------
-    def list(self) -> list[CameraConfig]:
+    def list(self) -> builtins.list[CameraConfig]:
         raw = self.r.hgetall(self.hash)
         out = []
         for name, body in sorted(raw.items()):
@@ -64,7 +65,7 @@ class CameraRegistry:
                 log.error("camera %s: unreadable registry entry skipped: %s", _s(name), e)
         return out
 
-    def names(self) -> list[str]:
+    def names(self) -> builtins.list[str]:
         return sorted(_s(n) for n in self.r.hkeys(self.hash))
 
     def get(self, name: str) -> CameraConfig | None:
@@ -89,7 +90,7 @@ class CameraRegistry:
         log.info("camera %s: removed", name)
         return True
 
-    def seed(self, cameras: list[CameraConfig]) -> int:
+    def seed(self, cameras: builtins.list[CameraConfig]) -> int:
         """Register the config file's cameras. Returns how many were added or updated.
 
         A camera not registered yet is added. One registered from the file and not changed at runtime since
@@ -132,7 +133,7 @@ class CameraRegistry:
         last = self.r.xrevrange(self.changes, count=1)
         return _s(last[0][0]) if last else "0-0"
 
-    def wait_change(self, after_id: str, block_ms: int) -> tuple[str, list[CameraCommand]]:
+    def wait_change(self, after_id: str, block_ms: int) -> tuple[str, builtins.list[CameraCommand]]:
         """Changes after after_id (blocks up to block_ms): (new last id, commands)."""
         resp = self.r.xread({self.changes: after_id}, block=max(1, block_ms), count=100)
         cmds = []

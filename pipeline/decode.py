@@ -11,7 +11,7 @@ and retrieve()s, i.e. converts to BGR, only the sampled ones. What else can be s
 keyframes come at least as often as the sampling period (decode.skip = "auto"), so no sampled frame is lost.
 bench/bench_decode.py measures each choice; its figures are in the README ("Cheaper decoding").
 
-It offers the part of cv2.VideoCapture that workers/grabber.py uses (isOpened, grab, retrieve, get(POS_MSEC),
+It offers the part of cv2.VideoCapture that pipeline/livesource.py uses (isOpened, grab, retrieve, get(POS_MSEC),
 release), so the grabber's read loop does not care which decoder it runs."""
 from __future__ import annotations
 

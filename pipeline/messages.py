@@ -51,7 +51,7 @@ class FrameRef(BaseModel):
     @property
     def stream_time(self) -> float:
         """The frame's time for tracking and the re-embedding gate: pts, or the capture time without one.
-        Live cameras publish a pts that is monotonic per camera across reconnects (workers/grabber.StreamClock)."""
+        Live cameras publish a pts that is monotonic per camera across reconnects (pipeline/streamtime.StreamClock)."""
         return self.pts if self.pts is not None else self.captured_at
 
 
