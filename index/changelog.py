@@ -55,9 +55,6 @@ class ChangeLog:
             self._scrub_snapshot(iid, upto)
             self.r.hdel(self.k("forget"), iid)
 
-    def log_floor(self) -> str:
-        return _s(self.r.get(self.k("log_floor"))) or "0-0"
-
     def changes_since_snapshot(self) -> int:
         return int(self.r.get(self.k("changes")) or 0)
 

@@ -185,6 +185,3 @@ class EventReader:
         for m in ids:
             pipe.hget(self.event_key(m), "j")
         return pipe.execute()
-
-    def count(self) -> int:
-        return int(self.r.zcard(self.k("evidx", "all")))

@@ -11,11 +11,11 @@ import numpy as np
 
 from ..events.model import Event
 from . import keys as K
-from .clusterer import GROUP, LOCK_TTL_MS, Clusterer, _s, cluster_id
+from .clusterer import Clusterer, _s
 from .errors import NotFound, UnknownsError
 from .model import TrackFace, TrackFaces
 
-__all__ = ["GROUP", "LOCK_TTL_MS", "NotFound", "UnknownStore", "UnknownsError", "cluster_id"]
+__all__ = ["NotFound", "UnknownStore", "UnknownsError"]
 
 log = logging.getLogger("facetrail.unknowns")
 
