@@ -14,11 +14,17 @@ from __future__ import annotations
 
 import importlib
 import logging
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
+
+if TYPE_CHECKING:  # types only: this module imports nothing of the project at run time
+    import redis
+
+    from pipeline.config import Settings
 
 log = logging.getLogger("facetrail.gallery")
 
-OnRemove = Callable[[object, object, str, str], None]
+# (redis client, settings, identity id, name); a return value is ignored
+OnRemove = Callable[["redis.Redis", "Settings", str, str], object]
 on_remove: list[OnRemove] = []
 AUTOLOAD: list[str] = ["pipeline.events"]
 _loaded = False

@@ -22,7 +22,9 @@ import redis
 from pipeline.config import Settings
 
 from .faiss_index import GalleryIndex, IndexParams
-from .store import DIM, GalleryStore, _s, _sid
+from .changelog import _sid
+from .model import DIM, _s
+from .store import GalleryStore
 
 log = logging.getLogger("facetrail.gallery")
 

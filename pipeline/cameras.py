@@ -12,7 +12,6 @@ Keys (prefix = redis.key_prefix):
 from __future__ import annotations
 
 import builtins
-import json
 import logging
 import time
 import uuid
@@ -281,7 +280,3 @@ def camera_from_args(name: str, url: str, fps: float | None = None) -> CameraCon
         first = e.errors()[0] if hasattr(e, "errors") else None
         msg = f"{first['loc'][0]}: {first['msg']}" if first else str(e)
         raise CameraError(f"camera {name!r}: {msg}") from None
-
-
-def dumps_status(st: dict) -> str:
-    return json.dumps(st, sort_keys=True)

@@ -173,7 +173,7 @@ def test_remove_deletes_every_key_of_the_person_and_runs_hooks(settings):
 
 
 def test_snapshot_then_catch_up_from_log(settings, monkeypatch):
-    monkeypatch.setattr("index.store.SNAP_CHUNK", 3)  # several chunks even for a tiny gallery
+    monkeypatch.setattr("index.changelog.SNAP_CHUNK", 3)  # several chunks even for a tiny gallery
     r = redis.Redis.from_url(settings.redis.url)
     store = GalleryStore(r, settings)
     rng = np.random.default_rng(5)
@@ -306,7 +306,7 @@ def redis_dump(r, skip_entries=()) -> dict[bytes, bytes]:
 
 
 def test_remove_forgets_the_person_in_every_key_and_replicas_converge(settings, monkeypatch):
-    monkeypatch.setattr("index.store.SNAP_CHUNK", 2)  # the person's templates and the others' in separate chunks
+    monkeypatch.setattr("index.changelog.SNAP_CHUNK", 2)  # the person's templates and the others' in separate chunks
     r = redis.Redis.from_url(settings.redis.url)
     store = GalleryStore(r, settings)
     rng = np.random.default_rng(9)

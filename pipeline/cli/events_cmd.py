@@ -15,7 +15,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from ..events.model import EVENT_TYPES, LIVENESS_FILTERS, liveness_matches
+from ..events.model import EVENT_TYPES, LIVENESS_FILTERS
+from ..events.query import EventFilter
 from ..events.render import format_line
 from ..timeparse import parse_time
 from .common import print_json, settings_from
@@ -46,19 +47,10 @@ class _Fmt(argparse.RawDescriptionHelpFormatter):
 
 def cmd_events(args) -> int:
     from ..backbone import connect
-    from ..events.model import Event
     from ..events.store import EventStore
     from ..streams import StreamNames
-    from . import UserError
 
-    if args.limit < 1:
-        raise UserError("--limit must be >= 1")
-    if args.identity and args.unknown:
-        raise UserError("--identity and --unknown exclude each other")
-    try:
-        since, until = parse_time(args.since), parse_time(args.until)
-    except ValueError as e:
-        raise UserError(f"--since/--until: {e}") from None
+    since, until = _check(args)
     settings = settings_from(args)
     r = connect(settings)
     store = EventStore(r, settings)
@@ -68,43 +60,55 @@ def cmd_events(args) -> int:
 
         identity_id = GalleryStore(r, settings).resolve(args.identity)
     stream = StreamNames.of(settings).events
-    tail_from = "$"
-    if args.follow:
-        last = r.xrevrange(stream, count=1)
-        tail_from = (last[0][0].decode() if isinstance(last[0][0], bytes) else last[0][0]) if last else "0-0"
-    filters = dict(camera=args.camera, identity=None if identity_id else args.identity, identity_id=identity_id,
-                   unknown=args.unknown, since=since, until=until, min_score=args.min_score, types=args.type,
-                   liveness=args.liveness)
-    order = "asc" if since is not None else "desc"
-    page = store.query(limit=args.limit, order=order, **filters)
+    tail_from = _stream_end(r, stream) if args.follow else "$"  # taken first: nothing is missed in between
+    want = EventFilter(camera=args.camera, identity=None if identity_id else args.identity, identity_id=identity_id,
+                       unknown=args.unknown, since=since, until=until, min_score=args.min_score, types=args.type,
+                       liveness=args.liveness)
+    shown = _print_stored(store, want, args.limit, args.json)
+    if not args.follow:
+        if not shown and not args.json:
+            print("no events match", file=sys.stderr)
+        return 0
+    return _follow(r, stream, tail_from, want, shown, args.json)
+
+
+def _check(args) -> tuple[float | None, float | None]:
+    """Refuse contradictory flags; returns (since, until) as unix seconds."""
+    from . import UserError
+
+    if args.limit < 1:
+        raise UserError("--limit must be >= 1")
+    if args.identity and args.unknown:
+        raise UserError("--identity and --unknown exclude each other")
+    try:
+        return parse_time(args.since), parse_time(args.until)
+    except ValueError as e:
+        raise UserError(f"--since/--until: {e}") from None
+
+
+def _stream_end(r, stream: str) -> str:
+    """The id of the newest entry of the events stream ("0-0" when it is empty): --follow prints what comes after."""
+    last = r.xrevrange(stream, count=1)
+    return (last[0][0].decode() if isinstance(last[0][0], bytes) else last[0][0]) if last else "0-0"
+
+
+def _print_stored(store, want: EventFilter, limit: int, as_json: bool) -> set[str]:
+    """Print the stored events: with --since the first `limit` from then on, else the newest `limit`; oldest first
+    either way. Returns the ids printed."""
+    order = "asc" if want.since is not None else "desc"
+    page = store.find(want, limit=limit, order=order)
     events = page.events if order == "asc" else list(reversed(page.events))
     shown = set()
     for ev in events:
-        _emit(ev, args.json)
+        _emit(ev, as_json)
         shown.add(ev.id)
-    if not args.follow:
-        if not events and not args.json:
-            print("no events match", file=sys.stderr)
-        return 0
+    return shown
 
-    def wanted(ev: Event) -> bool:
-        if args.camera and ev.camera != args.camera:
-            return False
-        if not liveness_matches(ev, args.liveness):
-            return False
-        if identity_id and ev.identity_id != identity_id:
-            return False
-        if args.identity and not identity_id and (ev.identity or "").lower() != args.identity.lower():
-            return False
-        if args.unknown and (ev.identity_id or ev.type != "track.ended"):
-            return False
-        if args.type and ev.type not in args.type:
-            return False
-        if args.min_score is not None and (ev.score is None or ev.score < args.min_score):
-            return False
-        if since is not None and ev.last_seen < since:
-            return False
-        return until is None or ev.last_seen <= until
+
+def _follow(r, stream: str, tail_from: str, want: EventFilter, shown: set[str], as_json: bool) -> int:
+    """Print the new events `want` matches as they are appended to the events stream after `tail_from` (each id
+    once: `shown` holds those printed already), until Ctrl-C."""
+    from ..events.model import Event
 
     try:
         while True:
@@ -117,9 +121,9 @@ def cmd_events(args) -> int:
                     except ValueError as e:
                         print(f"warning: skipped an unreadable event ({e})", file=sys.stderr)
                         continue
-                    if ev.id not in shown and wanted(ev):
+                    if ev.id not in shown and want.matches(ev):
                         shown.add(ev.id)
-                        _emit(ev, args.json)
+                        _emit(ev, as_json)
     except KeyboardInterrupt:
         return 0
 

@@ -18,110 +18,29 @@ Keys (prefix = redis.key_prefix):
 matcher's lease (fencing): a matcher that lost its camera cannot write anything any more."""
 from __future__ import annotations
 
-import base64
 import json
 import logging
 import time
-from dataclasses import dataclass
+from collections.abc import Sequence
 
 import redis
 
-from ..backbone import key, wait_for
+from index import hooks
+
+from ..backbone import wait_for
 from ..config import Settings
-from ..streams import StreamNames
 from ..unknowns import keys as ukeys
-from .model import Event, liveness_matches
+from .lua import COMMIT, OUTBOX, PURGE_STREAM
+from .model import Event
+from .query import EventFilter, EventReader, Page
+
+__all__ = ["EventFilter", "EventStore", "FencedError", "Page", "index_score", "purge_identity",
+           "register_gallery_hook"]
 
 log = logging.getLogger("facetrail.events.store")
 
 SNAPSHOT_PENDING_TTL_S = 3600
 DONE_MARKER_MIN_TTL_S = 7 * 86400
-
-# ARGV[1]: JSON op. Returns the number of events newly written, or -1 when the fence (lease) does not match.
-_COMMIT = r"""
-local op = cjson.decode(ARGV[1])
-if op.fence and op.fence ~= cjson.null then
-  if redis.call('GET', op.fence[1]) ~= op.fence[2] then return -1 end
-end
-local n = 0
-for _, ev in ipairs(op.events) do
-  if redis.call('SET', ev.done, '1', 'NX', 'EX', op.done_ttl) then
-    n = n + 1
-    redis.call('HSET', ev.key, 'j', ev.json, 'camera', ev.camera, 'type', ev.type, 'identity_id', ev.identity_id,
-               'name', ev.name, 'track', ev.track, 'snap', ev.snap, 'ts', ev.ts)
-    redis.call('EXPIRE', ev.key, op.retention_s)
-    for _, z in ipairs(ev.zsets) do redis.call('ZADD', z, ev.ts, ev.id) end
-    redis.call('SADD', ev.track_key, ev.id)
-    redis.call('EXPIRE', ev.track_key, op.retention_s)
-    if ev.snap_key ~= '' then redis.call('EXPIRE', ev.snap_key, op.retention_s) end
-    if op.maxlen > 0 then
-      redis.call('XADD', op.stream, 'MAXLEN', '~', op.maxlen, '*', 'm', ev.json)
-    else
-      redis.call('XADD', op.stream, '*', 'm', ev.json)
-    end
-    if op.channel ~= '' then redis.call('PUBLISH', op.channel, ev.json) end
-  end
-end
-for _, kv in ipairs(op.sets) do
-  if kv[3] then redis.call('SET', kv[1], kv[2], 'EX', kv[3]) else redis.call('SET', kv[1], kv[2]) end
-end
-if op.xadds then
-  for _, xa in ipairs(op.xadds) do redis.call('XADD', xa[1], '*', xa[2], xa[3]) end
-end
-if op.ack and op.ack ~= cjson.null and #op.ack.ids > 0 then
-  redis.call('XACK', op.ack.stream, op.ack.group, unpack(op.ack.ids))
-  if op.ack.delete then redis.call('XDEL', op.ack.stream, unpack(op.ack.ids)) end
-end
-return n
-"""
-
-
-# Redis Cluster, step 1 of a matcher commit, in the CAMERA's slot (KEYS[1] = its outbox stream): only if the lease
-# (op.fence, camera slot) is still ours, write the checkpoint/progress (op.sets), ack (and XDEL) the applied input
-# entries, and append the events' commit op (op.entry, a JSON string: what _COMMIT takes) to the outbox.
-# Returns the outbox entry id ('' when there was nothing to append), or -1 when fenced off (nothing written).
-_OUTBOX = r"""
-local op = cjson.decode(ARGV[1])
-if op.fence and op.fence ~= cjson.null then
-  if redis.call('GET', op.fence[1]) ~= op.fence[2] then return -1 end
-end
-for _, kv in ipairs(op.sets) do
-  if kv[3] then redis.call('SET', kv[1], kv[2], 'EX', kv[3]) else redis.call('SET', kv[1], kv[2]) end
-end
-if op.ack and op.ack ~= cjson.null and #op.ack.ids > 0 then
-  redis.call('XACK', op.ack.stream, op.ack.group, unpack(op.ack.ids))
-  if op.ack.delete then redis.call('XDEL', op.ack.stream, unpack(op.ack.ids)) end
-end
-if op.entry ~= '' then return redis.call('XADD', KEYS[1], '*', 'op', op.entry) end
-return ''
-"""
-
-
-# XDEL one chunk of events-stream entries of a purged person (KEYS[1] = the stream; ARGV: after (exclusive),
-# count, JSON {identity_id, ids, tracks}). Matched here so the events never travel; returns {last id read or '', n}.
-_PURGE_STREAM = r"""
-local after, count, who = ARGV[1], tonumber(ARGV[2]), cjson.decode(ARGV[3])
-local ids, tracks = {}, {}
-for _, x in ipairs(who.ids) do ids[x] = true end
-for _, x in ipairs(who.tracks) do tracks[x] = true end
-local rows = redis.call('XRANGE', KEYS[1], '(' .. after, '+', 'COUNT', count)
-local n = 0
-for _, row in ipairs(rows) do
-  local f = row[2]
-  for i = 1, #f, 2 do
-    if f[i] == 'm' then
-      local ok, ev = pcall(cjson.decode, f[i + 1])
-      if ok and type(ev) == 'table' and (ids[ev.id] or tracks[ev.track_id]
-          or (who.identity_id ~= '' and ev.identity_id == who.identity_id)) then
-        n = n + redis.call('XDEL', KEYS[1], row[1])
-      end
-      break
-    end
-  end
-end
-if #rows < count then return {'', n} end
-return {rows[#rows][1], n}
-"""
 STREAM_SCAN_CHUNK = 500  # events-stream entries scanned per atomic step of a purge
 
 
@@ -138,44 +57,17 @@ class FencedError(RuntimeError):
     """The lease this write was fenced by is no longer ours."""
 
 
-@dataclass
-class Page:
-    events: list[Event]
-    cursor: str | None  # pass back to get the next page; None when there is no more
+class EventStore(EventReader):
+    """The event store: EventReader's keys and queries, plus the writes (commit, outbox relay), corrections,
+    retention and purge."""
 
-
-def _enc_cursor(score: float, member: str) -> str:
-    return base64.urlsafe_b64encode(json.dumps([score, member]).encode()).decode().rstrip("=")
-
-
-def _dec_cursor(cursor: str) -> tuple[float, str]:
-    try:
-        pad = "=" * (-len(cursor) % 4)
-        score, member = json.loads(base64.urlsafe_b64decode(cursor + pad))
-        return float(score), str(member)
-    except (ValueError, TypeError, json.JSONDecodeError):
-        raise ValueError(f"invalid paging cursor {cursor!r}") from None
-
-
-class EventStore:
     def __init__(self, r: redis.Redis, settings: Settings):
-        self.r = r
-        self.settings = settings
-        self.names = StreamNames.of(settings)
-        self._commit = r.register_script(_COMMIT)
-        self._purge_stream = r.register_script(_PURGE_STREAM)
-        self._outbox = r.register_script(_OUTBOX)
+        super().__init__(r, settings)
+        self._commit = r.register_script(COMMIT)
+        self._purge_stream = r.register_script(PURGE_STREAM)
+        self._outbox = r.register_script(OUTBOX)
 
     # ---- keys -----------------------------------------------------------------------------------------
-    def k(self, *parts) -> str:
-        return key(self.settings, *parts)
-
-    def event_key(self, event_id: str) -> str:
-        return self.k("event", event_id)
-
-    def snapshot_key(self, snapshot_id: str) -> str:
-        return self.k("snap", snapshot_id)
-
     @property
     def retention_s(self) -> int:
         return max(1, int(self.settings.events.retention_days * 86400))
@@ -196,8 +88,8 @@ class EventStore:
         (pipe or self.r).set(self.snapshot_key(snapshot_id), jpeg, ex=SNAPSHOT_PENDING_TTL_S, nx=True)
 
     def commit_op(self, events: list[Event], *, fence: tuple[str, str] | None = None,
-                  sets: list[tuple] = (), ack: tuple[str, str, list[str]] | None = None,
-                  delete_acked: bool = False, xadds: list[tuple[str, str, str]] = ()) -> dict:
+                  sets: Sequence[tuple] = (), ack: tuple[str, str, list[str]] | None = None,
+                  delete_acked: bool = False, xadds: Sequence[tuple[str, str, str]] = ()) -> dict:
         evs = []
         for ev in events:
             raw = ev.encode()
@@ -216,8 +108,8 @@ class EventStore:
                         if ack else None)}
 
     def commit(self, events: list[Event], *, fence: tuple[str, str] | None = None,
-               sets: list[tuple] = (), ack: tuple[str, str, list[str]] | None = None,
-               delete_acked: bool = False, xadds: list[tuple[str, str, str]] = ()) -> int:
+               sets: Sequence[tuple] = (), ack: tuple[str, str, list[str]] | None = None,
+               delete_acked: bool = False, xadds: Sequence[tuple[str, str, str]] = ()) -> int:
         """Write events (each id once), then `sets` ((key, value) or (key, value, ttl_s)), then `xadds`
         ((stream, field, value)), then ack (and XDEL with delete_acked), atomically.
         Returns how many events were new; raises FencedError when `fence` = (lease key, our value) no longer
@@ -234,9 +126,9 @@ class EventStore:
 
     # ---- Redis Cluster: commit through the camera's outbox -----------------------------------------------------
     def commit_outbox(self, outbox: str, events: list[Event], *, fence: tuple[str, str] | None = None,
-                      camera_sets: list[tuple] = (), sets: list[tuple] = (),
+                      camera_sets: Sequence[tuple] = (), sets: Sequence[tuple] = (),
                       ack: tuple[str, str, list[str]] | None = None, delete_acked: bool = False,
-                      xadds: list[tuple[str, str, str]] = ()) -> int:
+                      xadds: Sequence[tuple[str, str, str]] = ()) -> int:
         """The matcher's commit on a Redis Cluster, where the camera's state (lease, checkpoint, progress, input
         stream) and the events (control plane) are in different slots. Step 1, atomic and fenced in the camera's
         slot: camera_sets (checkpoint, progress), the acks, and the events' write op appended to `outbox`.
@@ -274,96 +166,6 @@ class EventStore:
 
     def add(self, events: list[Event]) -> int:
         return self.commit(events)
-
-    # ---- reading --------------------------------------------------------------------------------------
-    def get(self, event_id: str) -> Event | None:
-        raw = self.r.hget(self.event_key(event_id), "j")
-        return Event.decode(raw) if raw else None
-
-    def snapshot(self, snapshot_id: str) -> bytes | None:
-        return self.r.get(self.snapshot_key(snapshot_id))
-
-    def query(self, *, camera: str | None = None, identity: str | None = None, identity_id: str | None = None,
-              unknown: bool = False, since: float | None = None, until: float | None = None,
-              min_score: float | None = None, types: list[str] | None = None, limit: int = 100,
-              cursor: str | None = None, order: str = "asc", liveness: str | None = None) -> Page:
-        """Events matching every filter, by time (`order` asc or desc), `limit` per page."""
-        if order not in ("asc", "desc"):
-            raise ValueError("order must be asc or desc")
-        if limit < 1:
-            raise ValueError("limit must be >= 1")
-        if identity and unknown:
-            return Page([], None)
-        if identity_id:
-            idx = self.k("evidx", "identity", identity_id)
-        elif identity:
-            idx = self.k("evidx", "name", identity.lower())
-        elif unknown:
-            idx = self.k("evidx", "unknown")
-        elif camera:
-            idx = self.k("evidx", "camera", camera)
-        else:
-            idx = self.k("evidx", "all")
-        lo = "-inf" if since is None else repr(float(since))
-        hi = "+inf" if until is None else repr(float(until) + 3e-6)  # index_score nudges by <= 2 us
-        after: tuple[float, str] | None = None
-        if cursor:
-            after = _dec_cursor(cursor)
-            if order == "asc":
-                lo = repr(after[0])
-            else:
-                hi = repr(after[0])
-        out: list[Event] = []
-        chunk = max(2 * limit, 200)
-        offset = 0
-        while True:
-            if order == "asc":
-                rows = self.r.zrangebyscore(idx, lo, hi, start=offset, num=chunk, withscores=True)
-            else:
-                rows = self.r.zrevrangebyscore(idx, hi, lo, start=offset, num=chunk, withscores=True)
-            offset += len(rows)
-            ids = []
-            for m, s in rows:
-                m = m.decode() if isinstance(m, bytes) else m
-                if after is not None and s == after[0] and ((m <= after[1]) if order == "asc" else (m >= after[1])):
-                    continue
-                ids.append((m, s))
-            pipe = self.r.pipeline(transaction=False)
-            for m, _ in ids:
-                pipe.hget(self.event_key(m), "j")
-            raws = pipe.execute() if ids else []
-            stale = []
-            for (m, s), raw in zip(ids, raws):
-                if raw is None:
-                    stale.append(m)
-                    continue
-                ev = Event.decode(raw)
-                if camera and ev.camera != camera:
-                    continue
-                if until is not None and ev.last_seen > until:
-                    continue
-                if identity and (ev.identity or "").lower() != identity.lower():
-                    continue
-                if identity_id and ev.identity_id != identity_id:
-                    continue
-                if unknown and (ev.identity_id or ev.type != "track.ended"):
-                    continue
-                if types and ev.type not in types:
-                    continue
-                if min_score is not None and (ev.score is None or ev.score < min_score):
-                    continue
-                if liveness and not liveness_matches(ev, liveness):
-                    continue
-                out.append(ev)
-                if len(out) >= limit:
-                    return Page(out, _enc_cursor(s, m))
-            if stale:
-                self.r.zrem(idx, *stale)
-            if len(rows) < chunk:
-                return Page(out, None)
-
-    def count(self) -> int:
-        return int(self.r.zcard(self.k("evidx", "all")))
 
     # ---- corrections ----------------------------------------------------------------------------------
     def relabel_track(self, track_id: str, identity_id: str | None, name: str | None) -> int:
@@ -479,7 +281,7 @@ class EventStore:
             self.r.srem(ukeys.negatives(self.settings, "index"), identity_id)
             self.r.incr(ukeys.negatives_version(self.settings))
         mine = [eid for eid in by_name if eid in ids]  # also index entries whose event already expired
-        if mine:
+        if mine and name:  # (mine is empty without a name)
             self.r.zrem(self.k("evidx", "name", name.lower()), *mine)
         gone = self._purge_events_stream(identity_id, ids, tracks)
         log.info("purged %d events of identity id=%s (%d tracks, %d stream entries)", n, identity_id, len(tracks),
@@ -521,15 +323,7 @@ def purge_identity(r: redis.Redis, settings: Settings, identity_id: str | None, 
     return EventStore(r, settings).purge_identity(identity_id, name)
 
 
-def register_gallery_hook() -> bool:
-    """Register purge_identity on index.hooks.on_remove (when the gallery package provides it)."""
-    try:
-        from index import hooks  # type: ignore
-    except ImportError:
-        return False
-    lst = getattr(hooks, "on_remove", None)
-    if lst is None:
-        return False
-    if purge_identity not in lst:
-        lst.append(purge_identity)
-    return True
+def register_gallery_hook() -> None:
+    """Register purge_identity on index.hooks.on_remove (once)."""
+    if purge_identity not in hooks.on_remove:
+        hooks.on_remove.append(purge_identity)

@@ -5,6 +5,7 @@ import asyncio
 import json
 import logging
 import time
+from collections.abc import AsyncIterator, Iterator
 from typing import Literal
 
 from fastapi import APIRouter, Header, Path, Query, Request
@@ -12,7 +13,8 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import Response, StreamingResponse
 from pydantic import BaseModel, Field
 
-from ...events.model import Event, EventType, liveness_matches
+from ...events.model import Event, EventType
+from ...events.query import EventFilter
 from ...streams import StreamNames
 from ..deps import state
 from ..errors import ApiError
@@ -86,23 +88,6 @@ async def query_events(
     return EventPage(events=page.events, next_cursor=page.cursor)
 
 
-def _matches(ev: Event, camera, identity, identity_id, unknown, types, min_score, liveness=None) -> bool:
-    """The filters of `facetrail events --follow`."""
-    if not liveness_matches(ev, liveness):
-        return False
-    if camera and ev.camera != camera:
-        return False
-    if identity_id and ev.identity_id != identity_id:
-        return False
-    if identity and not identity_id and (ev.identity or "").lower() != identity.lower():
-        return False
-    if unknown and (ev.identity_id or ev.type != "track.ended"):
-        return False
-    if types and ev.type not in types:
-        return False
-    return min_score is None or (ev.score is not None and ev.score >= min_score)
-
-
 @router.get("/stream", summary="live tail as server-sent events (text/event-stream)",
             response_class=StreamingResponse,
             responses={200: {"content": {"text/event-stream": {}},
@@ -129,50 +114,67 @@ async def stream_events(
     if start == "$":  # resolve now, so nothing committed between this request and the first read is lost
         last = await run_in_threadpool(st.redis.xrevrange, stream, "+", "-", 1)
         start = last[0][0].decode() if last else "0-0"
-    types = set(type or ())
     iid = await run_in_threadpool(resolve_identity, st, identity)
-
-    async def gen():
-        cursor, sent, idle_since, ka = start, 0, time.monotonic(), time.monotonic()
-        yield ": facetrail events\n\n"
-        while True:
-            if await request.is_disconnected():
-                return
-            try:
-                block = 1000
-                if idle_timeout:
-                    block = int(max(10, min(1000, (idle_timeout - (time.monotonic() - idle_since)) * 1000)))
-                resp = await run_in_threadpool(st.redis.xread, {stream: cursor}, 100, block)
-            except Exception as e:  # noqa: BLE001 - tell the client and close, do not crash the worker
-                log.warning("events stream: read failed: %s", e)
-                yield f"event: error\ndata: {json.dumps({'error': 'events stream unavailable'})}\n\n"
-                return
-            now = time.monotonic()
-            for _name, entries in resp or []:
-                for msg_id, fields in entries:
-                    cursor = msg_id.decode() if isinstance(msg_id, bytes) else msg_id
-                    raw = fields.get(b"m", fields.get("m"))
-                    try:
-                        ev = Event.decode(raw)
-                    except Exception:  # noqa: BLE001 - an unreadable entry is skipped, not fatal
-                        log.warning("events stream: unreadable entry %s skipped", cursor)
-                        continue
-                    if not _matches(ev, camera, identity, iid, unknown, types, min_score, liveness):
-                        continue
-                    yield f"id: {cursor}\nevent: {ev.type}\ndata: {ev.encode()}\n\n"
-                    sent += 1
-                    idle_since = ka = now
-                    if limit and sent >= limit:
-                        return
-            if idle_timeout and now - idle_since >= idle_timeout:
-                return
-            if now - ka >= 15:
-                ka = now
-                yield ": keepalive\n\n"
-            await asyncio.sleep(0)
-
-    return StreamingResponse(gen(), media_type="text/event-stream",
+    want = EventFilter(camera=camera, identity=None if iid else identity, identity_id=iid, unknown=unknown,
+                       types=set(type or ()), min_score=min_score, liveness=liveness)
+    return StreamingResponse(_sse(request, st.redis, stream, start, want, limit, idle_timeout),
+                             media_type="text/event-stream",
                              headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+
+async def _sse(request: Request, r, stream: str, cursor: str, want: EventFilter, limit: int | None,
+               idle_timeout: float | None) -> AsyncIterator[str]:
+    """The body of /events/stream: the events `want` matches from the events stream after `cursor`, and a
+    keepalive comment after 15 s without one. Ends when the client goes, after `limit` events, after
+    `idle_timeout` seconds without one, or with an `error` event when Redis cannot be read."""
+    sent, idle_since, ka = 0, time.monotonic(), time.monotonic()
+    yield ": facetrail events\n\n"
+    while True:
+        if await request.is_disconnected():
+            return
+        try:
+            resp = await run_in_threadpool(r.xread, {stream: cursor}, 100, _block_ms(idle_timeout, idle_since))
+        except Exception as e:  # noqa: BLE001 - tell the client and close, do not crash the worker
+            log.warning("events stream: read failed: %s", e)
+            yield f"event: error\ndata: {json.dumps({'error': 'events stream unavailable'})}\n\n"
+            return
+        now = time.monotonic()
+        for cursor, ev in _entries(resp):
+            if ev is None or not want.matches(ev):
+                continue
+            yield f"id: {cursor}\nevent: {ev.type}\ndata: {ev.encode()}\n\n"
+            sent += 1
+            idle_since = ka = now
+            if limit and sent >= limit:
+                return
+        if idle_timeout and now - idle_since >= idle_timeout:
+            return
+        if now - ka >= 15:
+            ka = now
+            yield ": keepalive\n\n"
+        await asyncio.sleep(0)
+
+
+def _block_ms(idle_timeout: float | None, idle_since: float) -> int:
+    """How long one read may wait for new entries: a second, or less when the idle timeout comes sooner."""
+    if not idle_timeout:
+        return 1000
+    return int(max(10, min(1000, (idle_timeout - (time.monotonic() - idle_since)) * 1000)))
+
+
+def _entries(resp) -> Iterator[tuple[str, Event | None]]:
+    """(stream id, event) for each entry of an XREAD reply; None for an unreadable entry (logged and skipped,
+    but the cursor still moves past it)."""
+    for _name, entries in resp or []:
+        for msg_id, fields in entries:
+            cursor = msg_id.decode() if isinstance(msg_id, bytes) else msg_id
+            raw = fields.get(b"m", fields.get("m"))
+            ev: Event | None = None
+            try:
+                ev = Event.decode(raw)
+            except Exception:  # noqa: BLE001 - an unreadable entry is skipped, not fatal
+                log.warning("events stream: unreadable entry %s skipped", cursor)
+            yield cursor, ev
 
 
 @router.get("/{event_id}", response_model=Event, responses={404: {"description": "no such event"}})
