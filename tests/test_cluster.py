@@ -24,7 +24,7 @@ from workers.detector import DetectorWorker
 from workers.embedder import EmbedderWorker
 from workers.matcher import lease_key, progress_key
 
-from test_matcher import CAM, N, key_of, reference_events, shuffled, spawn, unit, wait_until
+from test_matcher import CAM, N, key_of, noted, reference_events, shuffled, spawn, unit, wait_until
 from test_streaming import clip_frames, push, read_all, with_workers
 
 
@@ -153,7 +153,7 @@ def test_primary_killed_midstream_replica_promoted_no_event_lost_or_duplicated(
     env.pop("FACETRAIL_CONFIG", None)
     os.makedirs(env["FACETRAIL_DATA_DIR"], exist_ok=True)
     names = StreamNames.of(s)
-    stream = names.embeddings(CAM)
+    stream = noted(r, s)
     order = shuffled(cluster_world, np.random.default_rng(3))
     half = 130
     first, rest = order[:half], order[half:]
