@@ -106,10 +106,6 @@ class StreamNames:
     def embeddings(self, camera: str) -> str:
         return f"{self._cam(camera)}:embeddings" if self.cluster else f"{self.prefix}:embeddings:{camera}"
 
-    def embeddings_prefix(self) -> tuple[str, str]:
-        """(head, tail) around the camera name of an embeddings key, for SCAN patterns."""
-        return (f"{self.prefix}:{{", "}:embeddings") if self.cluster else (f"{self.prefix}:embeddings:", "")
-
     @property
     def events(self) -> str:
         return f"{{{self.prefix}}}:events" if self.cluster else f"{self.prefix}:events"
