@@ -4,6 +4,8 @@ share, heartbeats, /healthz's worker list, /metrics, and gallery snapshots repla
 Redis and on the real local cluster. The servers' own INFO commandstats must show no SCAN and no KEYS call."""
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import pytest
 import redis
@@ -78,6 +80,10 @@ def test_nothing_scans_the_keyspace(any_settings, faces_dir, monkeypatch):
     assert {("detector", "det-a"), ("embedder", "emb-a"), ("matcher", "mA")} <= live
     assert ("matcher", "mB") not in live
     assert [w["consumer"] for w in alive_workers(r, s, "matcher")] == ["mA"]
+    # a worker gone without clear(): its key expires (not alive at once); its index entry goes a minute later
+    r.zadd(index_key(s, "hb"), {"matcher:ghost": time.time() + 1, "matcher:old": time.time() - 61})
+    assert [w["consumer"] for w in alive_workers(r, s, "matcher")] == ["mA"]
+    assert r.zscore(index_key(s, "hb"), "matcher:old") is None and r.zscore(index_key(s, "hb"), "matcher:ghost")
 
     m = read_metrics(r, s)
     assert m["stages"]["detector"]["consumers"]["det-a"]["frames"] == 3.0  # 2 frames + EOS
