@@ -74,11 +74,11 @@ class ChangeLog:
             sl = slice(c * SNAP_CHUNK, (c + 1) * SNAP_CHUNK)
             pipe.set(self.k("snap", gen, c), _pack(ids[sl], owners[sl], vectors[sl]))
         pipe.execute()
-        ok, old = self._put_snap(keys=[self.P],
-                                 args=[self.P, log_id, gen, chunks, n, json.dumps(identities), DIM, now_iso()])
+        ok, old, old_chunks = self._put_snap(keys=[self.P], args=[self.P, log_id, gen, chunks, n,
+                                                                   json.dumps(identities), DIM, now_iso()])
         old = _s(old)
         if old:
-            self._drop_snapshot_chunks(old)
+            self._drop_snapshot_chunks(old, int(old_chunks))
         if not ok:
             return False
         if trim and log_id != "0-0":
@@ -121,7 +121,7 @@ class ChangeLog:
                 log.info("gallery snapshot log_id=%s: %d template(s) of a removed person scrubbed from %d chunk(s)",
                          meta["log_id"], removed, len(hit))
                 return
-            self._drop_snapshot_chunks(new)  # replaced meanwhile: look at the new one
+            self._drop_snapshot_chunks(new, chunks)  # replaced meanwhile: look at the new one
         raise GalleryError("the gallery snapshot kept changing while a removal was scrubbed from it; run "
                            "`facetrail gallery snapshot` to replace it")
 
@@ -130,10 +130,10 @@ class ChangeLog:
         fill(pipe)
         return pipe.execute()
 
-    def _drop_snapshot_chunks(self, gen: str) -> None:
-        keys = [k for k in self.r.scan_iter(match=self.k("snap", gen, "*"), count=1000)]
-        if keys:
-            self.r.delete(*keys)
+    def _drop_snapshot_chunks(self, gen: str, chunks: int) -> None:
+        """Delete a snapshot generation's chunks by name (`snap:<gen>:0..chunks-1`, the count its meta recorded)."""
+        for lo in range(0, chunks, 256):
+            self.r.delete(*(self.k("snap", gen, c) for c in range(lo, min(chunks, lo + 256))))
 
     def get_snapshot(self):
         """(log_id, ids, owners, vectors, identities) or None when there is no snapshot."""

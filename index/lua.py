@@ -108,7 +108,8 @@ redis.call('INCR', P .. ':changes')
 return {old, id}
 """
 
-# Replace the snapshot only with a newer one; returns the old generation to delete (or the new one if stale).
+# Replace the snapshot only with a newer one; returns the generation to delete and its chunk count: the old one, or
+# the new one if stale (its chunks are deleted by name, no SCAN).
 PUT_SNAP = """
 local P, logid, gen = ARGV[1], ARGV[2], ARGV[3]
 local cur = redis.call('HGET', P .. ':snap', 'log_id')
@@ -117,16 +118,17 @@ local function parse(s) local a, b = string.match(s, '(%d+)-(%d+)'); return tonu
 local a2, b2 = parse(logid)
 if cur then
   local a1, b1 = parse(cur)
-  if a2 < a1 or (a2 == a1 and b2 <= b1) then return {0, gen} end
+  if a2 < a1 or (a2 == a1 and b2 <= b1) then return {0, gen, ARGV[4]} end
 end
 if floor then
   local a1, b1 = parse(floor)
-  if a2 < a1 or (a2 == a1 and b2 < b1) then return {0, gen} end
+  if a2 < a1 or (a2 == a1 and b2 < b1) then return {0, gen, ARGV[4]} end
 end
 local old = redis.call('HGET', P .. ':snap', 'gen') or ''
+local old_chunks = redis.call('HGET', P .. ':snap', 'chunks') or '0'
 redis.call('HSET', P .. ':snap', 'log_id', logid, 'gen', gen, 'chunks', ARGV[4], 'count', ARGV[5],
            'identities', ARGV[6], 'dim', ARGV[7], 'created', ARGV[8])
 redis.call('SET', P .. ':changes', 0)
-return {1, old}
+return {1, old, old_chunks}
 """
 

@@ -36,6 +36,7 @@ from redis.backoff import ExponentialBackoff
 from redis.cluster import ClusterNode, RedisCluster
 from redis.retry import Retry
 
+from .clusterpipe import failover_pipeline
 from .config import Settings
 from .keys import is_cluster
 from .keys import key as _key
@@ -235,7 +236,8 @@ class FailoverCluster(RedisCluster):
     """RedisCluster that rides out a failover. redis-py retries a failed command at once after refreshing its slot
     map, which during the ~2-3 s before a replica is promoted still names the dead primary; here a command that
     failed on a connection error or a cluster-down reply is retried with a backoff for up to `failover_s`.
-    A retried write is safe in facetrail: every Lua write is idempotent (done-markers, event ids, fences)."""
+    A retried write is safe in facetrail: every Lua write is idempotent (done-markers, event ids, fences).
+    Non-transactional pipelines ride it out too (pipeline/clusterpipe.py: only the commands that failed are resent)."""
 
     failover_s = 30.0
     _RETRY = (redis.ConnectionError, redis.TimeoutError, redis.exceptions.ClusterDownError,
@@ -254,6 +256,10 @@ class FailoverCluster(RedisCluster):
                 log.warning("redis cluster: %s on %s; retrying in %.2fs", type(e).__name__, args[:1], delay)
                 time.sleep(delay)
                 delay = min(2 * delay, 0.5)
+
+    def pipeline(self, transaction=None, shard_hint=None):
+        pipe = super().pipeline(transaction, shard_hint)
+        return pipe if transaction else failover_pipeline(pipe, self.failover_s, self._RETRY)
 
 
 def connect_cluster(settings: Settings, url: str, *, decode_responses: bool = False) -> RedisCluster:

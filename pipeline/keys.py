@@ -16,7 +16,10 @@ Two layouts, one code path:
     commits several of them together (the matcher's commit: events + checkpoint + progress; the gallery log +
     index) stays atomic exactly as on one node.
 
-Nothing here needs a KEYS or SCAN over the whole keyspace to find a key.
+Nothing here needs a KEYS or SCAN over the whole keyspace to find a key: what used to be found by a scan has an
+index kept in Redis (`index_key`, on the control plane's tag): the live heartbeats (a sorted set of role:consumer
+scored by expiry), the metric hashes (a set of stage:consumer), the cameras with an embeddings stream (a set, on
+the server of those streams); a gallery snapshot's chunks are named by its meta (gen, chunks).
 """
 from __future__ import annotations
 
@@ -45,6 +48,13 @@ def key(settings, *parts: object) -> str:
     if is_cluster(settings):
         prefix = "{" + prefix + "}"
     return ":".join([prefix, *map(str, parts)])
+
+
+def index_key(settings, name: str) -> str:
+    """An index that replaces a keyspace scan: `<p>:idx:<name>` (`{<p>}:idx:<name>` on a cluster).
+    hb: sorted set role:consumer -> expiry (unix s) of the heartbeat; metrics: set of stage:consumer with a metrics
+    hash; streams: set of cameras with an embeddings stream (kept on the transient server, beside the streams)."""
+    return key(settings, "idx", name)
 
 
 def hash_tag(k: str) -> str:
@@ -95,10 +105,6 @@ class StreamNames:
 
     def embeddings(self, camera: str) -> str:
         return f"{self._cam(camera)}:embeddings" if self.cluster else f"{self.prefix}:embeddings:{camera}"
-
-    def embeddings_prefix(self) -> tuple[str, str]:
-        """(head, tail) around the camera name of an embeddings key, for SCAN patterns."""
-        return (f"{self.prefix}:{{", "}:embeddings") if self.cluster else (f"{self.prefix}:embeddings:", "")
 
     @property
     def events(self) -> str:

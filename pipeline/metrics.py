@@ -6,6 +6,10 @@ Keys (prefix = redis.key_prefix):
                                    TTL 1 h
   <p>:metrics:drops                total frames dropped at the source (all cameras)
   <p>:hb:{role}:{consumer}         heartbeat JSON {role, consumer, pid, host, started_at}; TTL 3 x heartbeat_s
+  <p>:idx:hb                       sorted set role:consumer -> the heartbeat's expiry (unix s): which heartbeat keys
+                                   to read (a member whose key has expired is a dead worker; GC'd a minute later)
+  <p>:idx:metrics                  set of {stage}:{consumer} with a metrics hash (dropped on read once it is gone)
+No reader scans the keyspace (SCAN/KEYS): they read the two indexes, then the keys they name.
 Stages: grabber, detector, embedder (matcher and others may write the same shape).
 """
 from __future__ import annotations
@@ -19,8 +23,10 @@ import redis
 
 from .backbone import key
 from .config import Settings
+from .keys import index_key
 
 METRICS_TTL_S = 3600
+HB_INDEX_GRACE_S = 60.0  # a heartbeat index entry stays this long past its key's expiry (clock skew between hosts)
 
 
 def _s(x) -> str:
@@ -45,6 +51,7 @@ class StageMetrics:
     def __init__(self, r: redis.Redis, settings: Settings, stage: str, consumer: str, flush_s: float = 1.0):
         self.r = r
         self.key = metrics_key(settings, stage, consumer)
+        self.index, self.name = index_key(settings, "metrics"), f"{stage}:{consumer}"
         self.flush_s = flush_s
         self.frames = self.batches = self.errors = self.drops = self.reclaimed = 0
         self.skipped = 0  # items passed over on purpose (detector: faces tracked without a new embedding;
@@ -92,6 +99,7 @@ class StageMetrics:
                 "batch_size_avg": round(self.batch_items / self.batches, 2) if self.batches else 0,
                 "latency_ms": round(self.latency_ms, 1), "updated_at": round(time.time(), 3)})
             pipe.expire(self.key, METRICS_TTL_S)
+            pipe.sadd(self.index, self.name)  # every flush: the reader drops a member once its hash has expired
             pipe.execute()
         except redis.RedisError:
             pass  # metrics never take a worker down
@@ -101,6 +109,7 @@ class Heartbeat:
     def __init__(self, r: redis.Redis, settings: Settings, role: str, consumer: str):
         self.r = r
         self.key = heartbeat_key(settings, role, consumer)
+        self.index, self.member = index_key(settings, "hb"), f"{role}:{consumer}"
         self.every = settings.workers.heartbeat_s
         self.body = json.dumps({"role": role, "consumer": consumer, "pid": os.getpid(),
                                 "host": socket.gethostname(), "started_at": round(time.time(), 3)})
@@ -110,29 +119,74 @@ class Heartbeat:
         now = time.monotonic()
         if force or now - self._last >= self.every:
             self._last = now
+            ttl = max(2, int(self.every * 3 + 0.999))
             try:
-                self.r.set(self.key, self.body, ex=max(2, int(self.every * 3 + 0.999)))
+                pipe = self.r.pipeline(transaction=False)
+                pipe.set(self.key, self.body, ex=ttl)
+                pipe.zadd(self.index, {self.member: round(time.time() + ttl, 3)})
+                pipe.execute()
             except redis.RedisError:
                 pass
 
     def clear(self) -> None:
         try:
-            self.r.delete(self.key)
+            pipe = self.r.pipeline(transaction=False)
+            pipe.delete(self.key)
+            pipe.zrem(self.index, self.member)
+            pipe.execute()
         except redis.RedisError:
             pass
 
 
+def _heartbeats(r: redis.Redis, settings: Settings, role: str | None) -> list:
+    """The raw heartbeat values of the workers the index names (of one role, or all); None where expired."""
+    idx = index_key(settings, "hb")
+    r.zremrangebyscore(idx, "-inf", f"({time.time() - HB_INDEX_GRACE_S}")
+    members = [_s(m).split(":", 1) for m in r.zrange(idx, 0, -1)]
+    keys = [heartbeat_key(settings, m[0], m[1]) for m in members if len(m) == 2 and (role is None or m[0] == role)]
+    return list(r.mget(keys)) if keys else []  # one slot on a cluster: {<p>}
+
+
+def alive_count(r: redis.Redis, settings: Settings, role: str) -> int:
+    """How many workers of `role` have a live heartbeat."""
+    return sum(1 for v in _heartbeats(r, settings, role) if v)
+
+
 def alive_workers(r: redis.Redis, settings: Settings, role: str | None = None) -> list[dict]:
-    pattern = key(settings, "hb", role or "*", "*")
     out = []
-    for k in r.scan_iter(match=pattern, count=500):
-        v = r.get(k)
+    for v in _heartbeats(r, settings, role):
         if v:
             try:
                 out.append(json.loads(v))
             except ValueError:
                 continue
     return sorted(out, key=lambda d: (d.get("role", ""), d.get("consumer", "")))
+
+
+# KEYS[1] the metrics index, KEYS[1 + i] the hash of member ARGV[i] (all on the {<p>} tag on a cluster)
+_DROP_GONE = """
+for i, name in ipairs(ARGV) do
+  if redis.call('EXISTS', KEYS[i + 1]) == 0 then redis.call('SREM', KEYS[1], name) end
+end
+return 0
+"""
+
+
+def _metric_hashes(r: redis.Redis, settings: Settings) -> list[tuple[str, dict]]:
+    """(stage:consumer, its hash) for every metrics hash the index names, sorted; members whose hash has expired
+    are dropped from the index here."""
+    idx = index_key(settings, "metrics")
+    names = sorted(_s(m) for m in r.smembers(idx))
+    if not names:
+        return []
+    pipe = r.pipeline(transaction=False)
+    for n in names:
+        pipe.hgetall(key(settings, "metrics", n))
+    raws = pipe.execute()
+    gone = [n for n, raw in zip(names, raws) if not raw]
+    if gone:  # atomically, only those still without a hash (a worker may have flushed since)
+        r.eval(_DROP_GONE, 1 + len(gone), idx, *(key(settings, "metrics", n) for n in gone), *gone)
+    return [(n, raw) for n, raw in zip(names, raws) if raw]
 
 
 def read_metrics(r: redis.Redis, settings: Settings) -> dict:
@@ -145,20 +199,15 @@ def read_metrics(r: redis.Redis, settings: Settings) -> dict:
     from .streams import StreamNames, stream_backlog
 
     stages: dict = {}
-    prefix = key(settings, "metrics", "")
     workers = alive_workers(r, settings)
     live = {(w.get("role"), w.get("consumer")) for w in workers}
     registered: set[str] = set(CameraRegistry(r, settings).names())
-    for k in r.scan_iter(match=prefix + "*:*", count=500):
-        name = _s(k)[len(prefix):]
+    for name, raw in _metric_hashes(r, settings):
         stage, _, consumer = name.partition(":")
         # only live workers (a heartbeat) and registered cameras: a crashed worker's or a removed camera's
         # counters would otherwise stay in /metrics for the hash's TTL (an hour) as if they were current
         base, _, cam = consumer.partition(":")  # grabbers report per camera as <consumer>:<camera>
         if (stage, base) not in live or (cam and cam not in registered):
-            continue
-        raw = r.hgetall(k)
-        if not raw:
             continue
         vals: dict[str, float | str] = {}
         for f, v in raw.items():

@@ -10,7 +10,8 @@ keys, the camera registry and status, sink consumer groups, metrics — every `<
 — and the per-camera matcher state, which moves into the camera's slot: `<p>:matcher:ckpt:C` -> `<p>:{C}:ckpt`,
 `<p>:progress:C` -> `<p>:{C}:progress`, `<p>:camera:C:seq` -> `<p>:{C}:seq` (pipeline/keys.py). Not copied:
 streams and markers in flight (`frames:*`, `faces`, `embeddings:*`, `done:*`, `gone:*`), leases and their fences
-and mirrors, heartbeats. A key that already exists on the cluster is left alone (the copy can be re-run).
+and mirrors, heartbeats and the indexes of heartbeats and streams (`idx:hb`, `idx:streams`). A key that already
+exists on the cluster is left alone (the copy can be re-run).
 This one-off tool SCANs the old server's keyspace; nothing in the running pipeline does."""
 from __future__ import annotations
 
@@ -38,6 +39,8 @@ def target_name(k: str, prefix: str) -> str | None:
     if head == "camera" and len(parts) >= 3 and parts[-1] == "seq":
         return f"{prefix}:{{{':'.join(parts[1:-1])}}}:seq"
     if head == "camera" and parts[-1] == "mirror":
+        return None
+    if head == "idx" and parts[1:] != ["metrics"]:  # the heartbeat and streams indexes name what is not copied
         return None
     return "{" + prefix + "}:" + rest
 

@@ -24,7 +24,7 @@ from workers.detector import DetectorWorker
 from workers.embedder import EmbedderWorker
 from workers.matcher import lease_key, progress_key
 
-from test_matcher import CAM, N, key_of, reference_events, shuffled, spawn, unit, wait_until
+from test_matcher import CAM, N, key_of, noted, reference_events, shuffled, spawn, unit, wait_until
 from test_streaming import clip_frames, push, read_all, with_workers
 
 
@@ -153,7 +153,7 @@ def test_primary_killed_midstream_replica_promoted_no_event_lost_or_duplicated(
     env.pop("FACETRAIL_CONFIG", None)
     os.makedirs(env["FACETRAIL_DATA_DIR"], exist_ok=True)
     names = StreamNames.of(s)
-    stream = names.embeddings(CAM)
+    stream = noted(r, s)
     order = shuffled(cluster_world, np.random.default_rng(3))
     half = 130
     first, rest = order[:half], order[half:]
@@ -278,3 +278,29 @@ def test_frames_to_events_with_kill9_of_workers_on_cluster(cluster_settings, fac
     streamed = [json.loads(f[b"m"])["id"] for _, f in r.xrange(names.events)]
     assert sorted(streamed) == sorted(e.id for e in events), "each event once in the stream, none lost"
     assert r.xlen(names.outbox(cam)) == 0
+
+
+def test_pipeline_rides_out_a_primary_failover(cluster_settings, redis_cluster):
+    """A non-transactional pipeline sent right after a primary is SIGKILLed waits for its replica's promotion
+    (FailoverCluster.pipeline, pipeline/clusterpipe.py) instead of failing, and a command of it that reached a
+    live primary is not sent twice."""
+    s = cluster_settings
+    r = connect(s)
+    names = StreamNames.of(s)
+    k1 = names.frames("door")
+    victim = redis_cluster.port_of_slot(r.keyslot(k1))
+    k2 = next(names.seq(f"cam{i}") for i in range(100)
+              if redis_cluster.port_of_slot(r.keyslot(names.seq(f"cam{i}"))) != victim)
+    r.set(k1, "before")
+    try:
+        redis_cluster.kill(victim)
+        pipe = r.pipeline(transaction=False)
+        pipe.set(k1, "after")
+        pipe.incr(k2)
+        pipe.get(k1)
+        assert pipe.execute() == [True, 1, b"after"]
+        assert redis_cluster.port_of_slot(r.keyslot(k1)) != victim, "the replica was promoted"
+        assert r.get(k2) == b"1", "the command on the live primary ran once"
+    finally:
+        redis_cluster.restart(victim)
+        redis_cluster.wait_ok(60)

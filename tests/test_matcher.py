@@ -90,6 +90,15 @@ def shuffled(msgs, rng, window=6):
     return out
 
 
+def noted(r, settings, cam=CAM) -> str:
+    """The camera's embeddings stream, noted in the streams index as the embedder notes what it writes (these
+    tests write the stream themselves): how a matcher finds a camera that is not registered."""
+    from pipeline.discovery import StreamIndex
+
+    StreamIndex(r, settings).note([cam])
+    return StreamNames.of(settings).embeddings(cam)
+
+
 def spawn(env, name):
     return subprocess.Popen([sys.executable, "-m", "workers.matcher", "--consumer", name, "-v"], cwd=REPO, env=env,
                             stdout=subprocess.DEVNULL, stderr=open(os.path.join(env["FACETRAIL_DATA_DIR"],
@@ -121,7 +130,7 @@ def test_kill9_failover_no_event_lost_or_duplicated(settings, cli_env, world, tm
                PYTHONPATH=REPO)
     os.makedirs(env["FACETRAIL_DATA_DIR"], exist_ok=True)
     names = StreamNames(settings.redis.key_prefix)
-    stream = names.embeddings(CAM)
+    stream = noted(rs, settings)
     rng = np.random.default_rng(3)
     order = shuffled(world, rng)
     half = 130
@@ -185,7 +194,7 @@ def test_bad_messages_are_dead_lettered_and_the_camera_goes_on(settings, world):
     from workers.matcher import run
 
     r = redis.Redis.from_url(settings.redis.url)
-    stream = StreamNames(settings.redis.key_prefix).embeddings(CAM)
+    stream = noted(r, settings)
     r.xadd(stream, {"m": b"not json"})
     future = json.loads(world[0].encode())
     future["v"] = 2
@@ -220,7 +229,7 @@ def test_unregistered_camera_without_eos_gets_its_tracks_ended(settings, world, 
 
     monkeypatch.setattr(wm, "IDLE_RELEASE_S", 0.5)
     r = redis.Redis.from_url(settings.redis.url)
-    stream = StreamNames(settings.redis.key_prefix).embeddings(CAM)
+    stream = noted(r, settings)
     for m in world[:50]:  # ann's track is open at seq 49; no EOS ever comes
         r.xadd(stream, {"m": m.encode()})
     rep = GalleryReplica(r, settings).start()
@@ -249,7 +258,7 @@ def test_entries_left_pending_by_a_stale_reader_are_taken_over(settings, world):
     settings.tracking.lease_ttl_s = 1.0
     settings.tracking.reorder_timeout_ms = 600_000  # a skipped frame would change the events: never skip here
     r = redis.Redis.from_url(settings.redis.url)
-    stream = StreamNames(settings.redis.key_prefix).embeddings(CAM)
+    stream = noted(r, settings)
     for m in world[:50]:
         r.xadd(stream, {"m": m.encode()})
     rep = GalleryReplica(r, settings).start()

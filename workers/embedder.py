@@ -15,6 +15,7 @@ import redis
 
 from pipeline.backbone import connect, transient_client
 from pipeline.config import Settings
+from pipeline.discovery import StreamIndex
 from pipeline.engine.engine import FaceEngine
 from pipeline.messages import EmbeddedFace, EmbeddingsMsg, FacesMsg
 from pipeline.metrics import Heartbeat, StageMetrics
@@ -76,6 +77,7 @@ class EmbedderWorker:
         self.stage = stage or EmbedStage(settings)
         # faces in, embeddings out, done:embed markers: all on the transient server, one Lua call per frame
         self.emitter = ConsumingEmitter(self.rt, settings.workers.done_marker_ttl_s)
+        self.streams_index = StreamIndex(self.rt, settings)  # which cameras have an embeddings stream (matcher)
         self.metrics = StageMetrics(self.r, settings, "embedder", consumer)
         self.heartbeat = Heartbeat(self.r, settings, "embedder", consumer)
         self.reader = BatchReader(self.rt, settings, GROUP, consumer, lambda: self.names.all_faces,
@@ -108,6 +110,7 @@ class EmbedderWorker:
             items.append((self.names.done("embed", f"{cam}:{msg.frame.seq}", near=out), stream, GROUP, msg_id,
                           [(out, emb.encode(), maxlen)]))
         fresh = self.emitter.emit_many(items)
+        self.streams_index.note(g[2].frame.camera for g in good)
         dup = len(fresh) - sum(fresh)
         if dup:
             log.info("%s: %d redelivered message(s) were already done; acked without output", self.consumer, dup)

@@ -372,18 +372,17 @@ def _configured(settings: Settings, registry: CameraRegistry) -> set[str]:
 
 def _scan_streams(r: redis.Redis, settings: Settings) -> set[str]:  # r: the embeddings (transient) server
     """Cameras with a non-empty embeddings stream (e.g. one left with work after its camera was removed).
-    A full SCAN: done rarely (SCAN_EVERY_S), the registry is read every second."""
-    pre, post = StreamNames.of(settings).embeddings_prefix()
-    found = set()
-    for k in r.scan_iter(match=pre + "*" + post, count=1000, _type="stream"):
-        k = k.decode() if isinstance(k, bytes) else k
-        if r.xlen(k) > 0:
-            found.add(k[len(pre):len(k) - len(post)])
-    return found
+    Read from the index the embedders keep (pipeline/discovery.py): done rarely (SCAN_EVERY_S), the registry is
+    read every second."""
+    from pipeline.discovery import stream_cameras
+
+    return stream_cameras(r, settings)  # the index the embedders keep, not a SCAN
 
 
 def _fair_share(r: redis.Redis, settings: Settings, n_cams: int) -> int:
-    live = max(1, len(list(r.scan_iter(match=key(settings, "hb", "matcher", "*"), count=500))))
+    from pipeline.metrics import alive_count
+
+    live = max(1, alive_count(r, settings, "matcher"))
     return max(1, math.ceil(n_cams / live))
 
 
