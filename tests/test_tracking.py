@@ -396,3 +396,22 @@ def test_stage_resumes_from_a_checkpoint_the_v1_code_wrote():
     back = MatcherStage(CAM, search, clock=lambda: 0.0, **STAGE_KW)
     back.load_state(v2)
     assert back.to_state() == v2
+
+
+def test_faces_arrays_from_a_message_keep_every_value():
+    """pipeline.engine.types.Faces (what MatcherStage reads a message's faces into): row i is face i, the values
+    exactly the message's, an empty embedding is no embedding (its row zeros, `embedded` False)."""
+    from pipeline.engine.types import Faces
+
+    a, b = rand_unit(), rand_unit()
+    msg = frame(3, [([10.5, 20.25, 30.0, 40.0], a, 0.7), ([1.0, 2.0, 3.0, 4.0], b, 0.3),
+                    ([5.0, 6.0, 7.0, 8.0], b, 0.1)])
+    msg.faces[1].embedding = b""
+    fa = Faces.from_msg(msg.faces)
+    assert len(fa) == 3 and fa.embeddings.shape == (3, 128) and fa.embeddings.dtype == np.float32
+    assert fa.embedded.tolist() == [True, False, True]
+    assert fa.boxes.tolist() == [f.box for f in msg.faces] and fa.quality.tolist() == [0.7, 0.3, 0.1]
+    assert np.array_equal(fa.embeddings[0], msg.faces[0].vector()) and not fa.embeddings[1].any()
+    assert np.array_equal(fa.embeddings[2], msg.faces[2].vector())
+    empty = Faces.from_msg([])
+    assert len(empty) == 0 and empty.boxes.shape == (0, 4) and not empty.embedded.any()

@@ -14,7 +14,7 @@ import numpy as np
 
 from ..config import Settings
 from ..engine.engine import FaceEngine
-from ..engine.types import Face
+from ..engine.types import Face, Faces
 from ..messages import DetectedFace, FacesMsg, FrameMsg
 from ..motion import MotionGate
 from ..tracking.reembed import ReembedGate
@@ -74,15 +74,17 @@ class DetectStage:
             for i in order:
                 if found[i]:
                     self.motion.faces_seen(refs[i].camera, refs[i].stream_time)
+        arrays = [Faces.from_faces(fs) for fs in found]
         wanted: list[list[bool]] = [[] for _ in frames]
         todo = [i for i in order if frames[i][1] is not None]
         plans = self.gate.plan_many([(refs[i].camera, refs[i].stream_time,
-                                      [(cast(Sequence[float], f.box), f.quality or 0.0) for f in found[i]])
+                                      [(cast(Sequence[float], box), float(q)) for box, q in zip(arrays[i].boxes,
+                                                                                               arrays[i].quality)])
                                      for i in todo])
         for i, plan in zip(todo, plans):
             wanted[i] = plan
         out = []
-        for (msg, img), faces, want in zip(frames, found, wanted):
+        for (msg, img), faces, fa, want in zip(frames, found, arrays, wanted):
             if img is None:  # EOS, or a still frame from the grabber's motion gate: no faces
                 out.append(FacesMsg(frame=msg.frame))
                 continue
@@ -92,11 +94,12 @@ class DetectStage:
             self.skipped += len(want) - len(keep)
             out.append(FacesMsg(
                 frame=msg.frame,
-                faces=[DetectedFace(index=i, box=[float(v) for v in f.box],
-                                    landmarks=[float(v) for v in np.asarray(f.landmarks).reshape(-1)],
-                                    score=float(f.score), quality=float(f.quality or 0.0),
-                                    thumb_jpeg=face_thumb(img, f.box, self.thumb_px) if w and self.thumb_px else None)
-                       for i, (f, w) in enumerate(zip(faces, want))],
+                faces=[DetectedFace(index=i, box=[float(v) for v in fa.boxes[i]],
+                                    landmarks=[float(v) for v in fa.landmarks[i]], score=float(fa.scores[i]),
+                                    quality=float(fa.quality[i]),
+                                    thumb_jpeg=face_thumb(img, fa.boxes[i], self.thumb_px) if w and self.thumb_px
+                                    else None)
+                       for i, w in enumerate(want)],
                 crops=crops))
         return out
 

@@ -18,6 +18,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
+from ..engine.types import Faces
 from ..events.model import Event
 from ..messages import EmbeddingsMsg
 from ..analyzers.hook import TrackAnalyzers
@@ -209,15 +210,15 @@ class MatcherStage:
         faces = list(msg.faces)
         if not faces:
             return out
-        vecs = [f.vector() if f.embedding else None for f in faces]
-        with_vec = [i for i, v in enumerate(vecs) if v is not None and v.size]
+        fa = Faces.from_msg(faces)
+        with_vec = [int(i) for i in np.flatnonzero(fa.embedded)]
         results: dict[int, list[Candidate]] = {}
         if with_vec:
-            found = self.search(np.stack([v for i in with_vec if (v := vecs[i]) is not None]).astype(np.float32))
+            found = self.search(fa.embeddings[with_vec])
             results = {i: list(c) for i, c in zip(with_vec, found)}
-        dets = [Detection(index=f.index, box=[float(x) for x in f.box],
-                          embedding=vecs[i] if i in results else None, quality=float(f.quality),
-                          score=float(f.score), payload=f) for i, f in enumerate(faces)]
+        dets = [Detection(index=f.index, box=[float(x) for x in fa.boxes[i]],
+                          embedding=fa.embeddings[i] if i in results else None, quality=float(fa.quality[i]),
+                          score=float(fa.scores[i]), payload=f) for i, f in enumerate(faces)]
         pos = {id(f): i for i, f in enumerate(faces)}
         assigned, _created = self.tracker.update(fr.seq, t, dets)
         for tr, det in assigned:
