@@ -40,10 +40,10 @@ from conftest import free_port  # noqa: E402  (tests/conftest.py, as bench/soak_
 from pipeline.config import load_settings  # noqa: E402
 from pipeline.engine.engine import FaceEngine  # noqa: E402
 from pipeline.messages import EmbeddingsMsg, FrameMsg, FrameRef  # noqa: E402
-from pipeline.tracking.stage import MatcherStage  # noqa: E402
+from pipeline.stages import MatcherStage  # noqa: E402
 from pipeline.unknowns.cluster import ClusterIndex  # noqa: E402
-from workers.detector import DetectStage  # noqa: E402
-from workers.embedder import EmbedStage  # noqa: E402
+from pipeline.stages import DetectStage  # noqa: E402
+from pipeline.stages import EmbedStage  # noqa: E402
 
 # (camera, track id) -> seqs with a face of the track (two tracks in one frame are two people)
 FRAMES: dict[tuple[str, str], set[int]] = {}

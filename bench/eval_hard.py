@@ -42,9 +42,9 @@ from index.replica import Match  # noqa: E402
 from pipeline.config import load_settings  # noqa: E402
 from pipeline.engine.engine import FaceEngine  # noqa: E402
 from pipeline.messages import EmbeddingsMsg, FrameMsg, FrameRef  # noqa: E402
-from pipeline.tracking.stage import MatcherStage  # noqa: E402
-from workers.detector import DetectStage  # noqa: E402
-from workers.embedder import EmbedStage  # noqa: E402
+from pipeline.stages import MatcherStage  # noqa: E402
+from pipeline.stages import DetectStage  # noqa: E402
+from pipeline.stages import EmbedStage  # noqa: E402
 
 FACES = Path(os.environ.get("FACETRAIL_SHARED_DATA", REPO.parent / "shared" / "data")) / "faces"
 DF, FR = "deepface/", "face_recognition/"
@@ -184,7 +184,7 @@ def evaluate(name: str, settings, eng: FaceEngine, gallery: dict[str, np.ndarray
         if m is not None:
             sims = sorted(((float(x), n) for x, n in zip(best_of(m)[0], names)), reverse=True)
             ended[tr.track_id] = {"top": sims[0][1], "score": round(sims[0][0], 3), "runner_up": sims[1][1],
-                                  "margin": round(sims[0][0] - sims[1][0], 3), "faces": tr.data.get("en", 0)}
+                                  "margin": round(sims[0][0] - sims[1][0], 3), "faces": tr.data.en}
 
     match._end = end
     cap = open_clip(clip)

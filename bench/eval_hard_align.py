@@ -47,7 +47,7 @@ from pipeline.engine.align import TEMPLATE_112, align_face, similarity_transform
 from pipeline.engine.embed import l2_normalize  # noqa: E402
 from pipeline.engine.engine import FaceEngine  # noqa: E402
 from pipeline.messages import EmbeddedFace, EmbeddingsMsg, FrameRef  # noqa: E402
-from pipeline.tracking.stage import MatcherStage  # noqa: E402
+from pipeline.stages import MatcherStage  # noqa: E402
 
 
 def build(name: str, eng: FaceEngine, tmp: Path) -> dict:

@@ -43,6 +43,7 @@ from pipeline.config import load_settings  # noqa: E402
 from pipeline.engine.degrade import degraded_crops  # noqa: E402
 from pipeline.engine.engine import FaceEngine  # noqa: E402
 from pipeline.tracking.identity import IdentityVoter  # noqa: E402
+from pipeline.tracking.state import TrackState  # noqa: E402
 
 SIZES, BLURS = (34, 42, 52), (0.8, 1.3, 1.6)
 PORTRAITS = {FR + "obama.jpg": "obama", FR + "obama2.jpg": "obama", FR + "obama-720p.jpg": "obama",
@@ -104,7 +105,7 @@ def decide(voter: IdentityVoter, gallery: dict[str, np.ndarray], track: dict) ->
     def search(v: np.ndarray) -> list[Match]:
         return sorted((Match(n, n, float((gallery[n] @ v).max())) for n in names), key=lambda m: -m.score)
 
-    data: dict = {}
+    data = TrackState()
     for v, (q, sc) in zip(track["vecs"], track["q"]):
         voter.add(data, search(v), q, sc)
         voter.accumulate(data, v, q, sc)

@@ -32,9 +32,9 @@ from index.replica import Match  # noqa: E402
 from pipeline.config import load_settings  # noqa: E402
 from pipeline.engine.engine import FaceEngine  # noqa: E402
 from pipeline.messages import EmbeddingsMsg, FrameMsg, FrameRef  # noqa: E402
-from pipeline.tracking.stage import MatcherStage  # noqa: E402
-from workers.detector import DetectStage  # noqa: E402
-from workers.embedder import EmbedStage  # noqa: E402
+from pipeline.stages import MatcherStage  # noqa: E402
+from pipeline.stages import DetectStage  # noqa: E402
+from pipeline.stages import EmbedStage  # noqa: E402
 
 FACES = Path(os.environ.get("FACETRAIL_SHARED_DATA", REPO.parent / "shared" / "data")) / "faces"
 

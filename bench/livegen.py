@@ -182,8 +182,8 @@ class StagePipeline:
 
     def __init__(self, settings):
         from pipeline.engine.engine import FaceEngine
-        from workers.detector import DetectStage
-        from workers.embedder import EmbedStage
+        from pipeline.stages import DetectStage
+        from pipeline.stages import EmbedStage
 
         self.settings = settings
         self.engine = FaceEngine(settings)
@@ -209,7 +209,7 @@ class StagePipeline:
     def run(self, camera: str, frames: list[np.ndarray], search, fps: float = 10.0, stage=None):
         """All events of the shot (the stream ends after the last frame). Returns (events, stage)."""
         from pipeline.messages import FrameMsg, FrameRef
-        from pipeline.tracking import MatcherStage
+        from pipeline.stages import MatcherStage
 
         stage = stage or MatcherStage.from_settings(camera, search, self.settings)
         events = []

@@ -255,3 +255,42 @@ def test_rename_and_remove_in_one_process_are_seen_by_another_within_a_second(tm
         assert removed["seen"] - t1 < 1.0, removed
     finally:
         rp.stop()
+
+
+def test_identify_on_a_still_is_the_stream_stages_decision(enrolled, knn):
+    """pipeline.identify runs the pipeline's stage classes: a still gives the same faces, boxes and decisions as
+    the same image as a camera frame through the detector and embedder workers' stages (DetectStage with the
+    worker settings, EmbedStage), and as the engine's whole-image path identify used before."""
+    import cv2
+    import numpy as np
+
+    from index.replica import GalleryReplica
+    from pipeline.engine.engine import FaceEngine
+    from pipeline.identify import identify_image
+    from pipeline.messages import FrameMsg, FrameRef
+    from pipeline.stages import DetectStage, EmbedStage
+
+    settings = load_settings([], env={k: v for k, v in enrolled.items() if k.startswith("FACETRAIL_")})
+    engine = FaceEngine(settings)
+    replica = GalleryReplica(redis.Redis.from_url(settings.redis.url), settings).start()
+    n_faces = 0
+    for photo in sorted((knn / "test").iterdir()):
+        img = cv2.imread(str(photo))
+        got = identify_image(engine, replica, img)
+        ref = FrameRef(camera="cam", seq=0, captured_at=time.time(), width=img.shape[1], height=img.shape[0])
+        faces = DetectStage(settings, engine).process([(FrameMsg(frame=ref, jpeg=b"x"), img)])[0]
+        emb = EmbedStage(settings, engine).process([faces])[0]
+        assert all(f.embedding for f in emb.faces), "a camera's first frame embeds every face"
+        assert len(got) == len(emb.faces) == len(engine.analyze([img])[0])
+        if not got:
+            continue
+        n_faces += len(got)
+        stream = replica.identify(np.stack([f.vector() for f in emb.faces]))
+        old = engine.analyze([img])[0]
+        before = replica.identify(np.stack([f.embedding for f in old]).astype(np.float32))
+        for g, f, d, o, b in zip(got, emb.faces, stream, old, before):
+            assert g["box"] == [round(v, 1) for v in f.box] == o.box_list()
+            assert (g["identity"], g["score"], g["runner_up"]) == (d.name, round(d.score, 4), d.runner_up) \
+                == (b.name, round(b.score, 4), b.runner_up)
+        assert EXPECTED.get(photo.name, set()) <= {g["identity"] for g in got}
+    assert n_faces >= 5

@@ -52,7 +52,7 @@ def env(faces_dir, models_dir):
 
 def run(env, shot: str, **liveness):
     pipe, search, shots, settings = env
-    from pipeline.tracking import MatcherStage
+    from pipeline.stages import MatcherStage
 
     st = MatcherStage.from_settings(shot, search, settings(**liveness))
     events, _ = pipe.run(shot, shots[shot], search, stage=st)

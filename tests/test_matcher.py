@@ -19,7 +19,7 @@ from index.store import GalleryStore, NewTemplate
 from pipeline.events import EventStore
 from pipeline.messages import EmbeddedFace, EmbeddingsMsg, FrameRef
 from pipeline.streams import StreamNames
-from pipeline.tracking import MatcherStage
+from pipeline.stages import MatcherStage
 from workers.matcher import lease_key, progress_key
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -174,9 +174,9 @@ def test_kill9_failover_no_event_lost_or_duplicated(settings, cli_env, world, tm
                 for _, f in r.xrange(names.events)]
     assert sorted(streamed) == sorted(e.id for e in expected)  # published once each, none lost
     assert rs.xpending(stream, "matchers")["pending"] == 0  # every input applied and acked
-    from workers.matcher import CameraRunner
+    from workers.matcher import CameraMatcher
     rs.xadd(stream, {"m": b"not yet read"})
-    CameraRunner(r, settings, CAM, "t", None, store).trim(keep_s=0)
+    CameraMatcher(r, settings, CAM, "t", None, store).trim(keep_s=0)
     assert [f[b"m"] for _, f in rs.xrange(stream)] == [b"not yet read"]  # applied entries trimmed, unread kept
     if transient:
         assert not r.exists(stream), "the embeddings stream never touched the durable server"
@@ -284,3 +284,46 @@ def test_entries_left_pending_by_a_stale_reader_are_taken_over(settings, world):
     got = EventStore(r, settings).query(camera=CAM, limit=10_000).events
     assert sorted(map(key_of, got)) == sorted(map(key_of, expected))
     assert r.xpending(stream, "matchers")["pending"] == 0
+
+
+def test_matcher_restarting_on_a_v1_checkpoint_resumes_from_it(settings):
+    """A matcher of this version taking over a camera whose checkpoint the v1 code wrote (track state as a free
+    dict): it resumes at the checkpoint's next seq with the old tracks and makes exactly the events the old code
+    made after that point (tests/data/matcher_checkpoint_v1.json), then checkpoints in v2."""
+    import pathlib
+    import threading
+
+    from ckpt_world import CAM as CKCAM
+    from ckpt_world import CUT, N as CKN, STAGE_KW, event_key, world
+    from workers.matcher import CHECKPOINT_VERSION, checkpoint_key, run
+
+    kw = dict(STAGE_KW)
+    settings.thresholds.match, settings.thresholds.margin = kw.pop("match"), kw.pop("margin")
+    settings.unknowns.faces_per_track = kw.pop("faces_per_track")
+    for k, v in kw.items():
+        setattr(settings.tracking, {"consistent_match": "track_consistent_match",
+                                    "consistent_margin": "track_consistent_margin",
+                                    "consistent_share": "track_consistent_share"}.get(k, k), v)
+    fixture = json.loads((pathlib.Path(__file__).parent / "data" / "matcher_checkpoint_v1.json").read_text())
+    msgs, search = world()
+    r = redis.Redis.from_url(settings.redis.url)
+    r.set(checkpoint_key(settings, CKCAM), fixture["checkpoint"])
+    stream = StreamNames(settings.redis.key_prefix).embeddings(CKCAM)
+    for m in msgs[CUT:]:
+        r.xadd(stream, {"m": m.encode()})
+    stop = threading.Event()
+    t = threading.Thread(target=run, args=(settings,), kwargs=dict(consumer="m1", stop=stop, search=search))
+    t.start()
+    try:
+        assert wait_until(lambda: int(r.get(progress_key(settings, CKCAM)) or -1) == CKN)
+    finally:
+        stop.set()
+        t.join(30)
+    assert not t.is_alive()
+    got = sorted(EventStore(r, settings).query(camera=CKCAM, limit=1000).events, key=lambda e: (e.seq, e.id))
+    old = fixture["events"]
+    n_head = len(old) - len(got)
+    assert 0 < n_head < len(old)
+    keys = json.loads(json.dumps([event_key(e) for e in got]))
+    assert sorted(keys, key=json.dumps) == sorted(old[n_head:], key=json.dumps)
+    assert json.loads(r.get(checkpoint_key(settings, CKCAM)))["v"] == CHECKPOINT_VERSION == 2

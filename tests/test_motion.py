@@ -46,7 +46,7 @@ def test_detect_stage_with_motion_gating_misses_no_face(tmp_path, faces_dir, mod
     sys.path.insert(0, str(REPO / "bench"))
     from clipgen import Visit, render
 
-    from workers.detector import DetectStage
+    from pipeline.stages import DetectStage
 
     visits = [Visit(person="a", photo=str(faces_dir / "deepface" / "img1.jpg"), start_s=3.0, dur_s=2.0),
               Visit(person="b", photo=str(faces_dir / "deepface" / "img13.jpg"), start_s=9.0, dur_s=2.0)]
@@ -125,7 +125,7 @@ def _face_times(path: Path, settings, gated: bool):
     frames)."""
     from pipeline.decode import AvCapture
     from pipeline.motion import GrabberGate
-    from workers.detector import DetectStage
+    from pipeline.stages import DetectStage
 
     stage = DetectStage(settings.model_copy(update={"motion": settings.motion.model_copy(update={"enabled": False})}))
     cap = AvCapture(str(path), skip="none", idle_capable=gated)

@@ -83,8 +83,8 @@ def test_stage_skips_only_faces_it_embedded_nearby(settings, faces_dir):
     place within the gate's window, and comes out of the embedder with an empty embedding."""
     import cv2
 
-    from workers.detector import DetectStage
-    from workers.embedder import EmbedStage
+    from pipeline.stages import DetectStage
+    from pipeline.stages import EmbedStage
 
     cap = cv2.VideoCapture(str(faces_dir / "face_recognition" / "short_hamilton_clip.mp4"))
     imgs = [cap.read()[1] for _ in range(30)]

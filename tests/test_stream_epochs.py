@@ -8,8 +8,9 @@ import numpy as np
 from pipeline.backbone import connect
 from pipeline.messages import EmbeddedFace, EmbeddingsMsg, FrameRef
 from pipeline.streams import StreamNames, all_gone, mark_gone
+from pipeline.stages import MatcherStage
 from pipeline.streamtime import StreamClock
-from pipeline.tracking import MatcherStage, ReorderBuffer
+from pipeline.tracking import ReorderBuffer
 
 from test_tracking import FakeClock, gallery_search, near, rand_unit
 

@@ -280,8 +280,8 @@ def test_frame_codec_decodes_what_opencv_decodes(faces_dir):
 def test_stages_without_redis(settings, faces_dir):
     """The stages are plain classes: frames in, one FacesMsg per frame (EOS passed through), then embeddings."""
     from pipeline.messages import FrameRef
-    from workers.detector import DetectStage
-    from workers.embedder import EmbedStage
+    from pipeline.stages import DetectStage
+    from pipeline.stages import EmbedStage
 
     imgs = clip_frames(faces_dir, 2)
     frames = [(FrameMsg(frame=FrameRef(camera="c", seq=i, captured_at=0.0, width=640, height=360), jpeg=b"x"), img)

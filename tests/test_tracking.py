@@ -7,7 +7,9 @@ import numpy as np
 import pytest
 
 from pipeline.messages import EmbeddedFace, EmbeddingsMsg, FrameRef
-from pipeline.tracking import Candidate, FaceTracker, IdentityVoter, MatcherStage, ReorderBuffer, decide_open_set
+from pipeline.stages import MatcherStage
+from pipeline.tracking import Candidate, FaceTracker, IdentityVoter, ReorderBuffer, decide_open_set
+from pipeline.tracking.state import TrackState
 from pipeline.tracking.tracker import Detection, iou
 
 RNG = np.random.default_rng(7)
@@ -127,7 +129,7 @@ def test_decide_open_set_threshold_and_margin():
 
 def test_voting_moves_from_unknown_to_name_and_needs_min_votes():
     v = IdentityVoter(0.45, 0.05, min_votes=2)
-    d: dict = {}
+    d = TrackState()
     for _ in range(5):  # profile faces: nothing clears the threshold
         v.add(d, [Candidate("1", "ann", 0.3)], quality=0.4, det_score=0.8)
         assert v.decide(d) is None
@@ -140,7 +142,7 @@ def test_voting_moves_from_unknown_to_name_and_needs_min_votes():
 
 def test_voting_is_quality_weighted():
     v = IdentityVoter(0.45, 0.05, min_votes=1, vote_ratio=2.0)
-    d: dict = {}
+    d = TrackState()
     v.add(d, [Candidate("2", "bob", 0.5)], quality=0.1, det_score=0.9)  # blurry, low weight
     v.add(d, [Candidate("2", "bob", 0.5)], quality=0.1, det_score=0.9)
     v.add(d, [Candidate("1", "ann", 0.7)], quality=0.9, det_score=0.9)  # one sharp face outweighs both
@@ -151,7 +153,7 @@ def test_consistent_evidence_names_a_low_track_mean_only_with_a_lead_and_a_consi
     """tracking.track_consistent_match: a track mean under track_match names the track when it clears the lower
     bar with the larger lead and its identity was the top-1 of enough faces; off (None) it never does."""
     def feed(v, cands_per_face):
-        d: dict = {}
+        d = TrackState()
         for cands in cands_per_face:
             v.add(d, cands, quality=0.5, det_score=0.9)
         v.add_mean(d, [Candidate("1", "ann", 0.32), Candidate("2", "bob", 0.10)])  # mean 0.32, lead 0.22
@@ -362,3 +364,54 @@ def test_rename_reaches_the_end_event():
     current["ann"] = "ann-marie"
     ended = [e for e in st.update(frame(5, [], eos=True)).events if e.type == "track.ended"]
     assert [(e.identity, e.identity_id) for e in ended] == [("ann-marie", "ann")]
+
+
+def test_stage_resumes_from_a_checkpoint_the_v1_code_wrote():
+    """tests/data/matcher_checkpoint_v1.json: the matcher checkpoint (track state as a free dict, v1) and the events
+    the code before the typed track state made on tests/ckpt_world.py. The typed stage makes the same events on
+    the whole run, and resumed from the v1 checkpoint it makes exactly the old run's remaining ones."""
+    import pathlib
+
+    from ckpt_world import CAM, CUT, STAGE_KW, event_key, world
+
+    fixture = json.loads((pathlib.Path(__file__).parent / "data" / "matcher_checkpoint_v1.json").read_text())
+    old_events, ck = fixture["events"], json.loads(fixture["checkpoint"])
+    assert ck["v"] == 1 and all("data" in t and "state" not in t for t in ck["stage"]["tracks"])
+    msgs, search = world()
+    as_json = lambda evs: json.loads(json.dumps([event_key(e) for e in evs]))  # noqa: E731
+    full = MatcherStage(CAM, search, clock=lambda: 0.0, **STAGE_KW)
+    head = [e for m in msgs[:CUT] for e in full.update(m).events]
+    tail = [e for m in msgs[CUT:] for e in full.update(m).events]
+    assert as_json(head + tail) == old_events
+    assert {e[1] for e in old_events[len(head):]} >= {"identity.matched", "track.ended"}
+    resumed = MatcherStage(CAM, search, clock=lambda: 0.0, **STAGE_KW)
+    resumed.load_state(ck["stage"])
+    assert any(tr.data.by == "track" and tr.data.named is not None for tr in resumed.tracker.tracks.values())
+    assert as_json([e for m in msgs[CUT:] for e in resumed.update(m).events]) == old_events[len(head):]
+    # and the v2 state (typed, under "state") round-trips through JSON to the same tracks
+    again = MatcherStage(CAM, search, clock=lambda: 0.0, **STAGE_KW)
+    again.load_state(ck["stage"])
+    v2 = json.loads(json.dumps(again.to_state()))
+    assert all("state" in t and "data" not in t for t in v2["tracks"])
+    back = MatcherStage(CAM, search, clock=lambda: 0.0, **STAGE_KW)
+    back.load_state(v2)
+    assert back.to_state() == v2
+
+
+def test_faces_arrays_from_a_message_keep_every_value():
+    """pipeline.engine.types.Faces (what MatcherStage reads a message's faces into): row i is face i, the values
+    exactly the message's, an empty embedding is no embedding (its row zeros, `embedded` False)."""
+    from pipeline.engine.types import Faces
+
+    a, b = rand_unit(), rand_unit()
+    msg = frame(3, [([10.5, 20.25, 30.0, 40.0], a, 0.7), ([1.0, 2.0, 3.0, 4.0], b, 0.3),
+                    ([5.0, 6.0, 7.0, 8.0], b, 0.1)])
+    msg.faces[1].embedding = b""
+    fa = Faces.from_msg(msg.faces)
+    assert len(fa) == 3 and fa.embeddings.shape == (3, 128) and fa.embeddings.dtype == np.float32
+    assert fa.embedded.tolist() == [True, False, True]
+    assert fa.boxes.tolist() == [f.box for f in msg.faces] and fa.quality.tolist() == [0.7, 0.3, 0.1]
+    assert np.array_equal(fa.embeddings[0], msg.faces[0].vector()) and not fa.embeddings[1].any()
+    assert np.array_equal(fa.embeddings[2], msg.faces[2].vector())
+    empty = Faces.from_msg([])
+    assert len(empty) == 0 and empty.boxes.shape == (0, 4) and not empty.embedded.any()

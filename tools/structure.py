@@ -39,8 +39,9 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("core", ("pipeline", "index.hooks")),
     # the gallery: Redis store, FAISS index, replication (snapshot + change log), enrollment
     ("gallery", ("index",)),
-    # what decides on top of the gallery: tracking/identity (matcher stage), unknown clustering and promotion
-    ("stages", ("pipeline.tracking", "pipeline.unknowns.store")),
+    # the stages (pipeline/stages: detect, embed, match) and what decides on top of the gallery: tracking/identity,
+    # identify on a still (runs the stages in-process), unknown clustering and promotion
+    ("stages", ("pipeline.stages", "pipeline.tracking", "pipeline.identify", "pipeline.unknowns.store")),
     # the processes and front ends: REST API, web UI, demo, worker roles
     ("apps", ("pipeline.api", "pipeline.ui", "pipeline.demo", "workers")),
     # the command line sits on top of everything; nothing imports it

@@ -109,6 +109,9 @@ class BatchReader:
         from pipeline.metrics import heartbeat_key
 
         out: list[Entry] = []
+        if self.role is None:  # (called only with a role: dead consumers are known by their role's heartbeats)
+            return out
+        role = self.role
         for s in self.streams:
             try:
                 summary = self.r.xpending(s, self.group)
@@ -116,7 +119,7 @@ class BatchReader:
                 continue
             for c in summary.get("consumers") or []:
                 name = c["name"].decode() if isinstance(c["name"], bytes) else c["name"]
-                if name == self.consumer or self.hb.exists(heartbeat_key(self.settings, self.role, name)):
+                if name == self.consumer or self.hb.exists(heartbeat_key(self.settings, role, name)):
                     continue
                 rows = self.r.xpending_range(s, self.group, min="-", max="+", count=self.batch_max - len(out),
                                              consumername=name, idle=self.DEAD_IDLE_MS)

@@ -1,12 +1,8 @@
 """Detector role: frames:{camera} (every registered camera, group "detectors") -> faces.
 
-Stage: DetectStage.process(frames) -> FacesMsg per frame (zero-face frames included, EOS passed through). Its
-MotionGate (pipeline/motion.py) passes frames where nothing moves on without a detector pass (live cameras are
-gated in their grabber: a still FrameMsg v2 has no pixels and is passed on as it is, and the worker marks
-cameras with a face hot in Redis for their grabber); its
-ReembedGate (pipeline/tracking/reembed.py; or SharedReembedGate, one per camera in Redis for all detectors, with
-workers.reembed_shared) picks the faces worth a new embedding; only those are aligned and
-get a crop and a thumbnail, the others travel as box, landmarks and quality for the tracker.
+Stage: pipeline.stages.DetectStage.process(frames) -> FacesMsg per frame (zero-face frames included, EOS passed
+through; motion gate and re-embedding gate inside). The worker marks cameras with a face hot in Redis for their
+grabber's motion gate and, with workers.reembed_shared, gives the stage a SharedReembedGate (slots in Redis).
 Worker: batch across cameras -> stage -> emit faces + XACK (+ XDEL of the frame) in one Lua call per frame,
 guarded by the done-marker done:detect:{camera}:{seq}, so a redelivered frame never yields a second FacesMsg."""
 from __future__ import annotations
@@ -15,21 +11,18 @@ import logging
 import threading
 import time
 
-import cv2
 import numpy as np
 import redis
 
 from pipeline.backbone import connect, transient_client
 from pipeline.cameras import CameraRegistry
 from pipeline.config import Settings
-from pipeline.engine.engine import FaceEngine
 from pipeline.engine.framecodec import decode_frame
-from pipeline.engine.types import Face
-from pipeline.messages import DetectedFace, FacesMsg, FrameMsg
+from pipeline.messages import FrameMsg
 from pipeline.metrics import Heartbeat, StageMetrics
-from pipeline.motion import MotionGate, hot_key
+from pipeline.motion import hot_key
+from pipeline.stages import DetectStage
 from pipeline.streams import ConsumingEmitter, StreamNames
-from pipeline.tracking.reembed import ReembedGate
 from pipeline.tracking.reembed_shared import SharedReembedGate
 
 from .base import BatchReader, Entry, apply_cv_threads, dead_letter, run_loop
@@ -37,78 +30,6 @@ from .base import BatchReader, Entry, apply_cv_threads, dead_letter, run_loop
 log = logging.getLogger("facetrail.detector")
 
 GROUP = "detectors"
-
-
-def face_thumb(image: np.ndarray, box, max_px: int, quality: int = 80) -> bytes | None:
-    """The face with some context (box grown by 30 %), long side <= max_px, as JPEG."""
-    x, y, w, h = [float(v) for v in box]
-    cx, cy, side = x + w / 2, y + h / 2, max(w, h) * 1.3
-    x0, y0 = int(max(0, cx - side / 2)), int(max(0, cy - side / 2))
-    x1, y1 = int(min(image.shape[1], cx + side / 2)), int(min(image.shape[0], cy + side / 2))
-    if x1 <= x0 or y1 <= y0:
-        return None
-    crop = image[y0:y1, x0:x1]
-    s = max_px / max(crop.shape[:2])
-    if s < 1:
-        crop = cv2.resize(crop, (max(1, round(crop.shape[1] * s)), max(1, round(crop.shape[0] * s))),
-                          interpolation=cv2.INTER_AREA)
-    ok, buf = cv2.imencode(".jpg", crop, [cv2.IMWRITE_JPEG_QUALITY, quality])
-    return buf.tobytes() if ok else None
-
-
-class DetectStage:
-    """Plain stage: decoded frames in, one FacesMsg per frame out (no Redis here)."""
-
-    def __init__(self, settings: Settings, engine: FaceEngine | None = None, gate: ReembedGate | None = None):
-        self.settings = settings
-        self.engine = engine or FaceEngine(settings)
-        self.gate = gate if gate is not None else ReembedGate.from_config(settings.workers)
-        self.thumb_px = settings.workers.thumb_px
-        self.skipped = 0  # faces passed on without a crop (the gate), since start
-        self.motion = MotionGate.from_settings(settings) if settings.motion.enabled else None
-        self.motion_skipped = 0  # frames passed on without a detector pass (nothing moved), since start
-
-    def process(self, frames: list[tuple[FrameMsg, np.ndarray | None]]) -> list[FacesMsg]:
-        # the gates see each camera's frames in stream order, whatever order the batch came in
-        refs = [msg.frame for msg, _ in frames]
-        order = sorted(range(len(frames)), key=lambda i: (refs[i].camera, refs[i].stream_time, i))
-        run = [img is not None for _, img in frames]
-        if self.motion is not None:
-            for i in order:  # a frame the grabber's gate passed (gated) is not checked twice
-                if run[i] and not frames[i][0].gated:
-                    run[i] = self.motion.moving(refs[i].camera, refs[i].stream_time, frames[i][1])
-            self.motion_skipped += sum(1 for (_, img), r in zip(frames, run) if img is not None and not r)
-        images = [img for (_, img), r in zip(frames, run) if r]
-        detections = iter(self.engine.detect(images) if images else [])
-        found: list[list[Face]] = [next(detections) if r else [] for r in run]
-        if self.motion is not None:
-            for i in order:
-                if found[i]:
-                    self.motion.faces_seen(refs[i].camera, refs[i].stream_time)
-        wanted: list[list[bool]] = [[] for _ in frames]
-        todo = [i for i in order if frames[i][1] is not None]
-        plans = self.gate.plan_many([(refs[i].camera, refs[i].stream_time,
-                                      [(f.box, f.quality or 0.0) for f in found[i]]) for i in todo])
-        for i, plan in zip(todo, plans):
-            wanted[i] = plan
-        out = []
-        for (msg, img), faces, want in zip(frames, found, wanted):
-            if img is None:  # EOS, or a still frame from the grabber's motion gate: no faces
-                out.append(FacesMsg(frame=msg.frame))
-                continue
-            keep = [f for f, w in zip(faces, want) if w]
-            aligned = iter(self.engine.align(img, keep) if keep else [])
-            crops = [np.ascontiguousarray(next(aligned), dtype=np.uint8).tobytes() if w else b"" for w in want]
-            self.skipped += len(want) - len(keep)
-            out.append(FacesMsg(
-                frame=msg.frame,
-                faces=[DetectedFace(index=i, box=[float(v) for v in f.box],
-                                    landmarks=[float(v) for v in np.asarray(f.landmarks).reshape(-1)],
-                                    score=float(f.score), quality=float(f.quality or 0.0),
-                                    thumb_jpeg=face_thumb(img, f.box, self.thumb_px) if w else None)
-                       for i, (f, w) in enumerate(zip(faces, want))],
-                crops=crops))
-        return out
 
 
 def frame_streams(registry: CameraRegistry, names: StreamNames):

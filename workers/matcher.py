@@ -1,4 +1,6 @@
-"""Matcher role: embeddings:{camera} (group "matchers") -> tracks, identities, events.
+"""Matcher role: embeddings:{camera} (group "matchers") -> tracks, identities, events. The loop (MatcherWorker)
+finds cameras, takes their leases and feeds each owned camera's CameraMatcher (workers/camera_matcher.py: the
+reorder-and-match path around pipeline.stages.MatcherStage).
 
 One matcher owns a camera at a time through a lease in Redis (`<p>:lease:matcher:{camera}`, SET NX PX
 tracking.lease_ttl_s, renewed, fencing token from INCR). Only the owner reads the camera's stream. Per batch:
@@ -14,7 +16,6 @@ they read the events stream through one consumer group per sink, so they never s
 """
 from __future__ import annotations
 
-import json
 import logging
 import math
 import threading
@@ -23,42 +24,24 @@ import time
 import redis
 
 from pipeline.backbone import connect, key, transient_client
-from pipeline.cameras import CameraRegistry, Lease
+from pipeline.cameras import CameraRegistry
 from pipeline.config import Settings
 from pipeline.events.sinks import SinkDispatcher, build_sinks
 from pipeline.events.store import EventStore, FencedError
-from pipeline.messages import EmbeddingsMsg
 from pipeline.metrics import Heartbeat, StageMetrics
-from pipeline.streams import UNAVAILABLE, StreamNames, all_gone, ensure_group, xreadgroup_many
-from pipeline.tracking import MatcherStage, ReorderBuffer, StageOutput
-from pipeline.unknowns import keys as ukeys
+from pipeline.streams import UNAVAILABLE, xreadgroup_many
 from pipeline.unknowns.store import UnknownStore
+
+from .camera_matcher import (CHECKPOINT_VERSION, GROUP, CameraMatcher, checkpoint_key, lease_key,
+                             progress_key)
 
 log = logging.getLogger("facetrail.matcher")
 
-GROUP = "matchers"
-CHECKPOINT_VERSION = 1
+__all__ = ["CHECKPOINT_VERSION", "GROUP", "CameraMatcher", "MatcherWorker", "checkpoint_key", "lease_key",
+           "progress_key", "run"]
+
 SCAN_EVERY_S = 15.0   # how often to look for embeddings streams of cameras that are not registered
 IDLE_RELEASE_S = 30.0  # an unregistered camera without frames for this long is released
-TRIM_AFTER_S = 60.0
-# The checkpoint (tracker state, ~3 KB per open track) and the input acks are committed at most this often (and
-# at every end of stream / shutdown); events are committed with every batch. A takeover replays the unacked
-# frames from the checkpoint: the stage is deterministic and event ids are too, so the replay repeats no event.
-# Per batch, the checkpoint was 59 % of all bytes the durable Redis wrote (bench/soak_live.py).
-CHECKPOINT_EVERY_S = 1.0  # applied input entries stay this long (readers such as `facetrail process` tail the stream)
-
-
-def lease_key(settings: Settings, camera: str) -> str:
-    return StreamNames.of(settings).matcher_lease(camera)
-
-
-def checkpoint_key(settings: Settings, camera: str) -> str:
-    return StreamNames.of(settings).checkpoint(camera)
-
-
-def progress_key(settings: Settings, camera: str) -> str:
-    """Last frame seq the matcher finished (EOS included); `facetrail process` waits on it."""
-    return StreamNames.of(settings).progress(camera)
 
 
 def make_searcher(r: redis.Redis, settings: Settings):
@@ -76,289 +59,6 @@ def make_searcher(r: redis.Redis, settings: Settings):
     search.replica = replica  # type: ignore[attr-defined]
     search.name_of = lambda iid: replica.names.get(iid)  # type: ignore[attr-defined]  # (names is replaced on reload)
     return search
-
-
-class CameraRunner:
-    """State of one owned camera: lease, reorder buffer, stage; `feed` + `flush` apply and commit."""
-
-    def __init__(self, r: redis.Redis, settings: Settings, camera: str, consumer: str, search, store: EventStore):
-        self.r = r  # durable: lease, checkpoint, events, snapshots
-        self.rs = transient_client(settings, r)  # the embeddings stream (in flight, not persisted)
-        self.settings = settings
-        self.camera = camera
-        self.consumer = consumer
-        self.store = store
-        self.resume_seq: int | None = None  # the checkpoint's next seq at takeover: older seqs were applied
-        self.names = StreamNames.of(settings)
-        self.stream = self.names.embeddings(camera)
-        self.lease = Lease(r, lease_key(settings, camera), consumer, int(settings.tracking.lease_ttl_s * 1000))
-        self.stage = MatcherStage.from_settings(camera, search, settings, name_of=getattr(search, "name_of", None))
-        # a missing seq is skipped after reorder_timeout_ms only when it is known gone (dropped at the source,
-        # dead-lettered); one still in flight (held by a killed worker until reclaimed) is waited for, up to
-        # twice the reclaim time
-        timeout_s = settings.tracking.reorder_timeout_ms / 1000.0
-        self.buffer: ReorderBuffer = ReorderBuffer(
-            None, timeout_s, name=camera,
-            can_skip=lambda lo, hi: all_gone(self.rs, self.names, camera, lo, hi),
-            max_wait_s=timeout_s + 2 * settings.workers.reclaim_idle_ms / 1000.0 + 3 * settings.workers.heartbeat_s)
-        self.late = 0  # frames that came after their seq was skipped (acked without being applied)
-        self.ckpt_every_s = min(CHECKPOINT_EVERY_S, settings.tracking.lease_ttl_s / 4)  # < orphan-reclaim idle
-        self.last_ckpt = time.monotonic()
-        self.pending_seq: int | None = None  # last seq applied but not yet checkpointed
-        self.reported = (0, 0)  # (buffer.skipped, late) already added to the matcher's metrics
-        self.to_ack: list[str] = []
-        self.last_renew = 0.0
-        self.last_trim = self.last_frame = self.last_reclaim = time.monotonic()
-        self.frames = 0
-        self.events = 0
-        self.unknowns = 0  # unknown tracks queued for clustering
-
-    # ---- ownership ------------------------------------------------------------------------------------
-    def acquire(self) -> bool:
-        if not self.lease.acquire():
-            return False
-        self.last_renew = time.monotonic()
-        try:
-            if self.names.cluster:  # events the last owner committed but did not relay yet go first
-                self.events += self.store.relay_outbox(self.names.outbox(self.camera))
-            self._load_checkpoint()
-            self.resume_seq = self.buffer.next_seq
-            ensure_group(self.rs, self.stream, GROUP)
-            self._claim_pending()
-        except Exception:
-            self.lease.release()
-            raise
-        log.info("camera=%s matcher=%s: lease acquired (fence %d), resuming at seq %s", self.camera,
-                 self.consumer, self.lease.fence, self.buffer.next_seq)
-        return True
-
-    def renew(self) -> bool:
-        now = time.monotonic()
-        if now - self.last_renew < self.settings.tracking.lease_ttl_s / 3:
-            return True
-        self.last_renew = now
-        return self.lease.renew()
-
-    def release(self) -> None:
-        self.lease.release()
-
-    def trim(self, keep_s: float = TRIM_AFTER_S) -> int:
-        """Drop entries that were applied (acked) more than keep_s ago; never one still pending or unread."""
-        def sid(x) -> tuple[int, int]:
-            x = x.decode() if isinstance(x, bytes) else str(x)
-            a, _, b = x.partition("-")
-            return int(a), int(b or 0)
-
-        floor = (int((time.time() - keep_s) * 1000), 0)
-        try:
-            groups = {g["name"].decode() if isinstance(g["name"], bytes) else g["name"]: g
-                      for g in self.rs.xinfo_groups(self.stream)}
-        except redis.ResponseError:
-            return 0
-        g = groups.get(GROUP)
-        if g is None:
-            return 0
-        last = sid(g["last-delivered-id"])
-        floor = min(floor, (last[0], last[1] + 1))
-        pend = self.rs.xpending(self.stream, GROUP)
-        if pend["pending"]:
-            floor = min(floor, sid(pend["min"]))
-        if floor <= (0, 0):
-            return 0
-        return int(self.rs.xtrim(self.stream, minid=f"{floor[0]}-{floor[1]}", approximate=False))
-
-    def _load_checkpoint(self) -> None:
-        raw = self.r.get(checkpoint_key(self.settings, self.camera))
-        if not raw:
-            return
-        ck = json.loads(raw)
-        if ck.get("v") != CHECKPOINT_VERSION:
-            log.error("camera=%s: checkpoint version %r unknown; starting fresh", self.camera, ck.get("v"))
-            return
-        self.stage.load_state(ck["stage"])
-        self.buffer.next_seq = ck["next_seq"]
-        self.buffer.floor = ck.get("floor", 0)
-
-    def _claim_pending(self) -> None:
-        """Everything pending in the group is ours now (we hold the lease): take it and feed it."""
-        start = "0-0"
-        while True:
-            try:
-                res = self.rs.xautoclaim(self.stream, GROUP, self.consumer, min_idle_time=0, start_id=start,
-                                        count=500)
-            except redis.ResponseError as e:
-                if "NOGROUP" in str(e):
-                    return
-                raise
-            start = res[0].decode() if isinstance(res[0], bytes) else res[0]
-            if start in ("0-0", "0"):
-                break
-        last = "0"
-        while True:
-            resp = self.rs.xreadgroup(GROUP, self.consumer, {self.stream: last}, count=500)
-            rows = resp[0][1] if resp else []
-            if not rows:
-                break
-            for mid, fields in rows:
-                mid = mid.decode() if isinstance(mid, bytes) else mid
-                self.feed(mid, (fields or {}).get(b"m"))
-                last = mid
-
-    # ---- frames ---------------------------------------------------------------------------------------
-    def feed(self, msg_id: str, payload: bytes | None) -> None:
-        self.last_frame = time.monotonic()
-        if payload is None:  # deleted under us: nothing to apply
-            self.to_ack.append(msg_id)
-            return
-        try:
-            msg = EmbeddingsMsg.decode(payload)
-        except ValueError as e:
-            from .base import dead_letter
-
-            dead_letter(self.r, self.settings, "matcher", self.stream, msg_id, f"{type(e).__name__}: {e}", payload)
-            self.to_ack.append(msg_id)
-            return
-        if msg.frame.camera != self.camera:
-            log.error("camera=%s stream=%s id=%s: message is for camera %r; dropped", self.camera, self.stream,
-                      msg_id, msg.frame.camera)
-            self.to_ack.append(msg_id)
-            return
-        held = self.buffer.get(msg.frame.seq)
-        if held is not None and held[0] == msg_id:
-            return  # the entry we already hold, delivered again (reclaimed): nothing to do
-        if not self.buffer.push(msg.frame.seq, (msg_id, msg)):
-            if self.buffer.next_seq is not None and msg.frame.seq >= max(self.buffer.floor, self.resume_seq or 0):
-                self.late += 1  # (below resume_seq: applied before the takeover, acked now)
-            log.info("camera=%s seq=%d id=%s: late or duplicate frame (next seq %s); acked without applying",
-                     self.camera, msg.frame.seq, msg_id, self.buffer.next_seq)
-            self.to_ack.append(msg_id)
-
-    def reclaim_orphans(self) -> int:
-        """Entries delivered to another consumer that went silent (a matcher that lost this camera but read
-        on for a moment before noticing): take them over and feed them. Returns how many."""
-        start, n = "0-0", 0
-        idle = int(self.settings.tracking.lease_ttl_s * 1000)
-        while True:
-            res = self.rs.xautoclaim(self.stream, GROUP, self.consumer, min_idle_time=idle, start_id=start,
-                                    count=200)
-            for mid, fields in res[1]:
-                if fields:
-                    self.feed(mid.decode() if isinstance(mid, bytes) else mid, fields.get(b"m"))
-                    n += 1
-            start = res[0].decode() if isinstance(res[0], bytes) else res[0]
-            if start in ("0-0", "0"):
-                return n
-
-    def close(self) -> int:
-        """End the open tracks of a camera that went away (track.ended events), commit. Returns events."""
-        self.flush(force=True)  # checkpoint and ack what was applied first
-        out = self.stage.end_all()
-        if not out.events:
-            return 0
-        return self._commit(out, [], None)
-
-    def flush(self, force: bool = False) -> int:
-        """Apply every frame that is ready and commit its events; checkpoint and ack when due (or `force`).
-        Returns frames applied."""
-        ready = self.buffer.pop_ready()
-        if not ready and not self.to_ack:
-            return 0
-        now = time.monotonic()
-        due = force or now - self.last_ckpt >= self.ckpt_every_s
-        if not ready and not due:
-            return 0
-        out = StageOutput()
-        acks = list(self.to_ack)
-        last_seq = None
-        for seq, (mid, msg) in ready:
-            try:
-                out.extend(self.stage.update(msg))
-            except (redis.ConnectionError, redis.TimeoutError):
-                raise
-            except Exception as e:  # noqa: BLE001 - a frame the stage cannot apply: keep it, skip it, go on
-                from .base import dead_letter
-
-                log.exception("camera=%s seq=%d id=%s: matcher stage failed", self.camera, seq, mid)
-                dead_letter(self.r, self.settings, "matcher", self.stream, mid, f"{type(e).__name__}: {e}",
-                            msg.encode())
-            acks.append(mid)
-            last_seq = seq
-            if msg.frame.eos:
-                self.buffer.restart(seq + 1)
-                due = True  # `facetrail process` waits for the EOS in the progress key
-                log.info("camera=%s: end of stream at seq %d", self.camera, seq)
-        if last_seq is not None:
-            self.pending_seq = last_seq
-        if due:
-            self._commit(out, acks, self.pending_seq)
-            self.last_ckpt, self.pending_seq = now, None
-        else:
-            self._commit_events(out)
-            self.to_ack = acks
-        self.frames += len(ready)
-        return len(ready)
-
-    def _put_snapshots(self, out: StageOutput) -> None:
-        if out.snapshots or out.crops:
-            pipe = self.r.pipeline(transaction=False)
-            for sid, jpeg in {**out.crops, **out.snapshots}.items():
-                self.store.put_snapshot(sid, jpeg, pipe=pipe)
-            pipe.execute()
-
-    def _track_writes(self, out: StageOutput) -> tuple[list, list]:
-        """Ended tracks' face records (kept with the events' retention) and the unknown ones' clustering queue
-        entries: written in the same commit as their track.ended events. A replay after a takeover writes the
-        same records again; clustering skips a track it already has."""
-        sets, xadds = [], []
-        for rec in out.tracks:
-            sets.append((ukeys.track_faces(self.settings, rec.track_id), rec.encode(), self.store.retention_s))
-            if rec.identity_id is None and self.settings.unknowns.enabled:
-                xadds.append((ukeys.unk(self.settings, "ingest"), "t", rec.track_id))
-        self.unknowns += len(xadds)
-        return sets, xadds
-
-    def _commit_events(self, out: StageOutput) -> int:
-        """Events (each id once) and snapshots, under the lease; no checkpoint, no ack (see CHECKPOINT_EVERY_S)."""
-        self._put_snapshots(out)
-        if not out.events:
-            return 0
-        sets, xadds = self._track_writes(out)
-        if self.names.cluster:
-            n = self.store.commit_outbox(self.names.outbox(self.camera), out.events,
-                                         fence=(self.lease.key, self.lease.token or ""), sets=sets, xadds=xadds)
-        else:
-            n = self.store.commit(out.events, fence=(self.lease.key, self.lease.token or ""), sets=sets,
-                                  xadds=xadds)
-        self.events += n
-        return n
-
-    def _commit(self, out: StageOutput, acks: list[str], last_seq: int | None) -> int:
-        self._put_snapshots(out)
-        ck = {"v": CHECKPOINT_VERSION, "next_seq": self.buffer.next_seq, "floor": self.buffer.floor,
-              "stage": self.stage.to_state(), "at": round(time.time(), 3)}
-        sets = [(checkpoint_key(self.settings, self.camera), json.dumps(ck, separators=(",", ":")))]
-        if last_seq is not None:
-            sets.append((progress_key(self.settings, self.camera), str(last_seq)))
-        same = self.rs is self.r  # one server: events, checkpoint and acks in one Lua call
-        tsets, xadds = self._track_writes(out)
-        if self.names.cluster:  # checkpoint + acks + outbox in the camera's slot, then the events relayed
-            n = self.store.commit_outbox(self.names.outbox(self.camera), out.events,
-                                         fence=(self.lease.key, self.lease.token or ""), camera_sets=sets,
-                                         sets=tsets, ack=(self.stream, GROUP, acks) if acks else None, xadds=xadds)
-            acks = []
-        else:
-            n = self.store.commit(out.events, fence=(self.lease.key, self.lease.token or ""), sets=sets + tsets,
-                                  ack=(self.stream, GROUP, acks) if acks and same else None, xadds=xadds)
-        if acks and not same:
-            # embeddings on the transient server: ack after the durable commit. A crash in between leaves them
-            # pending; the next owner finds their seqs below the checkpoint's next seq and acks them unapplied.
-            self.rs.xack(self.stream, GROUP, *acks)
-        self.to_ack = []
-        self.events += n
-        for ev in out.events:
-            log.debug("camera=%s event %s %s track=%s identity=%s", self.camera, ev.type, ev.id, ev.track_id,
-                      ev.identity)
-        return n
 
 
 def _configured(settings: Settings, registry: CameraRegistry) -> set[str]:
@@ -386,163 +86,201 @@ def _fair_share(r: redis.Redis, settings: Settings, n_cams: int) -> int:
     return max(1, math.ceil(n_cams / live))
 
 
-def run(settings: Settings, *, consumer: str, stop: threading.Event, search=None) -> None:
-    """The matcher worker loop, until `stop` is set (graceful: the batch in hand is committed, leases freed)."""
-    r = connect(settings)
-    rt = transient_client(settings, r)  # embeddings:{camera}
-    store = EventStore(r, settings)
-    registry = CameraRegistry(r, settings)
-    search = search or make_searcher(r, settings)
-    metrics = StageMetrics(r, settings, "matcher", consumer)
-    heartbeat = Heartbeat(r, settings, "matcher", consumer)
-    dispatcher = None
-    if settings.sinks.in_matcher:
-        sinks = build_sinks(settings, stop)
-        if sinks:
-            dispatcher = SinkDispatcher(r, settings, sinks, consumer=consumer, stop=stop).start()
-    runners: dict[str, CameraRunner] = {}
-    unknowns = UnknownStore(r, settings) if settings.unknowns.enabled else None
-    last_cluster = 0.0
-    last_discover = last_scan = 0.0
-    scanned: set[str] = set()
-    cams: list[str] = []
-    last_sweep = 0.0
-    backoff = 0.1
-    heartbeat.beat(force=True)
-    log.info("matcher %s: started", consumer)
+class MatcherWorker:
+    """The matcher's loop state: the cameras it owns (a CameraMatcher each) and its periodic chores."""
 
-    def drop(cam: str, why: str, level: int = logging.WARNING) -> None:
-        runner = runners.pop(cam, None)
+    def __init__(self, settings: Settings, consumer: str, stop: threading.Event, search=None):
+        self.settings, self.consumer, self.stop = settings, consumer, stop
+        self.r = r = connect(settings)
+        self.rt = transient_client(settings, r)  # embeddings:{camera}
+        self.store = EventStore(r, settings)
+        self.registry = CameraRegistry(r, settings)
+        self.search = search or make_searcher(r, settings)
+        self.metrics = StageMetrics(r, settings, "matcher", consumer)
+        self.heartbeat = Heartbeat(r, settings, "matcher", consumer)
+        self.dispatcher = None
+        if settings.sinks.in_matcher:
+            sinks = build_sinks(settings, stop)
+            if sinks:
+                self.dispatcher = SinkDispatcher(r, settings, sinks, consumer=consumer, stop=stop).start()
+        self.runners: dict[str, CameraMatcher] = {}
+        self.unknowns = UnknownStore(r, settings) if settings.unknowns.enabled else None
+        self.last_cluster = self.last_discover = self.last_scan = self.last_sweep = 0.0
+        self.scanned: set[str] = set()
+
+    def drop(self, cam: str, why: str, level: int = logging.WARNING) -> None:
+        runner = self.runners.pop(cam, None)
         if runner is not None:
-            log.log(level, "camera=%s matcher=%s: giving up the camera (%s)", cam, consumer, why)
+            log.log(level, "camera=%s matcher=%s: giving up the camera (%s)", cam, self.consumer, why)
             runner.release()
 
-    try:
-        while not stop.is_set():
+    # ---- cameras ----------------------------------------------------------------------------------------
+    def discover(self, now: float) -> None:
+        """Once a second: let idle unregistered cameras go, take the leases of cameras up to a fair share."""
+        if now - self.last_discover < 1.0:
+            return
+        self.last_discover = now
+        if self.last_scan == 0.0 or now - self.last_scan >= SCAN_EVERY_S:
+            self.last_scan = now
+            self.scanned = _scan_streams(self.rt, self.settings)
+        configured = _configured(self.settings, self.registry)
+        cams = sorted(c for c in configured | self.scanned if c)
+        for cam, rn in list(self.runners.items()):  # a finished, unregistered camera: let it go
+            if cam not in configured and not len(rn.buffer) and now - rn.last_frame > IDLE_RELEASE_S:
+                self.scanned.discard(cam)
+                try:
+                    rn.close()
+                except FencedError as e:
+                    log.warning("camera=%s: %s", cam, e)
+                self.drop(cam, "idle and no longer registered", logging.INFO)
+        share = _fair_share(self.r, self.settings, len(cams))
+        for cam in cams:
+            if cam not in self.runners and len(self.runners) < share:
+                self.take(cam)
+
+    def take(self, cam: str) -> None:
+        runner = CameraMatcher(self.r, self.settings, cam, self.consumer, self.search, self.store)
+        try:
+            if runner.acquire():
+                self.runners[cam] = runner
+                runner.flush()
+        except (redis.ConnectionError, redis.TimeoutError):
+            raise
+        except Exception:  # noqa: BLE001 - one bad camera must not stop the others
+            log.exception("camera=%s matcher=%s: taking over failed", cam, self.consumer)
+            self.drop(cam, "error while taking over")
+            runner.release()
+
+    def sweep(self, now: float) -> None:
+        """Retention sweeps of events and unknowns, by one matcher at a time (a lock key)."""
+        ev = self.settings.events
+        if now - self.last_sweep < ev.sweep_interval_s:
+            return
+        self.last_sweep = now
+        if self.r.set(key(self.settings, "events", "sweep_lock"), self.consumer, nx=True,
+                      ex=max(1, int(ev.sweep_interval_s))):
+            self.store.sweep()
+            if self.unknowns is not None:
+                self.unknowns.sweep()
+
+    # ---- frames -----------------------------------------------------------------------------------------
+    def read(self) -> None:
+        """One XREADGROUP over the owned cameras' streams; each entry to its camera's reorder buffer."""
+        by_stream = {rn.stream: rn for rn in self.runners.values()}
+        resp = xreadgroup_many(self.rt, GROUP, self.consumer, {s: ">" for s in by_stream},
+                               count=self.settings.workers.batch_max * 4, block_ms=100)
+        for stream, rows in resp or []:
+            rn = by_stream[stream.decode() if isinstance(stream, bytes) else stream]
+            for mid, fields in rows:
+                rn.feed(mid.decode() if isinstance(mid, bytes) else mid, (fields or {}).get(b"m"))
+
+    def apply(self) -> int:
+        """Flush every owned camera (apply what is in order, commit). Returns frames applied."""
+        applied = 0
+        for cam, rn in list(self.runners.items()):
             try:
-                heartbeat.beat()
-                now = time.monotonic()
-                if now - last_discover >= 1.0:
-                    last_discover = now
-                    if last_scan == 0.0 or now - last_scan >= SCAN_EVERY_S:
-                        last_scan = now
-                        scanned = _scan_streams(rt, settings)
-                    configured = _configured(settings, registry)
-                    cams = sorted(c for c in configured | scanned if c)
-                    for cam, rn in list(runners.items()):  # a finished, unregistered camera: let it go
-                        if cam not in configured and not len(rn.buffer) and now - rn.last_frame > IDLE_RELEASE_S:
-                            scanned.discard(cam)
-                            try:
-                                rn.close()
-                            except FencedError as e:
-                                log.warning("camera=%s: %s", cam, e)
-                            drop(cam, "idle and no longer registered", logging.INFO)
-                    share = _fair_share(r, settings, len(cams))
-                    for cam in cams:
-                        if cam in runners or len(runners) >= share:
-                            continue
-                        runner = CameraRunner(r, settings, cam, consumer, search, store)
-                        try:
-                            if runner.acquire():
-                                runners[cam] = runner
-                                runner.flush()
-                        except (redis.ConnectionError, redis.TimeoutError):
-                            raise
-                        except Exception:  # noqa: BLE001 - one bad camera must not stop the others
-                            log.exception("camera=%s matcher=%s: taking over failed", cam, consumer)
-                            drop(cam, "error while taking over")
-                            runner.release()
-                for cam in list(runners):
-                    if not runners[cam].renew():
-                        drop(cam, "lease lost")
-                if now - last_sweep >= settings.events.sweep_interval_s:
-                    last_sweep = now
-                    if r.set(key(settings, "events", "sweep_lock"), consumer, nx=True,
-                             ex=max(1, int(settings.events.sweep_interval_s))):
-                        store.sweep()
-                        if unknowns is not None:
-                            unknowns.sweep()
-                if not runners:
-                    stop.wait(0.2)
-                    continue
-                by_stream = {rn.stream: rn for rn in runners.values()}
-                resp = xreadgroup_many(rt, GROUP, consumer, {s: ">" for s in by_stream},
-                                  count=settings.workers.batch_max * 4, block_ms=100)
-                n_in = 0
-                for stream, rows in resp or []:
-                    stream = stream.decode() if isinstance(stream, bytes) else stream
-                    rn = by_stream[stream]
-                    for mid, fields in rows:
-                        rn.feed(mid.decode() if isinstance(mid, bytes) else mid, (fields or {}).get(b"m"))
-                        n_in += 1
-                applied = 0
-                for cam, rn in list(runners.items()):
-                    try:
-                        applied += rn.flush()
-                    except FencedError as e:
-                        drop(cam, str(e))
-                    except (redis.ConnectionError, redis.TimeoutError):
-                        raise
-                    except Exception:  # noqa: BLE001 - the checkpoint is intact; retake the camera from it
-                        log.exception("camera=%s matcher=%s: applying frames failed", cam, consumer)
-                        metrics.errors += 1
-                        drop(cam, "error while applying frames")
-                for cam, rn in list(runners.items()):
-                    if now - rn.last_reclaim >= 1.0:
-                        rn.last_reclaim = now
-                        if rn.reclaim_orphans():
-                            log.warning("camera=%s matcher=%s: took over entries a previous owner left pending",
-                                        cam, consumer)
-                    if now - rn.last_trim >= 10.0:
-                        rn.last_trim = now
-                        rn.trim()
-                for rn in runners.values():  # seqs skipped (gone, or waited for in vain) and late arrivals
-                    metrics.skipped += rn.buffer.skipped - rn.reported[0]
-                    metrics.late += rn.late - rn.reported[1]
-                    rn.reported = (rn.buffer.skipped, rn.late)
-                queued = sum(rn.unknowns for rn in runners.values())
-                if unknowns is not None and (queued or now - last_cluster >= 2.0):
-                    last_cluster = now  # cluster the unknown tracks just ended (or any another process left)
-                    for rn in runners.values():
-                        rn.unknowns = 0
-                    try:
-                        unknowns.drain()
-                    except (redis.ConnectionError, redis.TimeoutError):
-                        raise
-                    except Exception:  # noqa: BLE001 - clustering must never stop the matching
-                        log.exception("matcher %s: clustering unknown tracks failed", consumer)
-                if applied:
-                    metrics.batch(applied)
-                else:
-                    metrics.maybe_flush()
-                backoff = 0.1
-            except UNAVAILABLE as e:  # incl. a cluster failover (caught before ResponseError: CLUSTERDOWN is one)
-                metrics.errors += 1
-                log.warning("matcher %s: redis unavailable (%s); retrying in %.1fs", consumer, e, backoff)
-                for cam in list(runners):  # the checkpoint is the truth: reload it when we get back
-                    runners.pop(cam, None)
-                stop.wait(backoff)
-                backoff = min(backoff * 2, 5.0)
-            except redis.ResponseError as e:
-                if "NOGROUP" in str(e):  # a camera's stream was deleted: re-create groups on reacquire
-                    for cam in list(runners):
-                        drop(cam, "stream deleted")
-                    continue
+                applied += rn.flush()
+            except FencedError as e:
+                self.drop(cam, str(e))
+            except (redis.ConnectionError, redis.TimeoutError):
                 raise
-    finally:
-        for cam, rn in list(runners.items()):
+            except Exception:  # noqa: BLE001 - the checkpoint is intact; retake the camera from it
+                log.exception("camera=%s matcher=%s: applying frames failed", cam, self.consumer)
+                self.metrics.errors += 1
+                self.drop(cam, "error while applying frames")
+        return applied
+
+    def chores(self, now: float) -> None:
+        """Orphaned entries taken over, applied entries trimmed, skip / late counts into the metrics."""
+        for cam, rn in list(self.runners.items()):
+            if now - rn.last_reclaim >= 1.0:
+                rn.last_reclaim = now
+                if rn.reclaim_orphans():
+                    log.warning("camera=%s matcher=%s: took over entries a previous owner left pending",
+                                cam, self.consumer)
+            if now - rn.last_trim >= 10.0:
+                rn.last_trim = now
+                rn.trim()
+        for rn in self.runners.values():  # seqs skipped (gone, or waited for in vain) and late arrivals
+            self.metrics.skipped += rn.buffer.skipped - rn.reported[0]
+            self.metrics.late += rn.late - rn.reported[1]
+            rn.reported = (rn.buffer.skipped, rn.late)
+
+    def cluster(self, now: float) -> None:
+        """Cluster the unknown tracks just ended (or any another process left), at least every 2 s."""
+        queued = sum(rn.unknowns for rn in self.runners.values())
+        if self.unknowns is None or not (queued or now - self.last_cluster >= 2.0):
+            return
+        self.last_cluster = now
+        for rn in self.runners.values():
+            rn.unknowns = 0
+        try:
+            self.unknowns.drain()
+        except (redis.ConnectionError, redis.TimeoutError):
+            raise
+        except Exception:  # noqa: BLE001 - clustering must never stop the matching
+            log.exception("matcher %s: clustering unknown tracks failed", self.consumer)
+
+    def step(self) -> None:
+        self.heartbeat.beat()
+        now = time.monotonic()
+        self.discover(now)
+        for cam in list(self.runners):
+            if not self.runners[cam].renew():
+                self.drop(cam, "lease lost")
+        self.sweep(now)
+        if not self.runners:
+            self.stop.wait(0.2)
+            return
+        self.read()
+        applied = self.apply()
+        self.chores(now)
+        self.cluster(now)
+        if applied:
+            self.metrics.batch(applied)
+        else:
+            self.metrics.maybe_flush()
+
+    def close(self) -> None:
+        for rn in list(self.runners.values()):
             try:
                 rn.flush(force=True)
             except (redis.RedisError, FencedError):
                 pass
             rn.release()
-        if dispatcher is not None:
-            dispatcher.join(timeout=5)
-        replica = getattr(search, "replica", None)
+        if self.dispatcher is not None:
+            self.dispatcher.join(timeout=5)
+        replica = getattr(self.search, "replica", None)
         if replica is not None:
             replica.stop()
-        metrics.maybe_flush(force=True)
-        heartbeat.clear()
+        self.metrics.maybe_flush(force=True)
+        self.heartbeat.clear()
+
+
+def run(settings: Settings, *, consumer: str, stop: threading.Event, search=None) -> None:
+    """The matcher worker loop, until `stop` is set (graceful: the batch in hand is committed, leases freed)."""
+    w = MatcherWorker(settings, consumer, stop, search)
+    backoff = 0.1
+    w.heartbeat.beat(force=True)
+    log.info("matcher %s: started", consumer)
+    try:
+        while not stop.is_set():
+            try:
+                w.step()
+                backoff = 0.1
+            except UNAVAILABLE as e:  # incl. a cluster failover (caught before ResponseError: CLUSTERDOWN is one)
+                w.metrics.errors += 1
+                log.warning("matcher %s: redis unavailable (%s); retrying in %.1fs", consumer, e, backoff)
+                w.runners.clear()  # the checkpoint is the truth: reload it when we get back
+                stop.wait(backoff)
+                backoff = min(backoff * 2, 5.0)
+            except redis.ResponseError as e:
+                if "NOGROUP" not in str(e):
+                    raise
+                for cam in list(w.runners):  # a camera's stream was deleted: re-create groups on reacquire
+                    w.drop(cam, "stream deleted")
+    finally:
+        w.close()
         log.info("matcher %s: stopped", consumer)
 
 

@@ -21,23 +21,15 @@ with bench/eval_hard_pairs.py (degraded tracks of every shared photo, and the de
 photo as a sixth identity): it names more enrolled people at 34-52 px but also names a few different-person
 pairs, so it is off by default (README "Hard footage").
 
-State lives in the track's `data` dict (plain JSON) so the matcher can checkpoint it."""
+State lives in the track's typed TrackState (state.py), which the matcher checkpoints as JSON."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+import numpy as np
 
+from index.replica import Match as Candidate  # the gallery's open-set rule and result type: identify, the API and
+from index.replica import decide as _shared_decide  # the matcher agree
 
-try:  # the gallery's shared open-set rule and result type (identify, the API and the matcher agree)
-    from index.replica import Match as Candidate
-    from index.replica import decide as _shared_decide
-except ImportError:  # pragma: no cover - the gallery package is part of this repo
-    @dataclass(frozen=True)
-    class Candidate:  # type: ignore[no-redef]
-        identity_id: str
-        name: str
-        score: float
-
-    _shared_decide = None
+from .state import Named, TrackState, Vote
 
 
 def decide_open_set(cands: list[Candidate], match: float, margin: float) -> Candidate | None:
@@ -46,13 +38,8 @@ def decide_open_set(cands: list[Candidate], match: float, margin: float) -> Cand
     if not cands:
         return None
     ranked = sorted(cands, key=lambda c: -c.score)
-    if _shared_decide is not None:
-        d = _shared_decide(ranked, match, margin)
-        return ranked[0] if d.identity_id is not None else None
-    top = ranked[0]
-    second = ranked[1] if len(ranked) > 1 else None
-    ok = top.score >= match and (second is None or top.score - second.score >= margin)
-    return top if ok else None
+    d = _shared_decide(ranked, match, margin)
+    return ranked[0] if d.identity_id is not None else None
 
 
 def face_weight(quality: float, det_score: float) -> float:
@@ -78,112 +65,100 @@ class IdentityVoter:
         self.consistent_share = consistent_share
 
     # ---- track-level evidence: the quality-weighted mean embedding of the track ----------------------------
-    def accumulate(self, data: dict, embedding, quality: float, det_score: float) -> bool:
+    def accumulate(self, data: TrackState, embedding, quality: float, det_score: float) -> bool:
         """Add a face to the track's weighted embedding sum; True when the mean is due for a search
         (every 4th face once the track has track_min_faces)."""
         if self.track_match is None or embedding is None:
             return False
         w = face_weight(quality, det_score)
-        es = data.get("esum")
+        es = data.esum
         vec = [round(float(x) * w, 6) for x in embedding]
-        data["esum"] = vec if es is None else [round(a + b, 6) for a, b in zip(es, vec)]
-        data["en"] = data.get("en", 0) + 1
-        return data["en"] >= self.track_min_faces and (data["en"] - self.track_min_faces) % 4 == 0
+        data.esum = vec if es is None else [round(a + b, 6) for a, b in zip(es, vec)]
+        data.en += 1
+        return data.en >= self.track_min_faces and (data.en - self.track_min_faces) % 4 == 0
 
-    def mean_embedding(self, data: dict):
-        import numpy as np
-
-        es = data.get("esum")
-        if es is None or data.get("en", 0) < self.track_min_faces:
+    def mean_embedding(self, data: TrackState) -> np.ndarray | None:
+        es = data.esum
+        if es is None or data.en < self.track_min_faces:
             return None
         v = np.asarray(es, np.float32)
         n = float(np.linalg.norm(v))
         return v / n if n > 0 else None
 
-    def add_mean(self, data: dict, cands: list[Candidate]) -> Candidate | None:
+    def add_mean(self, data: TrackState, cands: list[Candidate]) -> Candidate | None:
         """The search result of the track's mean embedding: accepted with track_match / track_margin."""
-        self.init(data)
         acc = decide_open_set(cands, self.track_match, self.track_margin) if self.track_match is not None else None
         if acc is None and self.track_match is not None and self.consistent_match is not None:
             acc = self._consistent(data, cands)
-        data["mean"] = None if acc is None else {"id": acc.identity_id, "name": acc.name,
-                                                 "score": round(float(acc.score), 6)}
+        data.mean = None if acc is None else Named(acc.identity_id, acc.name, round(float(acc.score), 6))
         if cands:
-            data["closest"] = round(max(data["closest"], max(c.score for c in cands)), 6)
+            data.closest = round(max(data.closest, max(c.score for c in cands)), 6)
         return acc
 
-    def _consistent(self, data: dict, cands: list[Candidate]) -> Candidate | None:
+    def _consistent(self, data: TrackState, cands: list[Candidate]) -> Candidate | None:
         """The track mean's top candidate by the consistent-evidence bar: its score >= consistent_match, a lead of
         consistent_margin, and the top-1 of at least consistent_share of the track's searched faces."""
+        assert self.consistent_match is not None
         acc = decide_open_set(cands, self.consistent_match, self.consistent_margin)
         if acc is None:
             return None
-        top1 = data.get("top1") or {}
-        n = sum(top1.values())
-        return acc if n >= self.track_min_faces and top1.get(acc.identity_id, 0) >= self.consistent_share * n else None
+        n = sum(data.top1.values())
+        return acc if n >= self.track_min_faces and data.top1.get(acc.identity_id, 0) >= self.consistent_share * n \
+            else None
 
-    @staticmethod
-    def init(data: dict) -> None:
-        data.setdefault("votes", {})        # identity_id -> {"name", "w", "n", "best"}
-        data.setdefault("closest", 0.0)     # best top-1 cosine seen, decided or not
-        data.setdefault("identity_id", None)
-        data.setdefault("emitted", [])      # identity ids already announced (identity.matched)
-
-    def add(self, data: dict, cands: list[Candidate], quality: float, det_score: float) -> Candidate | None:
+    def add(self, data: TrackState, cands: list[Candidate], quality: float, det_score: float) -> Candidate | None:
         """Record one face's search result; returns the accepted candidate (a vote) or None."""
-        self.init(data)
         if cands:
-            data["closest"] = round(max(data["closest"], max(c.score for c in cands)), 6)
+            data.closest = round(max(data.closest, max(c.score for c in cands)), 6)
             if self.consistent_match is not None:  # per-identity count of faces it was the top-1 of
                 top = max(cands, key=lambda c: c.score).identity_id
-                data.setdefault("top1", {})[top] = data.get("top1", {}).get(top, 0) + 1
+                data.top1[top] = data.top1.get(top, 0) + 1
         acc = decide_open_set(cands, self.match, self.margin)
         if acc is None:
             return None
-        v = data["votes"].setdefault(acc.identity_id, {"name": acc.name, "w": 0.0, "n": 0, "best": 0.0})
-        v["name"] = acc.name
-        v["w"] = round(v["w"] + face_weight(quality, det_score), 6)
-        v["n"] += 1
-        v["best"] = round(max(v["best"], acc.score), 6)
+        v = data.votes.setdefault(acc.identity_id, Vote(acc.name))
+        v.name = acc.name
+        v.w = round(v.w + face_weight(quality, det_score), 6)
+        v.n += 1
+        v.best = round(max(v.best, acc.score), 6)
         return acc
 
-    def decide(self, data: dict) -> str | None:
+    def decide(self, data: TrackState) -> str | None:
         """The identity id the track is named by now (None = unknown). Face votes come first: the leader
         needs `min_votes` votes and `vote_ratio` times the runner-up's weight; a name stays until another
         identity outweighs it so. Without a face-vote name, an accepted track mean names the track."""
-        self.init(data)
-        ranked = sorted(data["votes"].items(), key=lambda kv: (-kv[1]["w"], kv[0]))
+        ranked = sorted(data.votes.items(), key=lambda kv: (-kv[1].w, kv[0]))
         if ranked:
             top_id, top = ranked[0]
-            runner_w = ranked[1][1]["w"] if len(ranked) > 1 else 0.0
-            if top["n"] >= self.min_votes and top["w"] >= self.vote_ratio * runner_w and top["w"] > 0:
-                data["identity_id"], data["by"] = top_id, "faces"
+            runner_w = ranked[1][1].w if len(ranked) > 1 else 0.0
+            if top.n >= self.min_votes and top.w >= self.vote_ratio * runner_w and top.w > 0:
+                data.identity_id, data.by = top_id, "faces"
                 return top_id
-            if data.get("by") == "faces":
-                return data["identity_id"]  # sticky
-        mean = data.get("mean")
-        if mean:
-            data["identity_id"], data["by"], data["named"] = mean["id"], "track", dict(mean)
-        return data["identity_id"]  # None, or an earlier track-mean name (sticky)
+            if data.by == "faces":
+                return data.identity_id  # sticky
+        if data.mean:
+            m = data.mean
+            data.identity_id, data.by, data.named = m.id, "track", Named(m.id, m.name, m.score)
+        return data.identity_id  # None, or an earlier track-mean name (sticky)
 
     @staticmethod
-    def summary(data: dict) -> tuple[str | None, str | None, float | None, dict[str, float]]:
+    def summary(data: TrackState) -> tuple[str | None, str | None, float | None, dict[str, float]]:
         """(identity_id, name, score, votes-by-name) for events."""
-        votes = {v["name"]: v["w"] for v in data.get("votes", {}).values()}
-        iid = data.get("identity_id")
+        votes = {v.name: v.w for v in data.votes.values()}
+        iid = data.identity_id
         if iid is None:
-            return None, None, data.get("closest"), votes
-        if data.get("by") == "track":
-            n = data["named"]
-            return iid, n["name"], n["score"], votes
-        v = data["votes"][iid]
-        return iid, v["name"], v["best"], votes
+            return None, None, data.closest, votes
+        if data.by == "track":
+            assert data.named is not None
+            return iid, data.named.name, data.named.score, votes
+        v = data.votes[iid]
+        return iid, v.name, v.best, votes
 
     @staticmethod
-    def named(data: dict, iid: str) -> tuple[str, float]:
+    def named(data: TrackState, iid: str) -> tuple[str, float]:
         """(name, score) of an identity the track is or was named by."""
-        if iid in data.get("votes", {}):
-            v = data["votes"][iid]
-            return v["name"], v["best"]
-        n = data["named"]
-        return n["name"], n["score"]
+        if iid in data.votes:
+            v = data.votes[iid]
+            return v.name, v.best
+        assert data.named is not None
+        return data.named.name, data.named.score

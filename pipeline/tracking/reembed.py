@@ -12,7 +12,7 @@ old: `every_s` for the slot's first `settle_n` embeddings (dense, so the track m
 in view for a minute is re-checked a few times a second, not thirty). The matcher follows a face passed over by
 position (its tracker needs no embedding for an IoU match) and votes only with the faces that were embedded.
 
-The detector runs it (workers/detector.py), so a face passed over is not even aligned or thumbnailed and its
+DetectStage runs it (pipeline/stages/detect.py), so a face passed over is not even aligned or thumbnailed and its
 FacesMsg carries no crop. This one is per-process memory: with several detector workers each thins the frames it
 sees (so more faces are embedded; workers.reembed_shared switches to SharedReembedGate, the same rules on slots
 kept in Redis), and a redelivered frame may come out embedded where the first try would have skipped it; both

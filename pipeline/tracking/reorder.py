@@ -57,11 +57,15 @@ class ReorderBuffer(Generic[T]):
         out: list[tuple[int, T]] = []
         if self.next_seq is None and self._items:
             lowest = min(self._items)
-            if lowest == self.floor or self.clock() - self._waiting_since >= self.timeout_s \
+            since = self._waiting_since  # set by the first push (its seq is not next_seq, which is None)
+            if lowest == self.floor or (since is not None and self.clock() - since >= self.timeout_s) \
                     or len(self._items) > self.max_items:
                 self.next_seq = lowest
             else:
                 return out
+        if self.next_seq is None:  # nothing pushed yet
+            self._waiting_since = None
+            return out
         while self._items:
             if self.next_seq in self._items:
                 out.append((self.next_seq, self._items.pop(self.next_seq)))

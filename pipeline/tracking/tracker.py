@@ -11,11 +11,14 @@ Time is stream time (pts, or captured_at when there is no pts), never the wall c
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Sequence
 
 import numpy as np
 
+from .state import TrackState
 
-def iou(a: list[float], b: list[float]) -> float:
+
+def iou(a: Sequence[float], b: Sequence[float]) -> float:
     ax2, ay2, bx2, by2 = a[0] + a[2], a[1] + a[3], b[0] + b[2], b[1] + b[3]
     iw = max(0.0, min(ax2, bx2) - max(a[0], b[0]))
     ih = max(0.0, min(ay2, by2) - max(a[1], b[1]))
@@ -46,20 +49,25 @@ class Track:
     vel: list[float] = field(default_factory=lambda: [0.0, 0.0])
     emb: list[float] | None = None
     hits: int = 1
-    data: dict = field(default_factory=dict)  # per-track state owned by the caller (identity votes, snapshot)
+    data: TrackState = field(default_factory=TrackState)  # identity votes, snapshot, ... (MatcherStage's)
 
     def predict(self, t: float) -> list[float]:
         dt = max(0.0, t - self.last_t)
         return [self.box[0] + self.vel[0] * dt, self.box[1] + self.vel[1] * dt, self.box[2], self.box[3]]
 
     def to_state(self) -> dict:
+        """Checkpoint v2: the typed state under "state" (v1 had a free dict under "data")."""
         return {"track_id": self.track_id, "first_seq": self.first_seq, "first_t": self.first_t,
                 "last_t": self.last_t, "box": self.box, "vel": self.vel, "emb": self.emb, "hits": self.hits,
-                "data": self.data}
+                "state": self.data.to_dict()}
 
     @classmethod
     def from_state(cls, d: dict) -> "Track":
-        return cls(**d)
+        """Either checkpoint version: v2 ("state") or v1 ("data")."""
+        d = dict(d)
+        state = d.pop("state", None)
+        legacy = d.pop("data", None)
+        return cls(**d, data=TrackState.from_dict(state if state is not None else legacy or {}))
 
 
 class FaceTracker:

@@ -18,12 +18,14 @@ from typing import Callable, Sequence
 
 import numpy as np
 
+from ..engine.types import Faces
 from ..events.model import Event
 from ..messages import EmbeddingsMsg
 from ..analyzers.hook import TrackAnalyzers
 from ..unknowns.model import TrackFace, TrackFaces, pack_vector, unpack_vector
-from .identity import Candidate, IdentityVoter, face_weight
-from .tracker import Detection, FaceTracker, Track
+from ..tracking.identity import Candidate, IdentityVoter, face_weight
+from ..tracking.state import BestFace, Snap, TrackState
+from ..tracking.tracker import Detection, FaceTracker, Track
 
 log = logging.getLogger("facetrail.matcher.stage")
 
@@ -83,60 +85,61 @@ class MatcherStage:
                    crop_min_quality=settings.unknowns.min_quality,
                    analyzers=kw.pop("analyzers", None) or TrackAnalyzers.from_settings(camera, settings), **kw)
 
-    def _refresh_names(self, d: dict) -> None:
+    def _refresh_names(self, d: TrackState) -> None:
         """Drop votes for identities removed from the gallery meanwhile; pick up renames."""
         if self.name_of is None:
             return
-        for iid in list(d.get("votes", {})):
+        for iid in list(d.votes):
             name = self.name_of(iid)
             if name is None:
-                del d["votes"][iid]
+                del d.votes[iid]
             else:
-                d["votes"][iid]["name"] = name
+                d.votes[iid].name = name
         for k in ("mean", "named"):
-            m = d.get(k)
+            m = getattr(d, k)
             if m:
-                name = self.name_of(m["id"])
+                name = self.name_of(m.id)
                 if name is None:
-                    d[k] = None
+                    setattr(d, k, None)
                 else:
-                    m["name"] = name
-        iid = d.get("identity_id")
-        if iid is not None and iid not in d.get("votes", {}) and not (d.get("named") or {}).get("id") == iid:
-            d["identity_id"], d["by"] = None, None
+                    m.name = name
+        now = d.identity_id
+        if now is not None and now not in d.votes and not (d.named is not None and d.named.id == now):
+            d.identity_id, d.by = None, None
 
     # ---- events ---------------------------------------------------------------------------------------
     def _event(self, type_: str, tr: Track, seq: int, identity_id: str | None = None) -> Event:
         d = tr.data
         iid, name, score, votes = IdentityVoter.summary(d)
         if type_ == "identity.matched":
+            assert identity_id is not None
             name, score = IdentityVoter.named(d, identity_id)
             iid = identity_id
         elif type_ == "track.started" and iid is None:
             score = None  # no closest-similarity on a start: nothing has been decided yet
         key = iid if type_ == "identity.matched" else None
         ev = Event.make(type_, self.camera, tr.track_id, key, identity=name, score=score,
-                        first_seen=d["first_cap"], last_seen=d["last_cap"], frames=d["frames"], seq=seq,
-                        snapshot_id=(d.get("snap") or {}).get("id"), votes=votes, created_at=round(self.clock(), 3))
+                        first_seen=d.first_cap, last_seen=d.last_cap, frames=d.frames, seq=seq,
+                        snapshot_id=d.snap.id if d.snap else None, votes=votes, created_at=round(self.clock(), 3))
         ev.identity_id = iid
         return ev
 
     def _end(self, tr: Track, seq: int, out: StageOutput) -> None:
         d = tr.data
-        found = self.analyzers.end(tr.track_id, d.get("started", False)) if self.analyzers else None
-        if not d.get("started"):
+        found = self.analyzers.end(tr.track_id, d.started) if self.analyzers else None
+        if not d.started:
             return
         self._refresh_names(d)
-        if d.get("en", 0) != d.get("mean_at"):
+        if d.en != d.mean_at:
             self._search_mean(d)  # the final track mean: the whole track's evidence
             if not (self.analyzers and self.analyzers.gated):
                 self._announce(tr, seq, out)
         # a track the gate already let through (live before its end, and named) stays named
-        spoof = self.analyzers is not None and not d.get("live_ok") and not self.analyzers.passes(found)
+        spoof = self.analyzers is not None and not d.live_ok and not self.analyzers.passes(found)
         if self.analyzers is not None and self.analyzers.gated and not spoof:
             self._announce(tr, seq, out, final=True)  # the name held back until the liveness verdict
         ended = self._event("track.ended", tr, seq)
-        if found is not None:
+        if found is not None and self.analyzers is not None:
             self.analyzers.apply(ended, found, spoof)
         out.events.append(ended)
         if spoof:
@@ -149,45 +152,47 @@ class MatcherStage:
         """The ended track's evidence kept after it: its quality-weighted mean and best faces. Unknown tracks
         go to the unknown-visitor clusters; every track's record lets a "wrong person" correction use it."""
         d = tr.data
-        best = d.get("best") or []
+        best = d.best
         if not best:
             return None
-        es = d.get("esum")
-        if es is not None:
-            mean = np.asarray(es, np.float32)
+        mean: np.ndarray
+        if d.esum is not None:
+            mean = np.asarray(d.esum, np.float32)
         else:
-            mean = sum(unpack_vector(f["e"]) * f["k"] for f in best)
+            mean = unpack_vector(best[0].e) * best[0].k
+            for f in best[1:]:
+                mean = mean + unpack_vector(f.e) * f.k
         n = float(np.linalg.norm(mean))
         if not n > 0:
             return None
         return TrackFaces(track_id=tr.track_id, camera=self.camera, first_seen=ended.first_seen,
                           last_seen=ended.last_seen, frames=ended.frames, identity_id=ended.identity_id,
-                          identity=ended.identity, closest=d.get("closest"), snapshot_id=ended.snapshot_id,
-                          mean=pack_vector(mean / n), n=int(d.get("en", len(best))),
-                          faces=[TrackFace(**f) for f in best])
+                          identity=ended.identity, closest=d.closest, snapshot_id=ended.snapshot_id,
+                          mean=pack_vector(mean / n), n=int(d.en if d.esum is not None else len(best)),
+                          faces=[TrackFace(id=f.id, k=f.k, q=f.q, e=f.e) for f in best])
 
-    def _search_mean(self, d: dict) -> None:
+    def _search_mean(self, d: TrackState) -> None:
         mean = self.voter.mean_embedding(d)
         if mean is None:
             return
-        d["mean_at"] = d.get("en", 0)
+        d.mean_at = d.en
         self.voter.add_mean(d, list(self.search(mean[None, :])[0]))
 
     def _announce(self, tr: Track, seq: int, out: StageOutput, final: bool = False) -> None:
         d = tr.data
         self._refresh_names(d)
         iid = self.voter.decide(d)
-        if self.analyzers is not None and self.analyzers.gated and not final and not d.get("live_ok"):
+        if self.analyzers is not None and self.analyzers.gated and not final and not d.live_ok:
             # liveness required: no name before the track is judged live (checked as its crops come in)
-            if iid is None or not d.get("started") or not self.analyzers.live_now(tr.track_id):
+            if iid is None or not d.started or not self.analyzers.live_now(tr.track_id):
                 return
-            d["live_ok"] = True
-        if d.get("started") and iid is not None and iid not in d["emitted"]:
-            d["emitted"].append(iid)
+            d.live_ok = True
+        if d.started and iid is not None and iid not in d.emitted:
+            d.emitted.append(iid)
             out.events.append(self._event("identity.matched", tr, seq, iid))
             name, score = IdentityVoter.named(d, iid)
             log.info("camera=%s track=%s matched %s (score %.3f, frame %d, by %s)", self.camera, tr.track_id,
-                     name, score, seq, d.get("by"))
+                     name, score, seq, d.by)
 
     # ---- frames ---------------------------------------------------------------------------------------
     def update(self, msg: EmbeddingsMsg) -> StageOutput:
@@ -205,15 +210,15 @@ class MatcherStage:
         faces = list(msg.faces)
         if not faces:
             return out
-        vecs = [f.vector() if f.embedding else None for f in faces]
-        with_vec = [i for i, v in enumerate(vecs) if v is not None and v.size]
+        fa = Faces.from_msg(faces)
+        with_vec = [int(i) for i in np.flatnonzero(fa.embedded)]
         results: dict[int, list[Candidate]] = {}
         if with_vec:
-            found = self.search(np.stack([vecs[i] for i in with_vec]).astype(np.float32))
+            found = self.search(fa.embeddings[with_vec])
             results = {i: list(c) for i, c in zip(with_vec, found)}
-        dets = [Detection(index=f.index, box=[float(x) for x in f.box],
-                          embedding=vecs[i] if i in results else None, quality=float(f.quality),
-                          score=float(f.score), payload=f) for i, f in enumerate(faces)]
+        dets = [Detection(index=f.index, box=[float(x) for x in fa.boxes[i]],
+                          embedding=fa.embeddings[i] if i in results else None, quality=float(fa.quality[i]),
+                          score=float(fa.scores[i]), payload=f) for i, f in enumerate(faces)]
         pos = {id(f): i for i, f in enumerate(faces)}
         assigned, _created = self.tracker.update(fr.seq, t, dets)
         for tr, det in assigned:
@@ -238,10 +243,10 @@ class MatcherStage:
     def _observe(self, tr: Track, det: Detection, cands: list[Candidate], seq: int, cap: float,
                  out: StageOutput) -> None:
         d = tr.data
-        IdentityVoter.init(d)
-        d.setdefault("first_cap", cap)
-        d["last_cap"] = cap
-        d["frames"] = d.get("frames", 0) + 1
+        if d.first_cap is None:
+            d.first_cap = cap
+        d.last_cap = cap
+        d.frames += 1
         if self.analyzers is not None:
             self.analyzers.observe(tr.track_id, det, cap)
         self.voter.add(d, cands, det.quality, det.score)
@@ -251,34 +256,34 @@ class MatcherStage:
         side = math.sqrt(max(det.box[2] * det.box[3], 1.0))
         key = round(face_weight(det.quality, det.score) * min(1.0, side / 112.0), 6)
         thumb = getattr(det.payload, "thumb_jpeg", None)
-        snap = d.get("snap")
         sid = f"{self.camera}:{seq}:{det.index}"
-        if thumb and (snap is None or key > snap["q"] * 1.1):
-            d["snap"] = {"id": sid, "q": key}
+        if thumb and (d.snap is None or key > d.snap.q * 1.1):
+            d.snap = Snap(sid, key)
             out.snapshots[sid] = thumb
         if thumb and det.embedding is not None:
             self._keep_best(d, sid, key, det, thumb, out)
-        if not d.get("started") and d["frames"] >= self.min_track_frames:
-            d["started"] = True
+        if not d.started and d.frames >= self.min_track_frames:
+            d.started = True
             self._refresh_names(d)
             self.voter.decide(d)  # track.started names the person when that is already known
             started = self._event("track.started", tr, seq)
-            if self.analyzers is not None and self.analyzers.gated and not d.get("live_ok"):
+            if self.analyzers is not None and self.analyzers.gated and not d.live_ok:
                 started.identity = started.identity_id = started.score = None  # named at the end, if live
                 started.votes = {}
             out.events.append(started)
         self._announce(tr, seq, out)
 
-    def _keep_best(self, d: dict, sid: str, key: float, det: Detection, thumb: bytes, out: StageOutput) -> None:
+    def _keep_best(self, d: TrackState, sid: str, key: float, det: Detection, thumb: bytes,
+                   out: StageOutput) -> None:
         """The track's `faces_per_track` best embedded faces (by the snapshot key), with their crops."""
-        best = d.setdefault("best", [])
-        if len(best) >= self.faces_per_track and key <= min(f["k"] for f in best):
+        best = d.best
+        if len(best) >= self.faces_per_track and key <= min(f.k for f in best):
             return
-        best.append({"id": sid, "k": key, "q": round(float(det.quality), 4),
-                     "e": pack_vector(np.asarray(det.embedding, np.float32))})
-        best.sort(key=lambda f: -f["k"])
+        best.append(BestFace(sid, key, round(float(det.quality), 4),
+                             pack_vector(np.asarray(det.embedding, np.float32))))
+        best.sort(key=lambda f: -f.k)
         del best[self.faces_per_track:]
-        if any(f["id"] == sid for f in best) and sid not in out.snapshots and det.quality >= self.crop_min_quality:
+        if any(f.id == sid for f in best) and sid not in out.snapshots and det.quality >= self.crop_min_quality:
             out.crops[sid] = thumb
 
     def end_all(self) -> StageOutput:
