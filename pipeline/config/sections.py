@@ -287,7 +287,7 @@ class MotionConfig(Section):
 class DecodeConfig(Section):
     """How grabbers decode live cameras (pipeline/decode.py; figures in bench/results/decode.json)."""
 
-    reader: Literal["opencv", "pyav"] = Field("opencv", description="opencv: grab() every frame, convert the sampled "
+    reader: Literal["opencv", "pyav"] = Field("pyav", description="opencv: grab() every frame, convert the sampled "
                                                                      "ones; pyav: also skips what skip allows")
     skip: Literal["auto", "none", "nonref", "nonkey"] = Field(
         "auto", description="pyav only: frames FFmpeg may leave undecoded (auto: non-reference frames, keyframes "
