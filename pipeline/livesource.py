@@ -174,7 +174,10 @@ class LiveSource:
             ok, img = cap.retrieve()
             if not ok or img is None:
                 continue
+            was_idle = getattr(cap, "idle", False)  # PyAV reader of an idle camera: keyframes only
             captured_at = self._publish(cap, img, now_m)
+            if was_idle and not getattr(cap, "idle", False):
+                sampler.restart(now_m)  # woken: the grid was laid on keyframes (see FrameSampler.restart)
             self._report(window, now_m, captured_at)
         return got
 

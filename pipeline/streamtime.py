@@ -40,6 +40,14 @@ class FrameSampler:
         period = 1.0 / fps if fps else 0.0
         return cls(period, early=0.2 * period, resync=True)
 
+    def restart(self, t: float) -> None:
+        """Lay the grid afresh from a frame kept at t (the next is due a period later). Live sources call it when
+        the frames stop coming at the keyframe cadence of an idle camera (pipeline/decode.AvCapture.set_idle):
+        the keyframe that woke the camera came up to a keyframe interval late on the old grid, and catching up
+        from there would keep the very next frame too (two samples one frame apart)."""
+        if self.period:
+            self._due = t + self.period
+
     def take(self, t: float) -> bool:
         if not self.period:
             return True

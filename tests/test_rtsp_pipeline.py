@@ -10,6 +10,7 @@ import sys
 
 import cv2
 import numpy as np
+import pytest
 
 from pipeline.backbone import connect
 from pipeline.cameras import CameraRegistry
@@ -23,9 +24,11 @@ from workers.grabber import Grabber
 from conftest import REPO, Running, wait_for
 
 
-def test_rtsp_frames_reach_embeddings(settings, rtsp):
+@pytest.mark.parametrize("reader", ["pyav", "opencv"])  # the default reader of live cameras, and the other one
+def test_rtsp_frames_reach_embeddings(settings, rtsp, reader):
     s = settings.model_copy(update={"workers": settings.workers.model_copy(
-        update={"watchdog_s": 5.0, "open_timeout_s": 5.0, "batch_wait_ms": 20})})
+        update={"watchdog_s": 5.0, "open_timeout_s": 5.0, "batch_wait_ms": 20}),
+        "decode": settings.decode.model_copy(update={"reader": reader})})
     r = connect(s)
     names = StreamNames(s.redis.key_prefix)
     reg = CameraRegistry(r, s)

@@ -73,3 +73,23 @@ def test_sampling_rates():
     assert kept[:4] == [0, 25, 50, 73] and gap[72] < 6.0 <= gap[73]
     kept = sampled(FrameSampler.by_wall_clock(1.0), [100.0 + t for t in gap])
     assert 50 in kept and 51 not in kept and 52 not in kept
+
+
+def test_live_restart_after_keyframes_only():
+    """An idle camera's PyAV reader hands out keyframes only (here every 1/3 s, 30 fps in, 5 fps out): the
+    keyframe that wakes it comes late on the grid, and catching up kept the very next frame, one frame (33 ms)
+    later: two samples whose faces the reembed gate sees as the same moment. Restarting the grid at the waking
+    keyframe keeps the next sample a period later."""
+    keys = [100.0 + k / 3 for k in range(4)]          # idle: keyframes only
+    awake = [keys[-1] + i / 30 for i in range(1, 16)]  # woken at keys[-1]: every frame again
+    for restart, first_after in ((False, 1), (True, 5)):
+        s = FrameSampler.by_wall_clock(5.0)
+        assert [s.take(t) for t in keys] == [True] * 4
+        if restart:
+            s.restart(keys[-1])
+        kept = [i + 1 for i, t in enumerate(awake) if s.take(t)]
+        assert kept[0] == first_after, kept
+        assert all(b - a >= 5 for a, b in zip(kept, kept[1:]))
+    s = FrameSampler.by_wall_clock(None)  # every frame: nothing to restart
+    s.restart(1.0)
+    assert s.take(1.0) and s.take(1.0)

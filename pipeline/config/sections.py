@@ -287,8 +287,10 @@ class MotionConfig(Section):
 class DecodeConfig(Section):
     """How grabbers decode live cameras (pipeline/decode.py; figures in bench/results/decode.json)."""
 
-    reader: Literal["opencv", "pyav"] = Field("opencv", description="opencv: grab() every frame, convert the sampled "
-                                                                     "ones; pyav: also skips what skip allows")
+    reader: Literal["opencv", "pyav"] = Field(
+        "pyav", description="live network cameras (rtsp, http; files and webcams always use OpenCV): pyav = PyAV, "
+                            "skips what skip allows and, motion-gated, decodes an idle camera's keyframes only; "
+                            "opencv = grab() every frame, convert the sampled ones")
     skip: Literal["auto", "none", "nonref", "nonkey"] = Field(
         "auto", description="pyav only: frames FFmpeg may leave undecoded (auto: non-reference frames, keyframes "
                             "only once they come at least as often as the camera's fps)")
