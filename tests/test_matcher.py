@@ -308,7 +308,7 @@ def test_matcher_restarting_on_a_v1_checkpoint_resumes_from_it(settings):
     msgs, search = world()
     r = redis.Redis.from_url(settings.redis.url)
     r.set(checkpoint_key(settings, CKCAM), fixture["checkpoint"])
-    stream = StreamNames(settings.redis.key_prefix).embeddings(CKCAM)
+    stream = noted(r, settings, CKCAM)
     for m in msgs[CUT:]:
         r.xadd(stream, {"m": m.encode()})
     stop = threading.Event()
