@@ -304,3 +304,28 @@ def test_pipeline_rides_out_a_primary_failover(cluster_settings, redis_cluster):
     finally:
         redis_cluster.restart(victim)
         redis_cluster.wait_ok(60)
+
+
+def test_outbox_commit_survives_a_lost_outbox_entry(cluster_settings):
+    """The camera's primary acknowledges step 1 (checkpoint, acks, outbox entry) and dies before its replica has
+    it: the promoted replica has no outbox entry. The events must still be written, from the batch the matcher
+    holds, and exactly once when a later relay runs."""
+    from test_events_store import ev
+
+    r = connect(cluster_settings)
+    store = EventStore(r, cluster_settings)
+    names = StreamNames.of(cluster_settings)
+    outbox = names.outbox("door")
+    real = store._outbox
+
+    def step1_then_lost(keys, args):  # what a promoted replica that missed step 1 looks like
+        mid = real(keys=keys, args=args)
+        r.xdel(outbox, mid)
+        return mid
+
+    store._outbox = step1_then_lost
+    evs = [ev("identity.matched", "door", "door:1:0", "ann"), ev("track.ended", "door", "door:1:0")]
+    assert store.commit_outbox(outbox, evs) == 2
+    assert store.relay_outbox(outbox) == 0
+    assert sorted(e.type for e in store.query(camera="door").events) == ["identity.matched", "track.ended"]
+    assert r.xlen(names.events) == 2 and r.xlen(outbox) == 0

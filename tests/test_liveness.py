@@ -112,6 +112,28 @@ def test_per_camera_gate_overrides_the_default(models_dir):
     assert TrackAnalyzers.from_settings("hall", s) is None
 
 
+def test_matcher_takes_the_gate_from_the_camera_registry(settings):
+    """A matcher whose own config does not list the camera (another host, a minimal config) still applies the gate
+    the registry holds for it: what runs wins over the file."""
+    import redis
+
+    from pipeline.cameras import CameraRegistry
+    from pipeline.config import CameraConfig
+    from pipeline.events.store import EventStore
+    from workers.camera_matcher import CameraMatcher
+
+    r = redis.Redis.from_url(settings.redis.url)
+    reg = CameraRegistry(r, settings)
+    reg.add(CameraConfig(name="door", url="rtsp://x", liveness={"required": True}))
+    reg.add(CameraConfig(name="hall", url="rtsp://y"))
+    assert not settings.cameras and not settings.analyzers.liveness.required
+    store = EventStore(r, settings)
+    door = CameraMatcher(r, settings, "door", "m1", lambda vecs: [], store)
+    hall = CameraMatcher(r, settings, "hall", "m1", lambda vecs: [], store)
+    assert door.stage.analyzers is not None and door.stage.analyzers.gated
+    assert hall.stage.analyzers is None or not hall.stage.analyzers.gated
+
+
 def test_real_heads_of_the_hamilton_clip_are_live(env, faces_dir):
     pipe, search, _, _ = env
     cap = cv2.VideoCapture(str(faces_dir / "face_recognition" / "short_hamilton_clip.mp4"))

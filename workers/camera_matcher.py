@@ -18,7 +18,7 @@ import time
 import redis
 
 from pipeline.backbone import transient_client
-from pipeline.cameras import Lease
+from pipeline.cameras import CameraRegistry, Lease
 from pipeline.config import Settings
 from pipeline.events.store import EventStore
 from pipeline.messages import EmbeddingsMsg
@@ -55,6 +55,14 @@ def progress_key(settings: Settings, camera: str) -> str:
     return StreamNames.of(settings).progress(camera)
 
 
+def _registered(r: redis.Redis, settings: Settings, camera: str):
+    """The camera's config as the registry holds it (runtime edits win over the file), or None."""
+    try:
+        return CameraRegistry(r, settings).get(camera)
+    except (redis.RedisError, ValueError):
+        return None
+
+
 class CameraMatcher:
     """One owned camera's reorder-and-match path: lease, reorder buffer, MatcherStage; `feed` + `flush` apply and
     commit (events, checkpoint, acks in one fenced commit)."""
@@ -70,7 +78,8 @@ class CameraMatcher:
         self.names = StreamNames.of(settings)
         self.stream = self.names.embeddings(camera)
         self.lease = Lease(r, lease_key(settings, camera), consumer, int(settings.tracking.lease_ttl_s * 1000))
-        self.stage = MatcherStage.from_settings(camera, search, settings, name_of=getattr(search, "name_of", None))
+        self.stage = MatcherStage.from_settings(camera, search, settings, name_of=getattr(search, "name_of", None),
+                                                camera_config=_registered(r, settings, camera))
         # a missing seq is skipped after reorder_timeout_ms only when it is known gone (dropped at the source,
         # dead-lettered); one still in flight (held by a killed worker until reclaimed) is waited for, up to
         # twice the reclaim time

@@ -41,12 +41,14 @@ class TrackAnalyzers:
         self.ms: list[float] = []  # CPU ms per analyzed track (last 100), for the metrics and the bench
 
     @classmethod
-    def from_settings(cls, camera: str, settings) -> "TrackAnalyzers | None":
+    def from_settings(cls, camera: str, settings, cam=None) -> "TrackAnalyzers | None":
+        """cam: the camera's config as the registry holds it (what runs wins over the file); else the file's."""
         cfg = getattr(settings, "analyzers", None)
         if cfg is None:
             return None
         lv = cfg.liveness
-        cam = next((c for c in settings.cameras if c.name == camera), None)
+        if cam is None:
+            cam = next((c for c in settings.cameras if c.name == camera), None)
         gated = cam.liveness.required if cam is not None and cam.liveness is not None else lv.required
         analyzers = build_analyzers(settings)
         if gated and not any(a.field == "liveness" for a in analyzers):

@@ -145,7 +145,16 @@ class EventStore(EventReader):
         res = self._outbox(keys=[outbox], args=[json.dumps(op)])
         if isinstance(res, int) and res < 0:
             raise FencedError(f"lease {fence[0] if fence else ''} lost; nothing written")
-        return self.relay_outbox(outbox) if entry else 0
+        if not entry:
+            return 0
+        # Relay the op held in memory, not the outbox's copy: if the camera's primary dies before its replica got
+        # step 1, the promoted replica has no outbox entry (and no acks: those entries come back and are acked as
+        # already applied), so relaying only from the outbox would lose these events for good.
+        n = int(self._commit(keys=[self.names.events], args=[entry]))
+        wait_for(self.r, self.settings, self.names.events)
+        if res:
+            self.r.xdel(outbox, res)
+        return n + self.relay_outbox(outbox)  # leftovers of an earlier crash between the steps
 
     def relay_outbox(self, outbox: str, count: int = 100) -> int:
         """Move every op left in `outbox` into the events slot, oldest first (see commit_outbox). Returns the

@@ -74,6 +74,8 @@ class MatcherStage:
     @classmethod
     def from_settings(cls, camera: str, search: SearchFn, settings, **kw) -> "MatcherStage":
         t = settings.tracking
+        cam_cfg = kw.pop("camera_config", None)  # the registry's config of the camera (its liveness gate)
+        analyzers = kw.pop("analyzers", None) or TrackAnalyzers.from_settings(camera, settings, cam_cfg)
         return cls(camera, search, match=settings.thresholds.match, margin=settings.thresholds.margin,
                    min_votes=t.min_votes, vote_ratio=t.vote_ratio, track_match=t.track_match,
                    track_margin=t.track_margin, track_min_faces=t.track_min_faces,
@@ -83,7 +85,7 @@ class MatcherStage:
                    appearance_veto=t.appearance_veto, max_age_s=t.max_age_s,
                    faces_per_track=settings.unknowns.faces_per_track,
                    crop_min_quality=settings.unknowns.min_quality,
-                   analyzers=kw.pop("analyzers", None) or TrackAnalyzers.from_settings(camera, settings), **kw)
+                   analyzers=analyzers, **kw)
 
     def _refresh_names(self, d: TrackState) -> None:
         """Drop votes for identities removed from the gallery meanwhile; pick up renames."""
