@@ -85,8 +85,13 @@ class TrackAnalyzers:
         if lv is None:
             return False
         t0 = time.process_time()
-        res = lv.analyze(buf.samples())
-        self.ms = (self.ms + [(time.process_time() - t0) * 1000])[-100:]
+        try:
+            res = lv.analyze(buf.samples())
+        except Exception:  # noqa: BLE001 - fail closed: the track waits for its end, the frame is not lost
+            log.exception("camera=%s track=%s: early liveness check failed", self.camera, track_id)
+            return False
+        finally:
+            self.ms = (self.ms + [(time.process_time() - t0) * 1000])[-100:]
         return res.verdict == "live"
 
     def end(self, track_id: str, started: bool) -> dict | None:
