@@ -93,7 +93,10 @@ class MatcherWorker:
         self.settings, self.consumer, self.stop = settings, consumer, stop
         self.r = r = connect(settings)
         self.rt = transient_client(settings, r)  # embeddings:{camera}
-        self.store = EventStore(r, settings)
+        # commits (events, checkpoints, leases) on a client only this loop's thread uses: WAIT covers the writes of
+        # the connection it is sent on, and a pool shared with the sink or gallery threads could hand it another one
+        self.rc = connect(settings)
+        self.store = EventStore(self.rc, settings)
         self.registry = CameraRegistry(r, settings)
         self.search = search or make_searcher(r, settings)
         self.metrics = StageMetrics(r, settings, "matcher", consumer)
@@ -139,7 +142,7 @@ class MatcherWorker:
                 self.take(cam)
 
     def take(self, cam: str) -> None:
-        runner = CameraMatcher(self.r, self.settings, cam, self.consumer, self.search, self.store)
+        runner = CameraMatcher(self.rc, self.settings, cam, self.consumer, self.search, self.store)
         try:
             if runner.acquire():
                 self.runners[cam] = runner
