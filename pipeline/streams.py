@@ -44,22 +44,25 @@ def ensure_group(r: redis.Redis, stream: str, group: str) -> None:
             raise
 
 
-# KEYS[1] done-marker, KEYS[2] input stream, then one output stream key per output.
-# ARGV: group, input id, marker ttl, n_outputs, then for each output: maxlen, payload.
-_EMIT_ONCE = """
-local fresh = redis.call('SET', KEYS[1], '1', 'NX', 'EX', tonumber(ARGV[3]))
-if fresh then
-  local n = tonumber(ARGV[4])
-  for i = 1, n do
-    local maxlen = tonumber(ARGV[3 + 2 * i])
-    local payload = ARGV[4 + 2 * i]
+# The output loop both emits share: n = ARGV[a0] outputs, output i to KEYS[k0 + i] with maxlen ARGV[a0 - 1 + 2i]
+# (0 = unbounded) and payload ARGV[a0 + 2i].
+_XADD_OUTPUTS = """
+local function xadd_outputs(k0, a0)
+  for i = 1, tonumber(ARGV[a0]) do
+    local maxlen = tonumber(ARGV[a0 - 1 + 2 * i])
     if maxlen > 0 then
-      redis.call('XADD', KEYS[2 + i], 'MAXLEN', '~', maxlen, '*', 'm', payload)
+      redis.call('XADD', KEYS[k0 + i], 'MAXLEN', '~', maxlen, '*', 'm', ARGV[a0 + 2 * i])
     else
-      redis.call('XADD', KEYS[2 + i], '*', 'm', payload)
+      redis.call('XADD', KEYS[k0 + i], '*', 'm', ARGV[a0 + 2 * i])
     end
   end
 end
+"""
+# KEYS[1] done-marker, KEYS[2] input stream, then one output stream key per output.
+# ARGV: group, input id, marker ttl, n_outputs, then for each output: maxlen, payload.
+_EMIT_ONCE = _XADD_OUTPUTS + """
+local fresh = redis.call('SET', KEYS[1], '1', 'NX', 'EX', tonumber(ARGV[3]))
+if fresh then xadd_outputs(2, 4) end
 if ARGV[2] ~= '' then redis.call('XACK', KEYS[2], ARGV[1], ARGV[2]) end
 if fresh then return 1 else return 0 end
 """
@@ -81,21 +84,20 @@ def is_cluster_client(r) -> bool:
 # its own slot. A crash between (a) and (b) leaves the input pending; its redelivery finds the marker, writes
 # nothing and only acks: still effectively-once. KEYS[1] marker, KEYS[2..] outputs (one slot).
 # ARGV: marker ttl, n_outputs, then per output: maxlen, payload.
-_EMIT_ONLY = """
+_EMIT_ONLY = _XADD_OUTPUTS + """
 local fresh = redis.call('SET', KEYS[1], '1', 'NX', 'EX', tonumber(ARGV[1]))
 if not fresh then return 0 end
-local n = tonumber(ARGV[2])
-for i = 1, n do
-  local maxlen = tonumber(ARGV[1 + 2 * i])
-  local payload = ARGV[2 + 2 * i]
-  if maxlen > 0 then
-    redis.call('XADD', KEYS[1 + i], 'MAXLEN', '~', maxlen, '*', 'm', payload)
-  else
-    redis.call('XADD', KEYS[1 + i], '*', 'm', payload)
-  end
-end
+xadd_outputs(1, 2)
 return 1
 """
+
+
+def _output_args(outputs: Sequence[tuple[str, bytes, int]]) -> list:
+    """ARGV tail of _XADD_OUTPUTS: the count, then maxlen and payload per output."""
+    args: list = [len(outputs)]
+    for _, payload, maxlen in outputs:
+        args += [maxlen, payload]
+    return args
 
 
 class Emitter:
@@ -112,20 +114,22 @@ class Emitter:
         """outputs: (stream, payload, maxlen or 0). Returns False when this input was already emitted."""
         if self.cluster:
             return self._emit_cluster([(marker, in_stream, group, in_id, outputs)])[0]
-        keys = [marker, in_stream] + [o[0] for o in outputs]
-        args: list = [group, in_id.decode() if isinstance(in_id, bytes) else in_id, self.ttl, len(outputs)]
-        for _, payload, maxlen in outputs:
-            args += [maxlen, payload]
+        keys, args = self._once_call(marker, in_stream, group, in_id, outputs)
         return bool(self._script(keys=keys, args=args))
+
+    def _once_call(self, marker: str, in_stream: str, group: str, in_id: str | bytes,
+                   outputs: Sequence[tuple[str, bytes, int]]) -> tuple[list, list]:
+        """KEYS and ARGV of the single-node emit (_EMIT_ONCE's layout)."""
+        keys = [marker, in_stream] + [o[0] for o in outputs]
+        args = [group, in_id.decode() if isinstance(in_id, bytes) else in_id, self.ttl] + _output_args(outputs)
+        return keys, args
 
     def _emit_cluster(self, items) -> list[bool]:
         """Step (a) for every item in one pipeline (routed per slot), then step (b), the acks."""
         pipe = self.r.pipeline(transaction=False)
         for marker, _in_stream, _group, _in_id, outputs in items:
             if outputs:
-                args: list = [self.ttl, len(outputs)]
-                for _, payload, maxlen in outputs:
-                    args += [maxlen, payload]
+                args = [self.ttl] + _output_args(outputs)
                 pipe.execute_command("EVAL", _EMIT_ONLY, 1 + len(outputs), marker, *[o[0] for o in outputs], *args)
             else:
                 pipe.set(marker, "1", nx=True, ex=self.ttl)
@@ -236,10 +240,7 @@ class ConsumingEmitter(Emitter):
             return self._emit_cluster(items)
         pipe = self.r.pipeline(transaction=False)
         for marker, in_stream, group, in_id, outputs in items:
-            keys = [marker, in_stream] + [o[0] for o in outputs]
-            args: list = [group, in_id.decode() if isinstance(in_id, bytes) else in_id, self.ttl, len(outputs)]
-            for _, payload, maxlen in outputs:
-                args += [maxlen, payload]
+            keys, args = self._once_call(marker, in_stream, group, in_id, outputs)
             self._script(keys=keys, args=args, client=pipe)
         return [bool(x) for x in pipe.execute()]
 

@@ -24,7 +24,7 @@ from workers.detector import DetectorWorker
 from workers.embedder import EmbedderWorker
 from workers.matcher import lease_key, progress_key
 
-from test_matcher import CAM, N, key_of, noted, reference_events, shuffled, spawn, unit, wait_until
+from test_matcher import CAM, N, key_of, make_world, noted, reference_events, shuffled, spawn, unit, wait_until
 from test_streaming import clip_frames, push, read_all, with_workers
 
 
@@ -107,31 +107,7 @@ def test_gallery_replicates_on_cluster_with_wait(cluster_settings, redis_cluster
 
 @pytest.fixture
 def cluster_world(cluster_settings):
-    rng = np.random.default_rng(11)
-    people = {n: unit(rng.normal(size=128)) for n in ("ann", "bob", "stranger")}
-    gal = GalleryStore(connect(cluster_settings), cluster_settings)
-    for n in ("ann", "bob"):
-        gal.enroll(n, [NewTemplate(embedding=people[n], sha256=n, quality=0.9, source=n)])
-    from pipeline.messages import EmbeddedFace, FrameRef
-
-    def face(i, who, x):
-        e = unit(people[who] + 0.35 * unit(rng.normal(size=128)))
-        return EmbeddedFace(index=i, box=[x, 80.0, 70.0, 70.0], landmarks=[0.0] * 10, score=0.9, quality=0.8,
-                            thumb_jpeg=b"\xff\xd8thumb", embedding=e.astype("<f4").tobytes())
-
-    msgs = []
-    for s in range(N + 1):
-        faces = []
-        if s < 100:
-            faces.append(face(len(faces), "ann", 100.0 + s))
-        if 60 <= s < 150:
-            faces.append(face(len(faces), "stranger", 400.0))
-        if 170 <= s < 230:
-            faces.append(face(len(faces), "bob", 200.0))
-        ref = FrameRef(camera=CAM, seq=s, captured_at=5000.0 + s / 30, pts=s / 30, width=640, height=360,
-                       eos=(s == N))
-        msgs.append(EmbeddingsMsg(frame=ref, faces=[] if s == N else faces))
-    return msgs
+    return make_world(connect(cluster_settings), cluster_settings)
 
 
 @pytest.mark.parametrize("victim_of", ["events", "camera"])

@@ -42,9 +42,14 @@ def wait_until(pred, timeout=60.0):
 
 @pytest.fixture
 def world(settings):
+    return make_world(redis.Redis.from_url(settings.redis.url), settings)
+
+
+def make_world(r, settings) -> list:
+    """ann and bob enrolled; a camera's embeddings messages: ann, then a stranger overlapping her, then bob."""
     rng = np.random.default_rng(11)
     people = {n: unit(rng.normal(size=128)) for n in ("ann", "bob", "stranger")}
-    gal = GalleryStore(redis.Redis.from_url(settings.redis.url), settings)
+    gal = GalleryStore(r, settings)
     for n in ("ann", "bob"):
         gal.enroll(n, [NewTemplate(embedding=people[n], sha256=n, quality=0.9, source=n)])
 
