@@ -47,8 +47,8 @@ def _detector(models_dir: Path):
     return cv2.FaceDetectorYN.create(str(model_path("yunet", models_dir)), "", (320, 320), 0.6, 0.3, 5000)
 
 
-def head_crop(photo: str, detector) -> tuple[np.ndarray, float]:
-    """The photo's largest face with a margin (head and some shoulders); returns (crop, face box height)."""
+def largest_face(photo: str, detector) -> tuple[np.ndarray, np.ndarray]:
+    """(the photo, its largest YuNet face row in the photo's pixels), found on a copy scaled to <= 640 px."""
     img = cv2.imread(photo, cv2.IMREAD_COLOR)
     if img is None:
         raise ValueError(f"{photo}: not a readable image")
@@ -58,7 +58,13 @@ def head_crop(photo: str, detector) -> tuple[np.ndarray, float]:
     _, faces = detector.detect(small)
     if faces is None or not len(faces):
         raise ValueError(f"{photo}: no face found")
-    x, y, w, h = (faces[np.argmax(faces[:, 2] * faces[:, 3])][:4] / s)
+    return img, faces[np.argmax(faces[:, 2] * faces[:, 3])] / s
+
+
+def head_crop(photo: str, detector) -> tuple[np.ndarray, float]:
+    """The photo's largest face with a margin (head and some shoulders); returns (crop, face box height)."""
+    img, f = largest_face(photo, detector)
+    x, y, w, h = f[:4]
     m = 0.6
     x0, y0 = int(max(0, x - m * w)), int(max(0, y - m * h))
     x1, y1 = int(min(img.shape[1], x + w + m * w)), int(min(img.shape[0], y + h + m * h))

@@ -75,16 +75,11 @@ def _turn(img: np.ndarray, z: np.ndarray, yaw: float, pitch: float) -> tuple[np.
 
 def face_crop(photo: str, detector) -> tuple[np.ndarray, tuple[float, float], float]:
     """The photo's largest face, tightly (forehead to chin), with its nose position in the crop and face height."""
-    img = cv2.imread(photo, cv2.IMREAD_COLOR)
-    if img is None:
-        raise ValueError(f"{photo}: not a readable image")
-    s = min(1.0, 640.0 / max(img.shape[:2]))
-    small = cv2.resize(img, None, fx=s, fy=s, interpolation=cv2.INTER_AREA) if s < 1 else img
-    detector.setInputSize((small.shape[1], small.shape[0]))
-    _, faces = detector.detect(small)
-    if faces is None or not len(faces):
-        raise ValueError(f"{photo}: no face found")
-    f = faces[np.argmax(faces[:, 2] * faces[:, 3])] / s
+    try:
+        from bench.clipgen import largest_face
+    except ImportError:  # run as a script from bench/
+        from clipgen import largest_face
+    img, f = largest_face(photo, detector)
     x, y, w, h = f[:4]
     m = 0.25
     x0, y0 = int(max(0, x - m * w)), int(max(0, y - m * h))
