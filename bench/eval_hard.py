@@ -165,16 +165,7 @@ def evaluate(name: str, settings, eng: FaceEngine, gallery: dict[str, np.ndarray
 
     det, emb = DetectStage(settings, eng), EmbedStage(settings, eng)
     match = MatcherStage.from_settings("hard", search, settings)
-    assigned: dict[tuple[int, int], str] = {}  # (seq, face index) -> track id
-    orig = match.tracker.update
-
-    def update(seq, t, dets):
-        res = orig(seq, t, dets)
-        for tr, d in res[0]:
-            assigned[(seq, d.index)] = tr.track_id
-        return res
-
-    match.tracker.update = update
+    assigned = record_tracks(match)  # (seq, face index) -> track id
     ended: dict[str, dict] = {}  # track id -> its final mean's top candidate (what the decision rule saw)
     orig_end = match._end
 
@@ -347,6 +338,28 @@ def summary_line(name: str, r: dict) -> str:
             f"match {c['match']}")
 
 
+def settings_with(overrides: list[str]):
+    """The settings with FACETRAIL_* KEY=VALUE overrides from the command line on top of the environment."""
+    env = dict(os.environ)
+    env.update(kv.split("=", 1) for kv in overrides)
+    return load_settings([], env=env)
+
+
+def record_tracks(stage) -> dict[tuple[int, int], str]:
+    """Record which track the stage's tracker gives each (seq, face index); the dict fills as frames are fed."""
+    assigned: dict[tuple[int, int], str] = {}
+    orig = stage.tracker.update
+
+    def update(seq, t, dets):
+        res = orig(seq, t, dets)
+        for tr, d in res[0]:
+            assigned[(seq, d.index)] = tr.track_id
+        return res
+
+    stage.tracker.update = update
+    return assigned
+
+
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--set", choices=("tune", "check", "both"), default="tune")
@@ -357,9 +370,7 @@ def main() -> int:
     ap.add_argument("--cost", action="store_true", help="only the CPU cost per frame of each mechanism")
     ap.add_argument("overrides", nargs="*", help="FACETRAIL_* env overrides, KEY=VALUE")
     args = ap.parse_args()
-    env = dict(os.environ)
-    env.update(kv.split("=", 1) for kv in args.overrides)
-    s = load_settings([], env=env)
+    s = settings_with(args.overrides)
     eng = FaceEngine(s)
     gallery = enroll(eng, tuple(s.gallery.lowres_templates))
     results = {}

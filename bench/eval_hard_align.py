@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import tempfile
 import time
@@ -42,7 +41,6 @@ sys.path.insert(0, str(REPO / "bench"))
 import eval_hard as EH  # noqa: E402
 from clipgen import _detector, head_crop, render  # noqa: E402
 from index.replica import Match  # noqa: E402
-from pipeline.config import load_settings  # noqa: E402
 from pipeline.engine.align import TEMPLATE_112, align_face, similarity_transform  # noqa: E402
 from pipeline.engine.embed import l2_normalize  # noqa: E402
 from pipeline.engine.engine import FaceEngine  # noqa: E402
@@ -146,16 +144,7 @@ def replay(data: dict, vecs: np.ndarray, gallery: dict[str, np.ndarray], setting
                 for row in best_of(v)]
 
     st = MatcherStage.from_settings("hard", search, settings)
-    assigned: dict[tuple[int, int], str] = {}
-    orig = st.tracker.update
-
-    def update(seq, t, dets):
-        res = orig(seq, t, dets)
-        for tr, d in res[0]:
-            assigned[(seq, d.index)] = tr.track_id
-        return res
-
-    st.tracker.update = update
+    assigned = EH.record_tracks(st)
     by_seq = defaultdict(list)
     for k, f in enumerate(data["faces"]):
         by_seq[f["seq"]].append(k)
@@ -266,9 +255,7 @@ def main() -> int:
     ap.add_argument("--out", default=str(REPO / "bench" / "results" / "hard_align.json"))
     ap.add_argument("overrides", nargs="*", help="FACETRAIL_* env overrides, KEY=VALUE")
     args = ap.parse_args()
-    env = dict(os.environ)
-    env.update(kv.split("=", 1) for kv in args.overrides)
-    s = load_settings([], env=env)
+    s = EH.settings_with(args.overrides)
     eng = FaceEngine(s)
     gallery = EH.enroll(eng, tuple(s.gallery.lowres_templates))
     result: dict = {"overrides": args.overrides, "variants": {}}

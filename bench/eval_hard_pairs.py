@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import os
 import sys
 import time
 from pathlib import Path
@@ -37,9 +36,8 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
 
 from clipgen import _detector, head_crop  # noqa: E402
-from eval_hard import ENROLL, FACES, FR, KS, KT, enroll  # noqa: E402
+from eval_hard import ENROLL, FACES, FR, KS, KT, enroll, settings_with  # noqa: E402
 from index.replica import Match  # noqa: E402
-from pipeline.config import load_settings  # noqa: E402
 from pipeline.engine.degrade import degraded_crops  # noqa: E402
 from pipeline.engine.engine import FaceEngine  # noqa: E402
 from pipeline.tracking.identity import IdentityVoter  # noqa: E402
@@ -123,9 +121,7 @@ def main() -> int:
     ap.add_argument("--out", default=str(REPO / "bench" / "results" / "hard_pairs.json"))
     ap.add_argument("overrides", nargs="*", help="FACETRAIL_* env overrides, KEY=VALUE")
     args = ap.parse_args()
-    env = dict(os.environ)
-    env.update(kv.split("=", 1) for kv in args.overrides)
-    s = load_settings([], env=env)
+    s = settings_with(args.overrides)
     eng = FaceEngine(s)
     lowres = tuple(s.gallery.lowres_templates)
     t, th = s.tracking, s.thresholds
