@@ -45,6 +45,7 @@ import time
 from pathlib import Path
 
 import cv2
+import numpy as np
 import psutil
 import redis
 
@@ -97,12 +98,27 @@ def make_clip(tmp: Path, kind: str, loops: int) -> Path:
               "empty": [Visit(PERSON, str(PHOTO), LOOP_S + 1, 1.0)],  # starts after the loop ends: never shown
               "busy": [Visit(PERSON, str(PHOTO), 0.0, LOOP_S, face_px=160, x0=0.2, x1=0.8)]}[kind]
     render(visits, one, models_dir=models_dir(), size=SIZE, fps=30.0, duration_s=LOOP_S, seed=7)
-    cmd = ["gst-launch-1.0", "-q", "concat", "name=c", "!", "videoconvert", "!", "x264enc", "speed-preset=veryfast",
-           "key-int-max=30", "bframes=0", "bitrate=4000", "!", "h264parse", "!", "mp4mux", "!", "filesink",
-           f"location={out}"]
-    for _ in range(loops):
-        cmd += ["filesrc", f"location={one}", "!", "decodebin", "!", "c."]
-    subprocess.run(cmd, check=True)
+    # The loop's frames are piped raw into one x264enc, `loops` times over: a `concat` of one decodebin per loop
+    # fails to preroll with GStreamer 1.22 beyond ~3 inputs (qtdemux "not-linked").
+    w, h = SIZE
+    cmd = ["gst-launch-1.0", "-q", "fdsrc", "fd=0", "!", "rawvideoparse", f"width={w}", f"height={h}", "format=bgr",
+           "framerate=30/1", "!", "videoconvert", "!", "x264enc", "speed-preset=veryfast", "key-int-max=30",
+           "bframes=0", "bitrate=4000", "!", "h264parse", "!", "mp4mux", "!", "filesink", f"location={out}"]
+    enc = subprocess.Popen(cmd, stdin=subprocess.PIPE)
+    assert enc.stdin is not None
+    try:
+        for _ in range(loops):
+            cap = cv2.VideoCapture(str(one))
+            ok, frame = cap.read()
+            while ok:
+                enc.stdin.write(np.ascontiguousarray(frame).tobytes())
+                ok, frame = cap.read()
+            cap.release()
+    finally:
+        enc.stdin.close()
+    if enc.wait() != 0:
+        out.unlink(missing_ok=True)
+        raise RuntimeError(f"gst-launch-1.0 failed ({enc.returncode}) encoding {out}")
     return out
 
 
