@@ -288,6 +288,17 @@ def report(res: dict, models) -> None:
     print("ms per face, 1 thread:", res["ms_per_face_1_thread"], f"({res['seconds']} s)")
 
 
+def finish(res: dict, timed, eng: FaceEngine, models, out: str, t0: float) -> int:
+    """The common end of every model comparison: ms per face on person_13's enrollment photo (`timed`'s
+    timers), the run's settings, the JSON written, the report printed."""
+    img = cv2.imread(str(FACES / ENROLL["p13"]))
+    res["ms_per_face_1_thread"] = ms_per_face(timed, img, eng.detect([img])[0][0])
+    res["sizes"], res["blurs"], res["seconds"] = list(SIZES), list(BLURS), round(time.time() - t0, 1)
+    Path(out).write_text(json.dumps(res, indent=1) + "\n")
+    report(res, models)
+    return 0
+
+
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--weights", default=None, help="folder with the face_recognition_model manifest and shard")
@@ -306,12 +317,7 @@ def main() -> int:
     both = Both(eng, fa)
     t0 = time.time()
     res = evaluate(both, MODELS, {"fused": "faceapi"}, args.frames, args.clips)
-    img = cv2.imread(str(FACES / ENROLL["p13"]))
-    res["ms_per_face_1_thread"] = ms_per_face(both, img, eng.detect([img])[0][0])
-    res["sizes"], res["blurs"], res["seconds"] = list(SIZES), list(BLURS), round(time.time() - t0, 1)
-    Path(args.out).write_text(json.dumps(res, indent=1) + "\n")
-    report(res, MODELS)
-    return 0
+    return finish(res, both, eng, MODELS, args.out, t0)
 
 
 if __name__ == "__main__":

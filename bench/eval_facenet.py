@@ -46,9 +46,7 @@ Results: bench/results/facenet.json (with the ONNX file's sha256).
 from __future__ import annotations
 
 import argparse
-import csv
 import hashlib
-import json
 import os
 import sys
 import time
@@ -61,10 +59,8 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
 
 import cv2  # noqa: E402
-from eval_faceapi import evaluate, metrics, ms_per_face, report  # noqa: E402
-from eval_hard import ENROLL, FACES  # noqa: E402
-from eval_hard_pairs import BLURS, SIZES  # noqa: E402
-from eval_human import HumanBoth, crop  # noqa: E402
+from eval_faceapi import evaluate, finish  # noqa: E402
+from eval_human import HumanBoth, crop, separation, sharp_pair_items  # noqa: E402
 
 from pipeline.config import load_settings  # noqa: E402
 from pipeline.engine.engine import FaceEngine  # noqa: E402
@@ -108,21 +104,11 @@ class FaceNet:
 
 def choose(eng: FaceEngine, fn: FaceNet) -> dict:
     """Sharp deepface pairs only: separation per crop, to pick FaceNet's crop."""
-    pairs = [(r["file_x"], r["file_y"], r["Decision"] == "Yes")
-             for r in csv.DictReader(open(FACES / "deepface" / "pairs.csv"))]
-    items = {}
-    for p in sorted({p for a, b, _ in pairs for p in (a, b)}):
-        img = cv2.imread(str(FACES / "deepface" / p))
-        items[p] = (img, max(eng.detect([img])[0], key=lambda f: f.box[2] * f.box[3]))
+    pairs, items = sharp_pair_items(eng)
     out: dict = {}
     for kind in KINDS:
         fn.kind = kind
-        v = dict(zip(items, fn.embed(fn.crops(list(items.values())))))
-        s = np.array([v[a] @ v[b] for a, b, y in pairs if y])
-        d = np.array([v[a] @ v[b] for a, b, y in pairs if not y])
-        r = metrics(list(s), list(d))
-        r["dprime"] = round(float((s.mean() - d.mean()) / np.sqrt((s.var() + d.var()) / 2)), 2)
-        out[kind] = {k: r[k] for k in ("auc", "dprime", "same_min", "diff_max")}
+        out[kind] = separation(dict(zip(items, fn.embed(fn.crops(list(items.values()))))), pairs)
         print("facenet", kind, out[kind], flush=True)
     fn.kind = CROP
     print("best", max(out, key=lambda k: out[k]["dprime"]), "chosen", CROP, flush=True)
@@ -154,13 +140,7 @@ def main() -> int:
     models = ("sface", "facenet", "fused-facenet")
     res.update(evaluate(HumanBoth(eng, {"facenet": fn}), models, {"fused-facenet": "facenet"}, args.frames,
                         args.clips))
-    img = cv2.imread(str(FACES / ENROLL["p13"]))
-    res["ms_per_face_1_thread"] = ms_per_face(HumanBoth(eng, {"facenet": FaceNet(onnx, args.crop, 1)}), img,
-                                              eng.detect([img])[0][0])
-    res["sizes"], res["blurs"], res["seconds"] = list(SIZES), list(BLURS), round(time.time() - t0, 1)
-    Path(args.out).write_text(json.dumps(res, indent=1) + "\n")
-    report(res, models)
-    return 0
+    return finish(res, HumanBoth(eng, {"facenet": FaceNet(onnx, args.crop, 1)}), eng, models, args.out, t0)
 
 
 if __name__ == "__main__":

@@ -40,7 +40,6 @@ from __future__ import annotations
 import argparse
 import csv
 import hashlib
-import json
 import os
 import sys
 import time
@@ -53,9 +52,8 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
 
 import cv2  # noqa: E402
-from eval_faceapi import evaluate, metrics, ms_per_face, report  # noqa: E402
-from eval_hard import ENROLL, FACES  # noqa: E402
-from eval_hard_pairs import BLURS, SIZES  # noqa: E402
+from eval_faceapi import Both, evaluate, finish, metrics  # noqa: E402
+from eval_hard import FACES  # noqa: E402
 from tfjs_graph import TFJSGraph  # noqa: E402
 
 from pipeline.config import load_settings  # noqa: E402
@@ -113,21 +111,12 @@ class HumanModel:
         return v / np.maximum(np.linalg.norm(v, axis=1, keepdims=True), 1e-12)
 
 
-class HumanBoth:
+class HumanBoth(Both):
     """eval_faceapi's Both for these models: the same detections embedded by SFace and every Human model."""
 
     def __init__(self, eng: FaceEngine, models: dict[str, HumanModel]):
         self.eng, self.models, self.settings = eng, models, eng.settings
         self.embedder = self
-
-    def detect(self, images):
-        return self.eng.detect(images)
-
-    def align(self, image, faces):
-        return [(image, f) for f in faces]
-
-    def embed(self, items) -> dict:
-        return self.vectors(items)
 
     def vectors(self, items) -> dict:
         out = {"sface": self.eng.embedder.embed([self.eng.align(img, [f])[0] for img, f in items])}
@@ -143,14 +132,30 @@ class HumanBoth:
         return out
 
 
-def choose(eng: FaceEngine, models_dir: Path, names) -> dict:
-    """Sharp deepface pairs only: separation per crop x input range, to pick each model's preprocessing."""
+def sharp_pair_items(eng: FaceEngine) -> tuple[list, dict]:
+    """The deepface pairs (x, y, same?) and every photo in them with its largest YuNet face: the sharp set
+    each model's preprocessing is chosen on."""
     pairs = [(r["file_x"], r["file_y"], r["Decision"] == "Yes")
              for r in csv.DictReader(open(FACES / "deepface" / "pairs.csv"))]
     items = {}
     for p in sorted({p for a, b, _ in pairs for p in (a, b)}):
         img = cv2.imread(str(FACES / "deepface" / p))
         items[p] = (img, max(eng.detect([img])[0], key=lambda f: f.box[2] * f.box[3]))
+    return pairs, items
+
+
+def separation(v: dict, pairs: list) -> dict:
+    """AUC, d', same-person minimum and different-person maximum of photo -> unit vector over the pairs."""
+    s = np.array([v[a] @ v[b] for a, b, y in pairs if y])
+    d = np.array([v[a] @ v[b] for a, b, y in pairs if not y])
+    r = metrics(list(s), list(d))
+    r["dprime"] = round(float((s.mean() - d.mean()) / np.sqrt((s.var() + d.var()) / 2)), 2)
+    return {k: r[k] for k in ("auc", "dprime", "same_min", "diff_max")}
+
+
+def choose(eng: FaceEngine, models_dir: Path, names) -> dict:
+    """Sharp deepface pairs only: separation per crop x input range, to pick each model's preprocessing."""
+    pairs, items = sharp_pair_items(eng)
     out: dict = {}
     for name in names:
         hm = HumanModel(models_dir, name)
@@ -160,12 +165,7 @@ def choose(eng: FaceEngine, models_dir: Path, names) -> dict:
             for prep in PREP:
                 hm.prep = prep
                 v = dict(zip(crops, hm.embed(list(crops.values()))))
-                s = np.array([v[a] @ v[b] for a, b, y in pairs if y])
-                d = np.array([v[a] @ v[b] for a, b, y in pairs if not y])
-                r = metrics(list(s), list(d))
-                r["dprime"] = round(float((s.mean() - d.mean()) / np.sqrt((s.var() + d.var()) / 2)), 2)
-                out.setdefault(name, {})[f"{kind}/{prep}"] = {k: r[k] for k in ("auc", "dprime", "same_min",
-                                                                                  "diff_max")}
+                out.setdefault(name, {})[f"{kind}/{prep}"] = separation(v, pairs)
         best = max(out[name], key=lambda k: out[name][k]["dprime"])
         print(name, "best", best, out[name][best], "chosen", "/".join(HUMAN[name][3:]),
               out[name]["/".join(HUMAN[name][3:])], flush=True)
@@ -199,12 +199,7 @@ def main() -> int:
     both = HumanBoth(eng, {n: HumanModel(mdir, n) for n in args.only})
     models = ("sface", *args.only, *(f"fused-{n}" for n in args.only))
     res.update(evaluate(both, models, {f"fused-{n}": n for n in args.only}, args.frames, args.clips))
-    img = cv2.imread(str(FACES / ENROLL["p13"]))
-    res["ms_per_face_1_thread"] = ms_per_face(both, img, eng.detect([img])[0][0])
-    res["sizes"], res["blurs"], res["seconds"] = list(SIZES), list(BLURS), round(time.time() - t0, 1)
-    Path(args.out).write_text(json.dumps(res, indent=1) + "\n")
-    report(res, models)
-    return 0
+    return finish(res, both, eng, models, args.out, t0)
 
 
 if __name__ == "__main__":
