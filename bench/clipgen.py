@@ -153,3 +153,41 @@ def render(visits: list[Visit], path: Path, *, models_dir: Path, size=(640, 360)
 
 def visits_json(visits: list[Visit]) -> list[dict]:
     return [asdict(v) for v in visits]
+
+
+def write_h264(frames, out: Path, fps: int, gop: int, preset: str = "ultrafast") -> Path:
+    """BGR frames as an IP camera sends them: H.264 (PyAV's libx264), IPPP, a keyframe every gop frames."""
+    import av
+
+    c = av.open(str(out), "w")
+    s = None
+    for img in frames:
+        if s is None:
+            s = c.add_stream("libx264", rate=fps)
+            s.height, s.width = img.shape[:2]
+            s.pix_fmt = "yuv420p"
+            s.options = {"g": str(gop), "keyint_min": str(gop), "bf": "0", "sc_threshold": "0", "preset": preset}
+        for pk in s.encode(av.VideoFrame.from_ndarray(img, format="bgr24")):
+            c.mux(pk)
+    if s is not None:
+        for pk in s.encode(None):
+            c.mux(pk)
+    c.close()
+    return out
+
+
+def to_h264(src: Path, out: Path, *, gop: int | None = None, gop_s: float = 1.0, preset: str = "ultrafast") -> Path:
+    """A rendered clip re-encoded by write_h264 at its own fps; gop frames, or gop_s seconds, between keyframes."""
+    cap = cv2.VideoCapture(str(src))
+    fps = int(round(cap.get(cv2.CAP_PROP_FPS) or 10))
+
+    def frames():
+        ok, img = cap.read()
+        while ok:
+            yield img
+            ok, img = cap.read()
+
+    try:
+        return write_h264(frames(), out, fps, gop or max(1, int(round(gop_s * fps))), preset)
+    finally:
+        cap.release()

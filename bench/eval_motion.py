@@ -27,7 +27,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
 
-from clipgen import Visit, render  # noqa: E402
+from clipgen import Visit, render, to_h264  # noqa: E402
 from index.replica import Match  # noqa: E402
 from pipeline.config import load_settings  # noqa: E402
 from pipeline.engine.engine import FaceEngine  # noqa: E402
@@ -93,31 +93,6 @@ def compare(video: Path, eng_settings: tuple, search, noise: float = 0.0) -> dic
             "tracks_off": len(off["tracks"]), "tracks_on": len(on["tracks"]),
             "names_off": sorted(n for _, n in off["tracks"] if n), "names_on": sorted(n for _, n in on["tracks"] if n),
             "detect_ms_per_frame_off": off["detect_ms_per_frame"], "detect_ms_per_frame_on": on["detect_ms_per_frame"]}
-
-
-def h264(src: Path, out: Path, gop_s: float = 1.0) -> Path:
-    """The clip as an IP camera sends it: H.264 (PyAV's libx264), IPPP, a keyframe every gop_s."""
-    import av
-
-    cap = cv2.VideoCapture(str(src))
-    fps = int(round(cap.get(cv2.CAP_PROP_FPS) or 10))
-    c = av.open(str(out), "w")
-    st = c.add_stream("libx264", rate=fps)
-    st.width, st.height = int(cap.get(cv2.CAP_PROP_FRAME_WIDTH)), int(cap.get(cv2.CAP_PROP_FRAME_HEIGHT))
-    st.pix_fmt = "yuv420p"
-    g = str(max(1, int(round(gop_s * fps))))
-    st.options = {"g": g, "keyint_min": g, "bf": "0", "sc_threshold": "0", "preset": "veryfast"}
-    while True:
-        ok, img = cap.read()
-        if not ok:
-            break
-        for pk in st.encode(av.VideoFrame.from_ndarray(img, format="bgr24")):
-            c.mux(pk)
-    for pk in st.encode(None):
-        c.mux(pk)
-    c.close()
-    cap.release()
-    return out
 
 
 def run_grabber(video: Path, settings, eng, search, gated: bool) -> dict:
@@ -216,8 +191,8 @@ def main() -> int:
         if not a.grabber_only:
             out["scene_20pct"] = compare(p, ((s_off, s_on), eng), search)
             out["scene_20pct_sensor_noise"] = compare(p, ((s_off, s_on), eng), search, noise=4.0)
-        out["grabber_gate_scene_20pct_h264_gop1s"] = compare_grabber(h264(p, Path(tmp) / "scene_h264.mp4"), s_on,
-                                                                     eng, search)
+        clip = to_h264(p, Path(tmp) / "scene_h264.mp4", preset="veryfast")
+        out["grabber_gate_scene_20pct_h264_gop1s"] = compare_grabber(clip, s_on, eng, search)
     if a.grabber_only:
         Path(a.out).write_text(json.dumps(out, indent=1) + "\n")
         print(json.dumps(out["grabber_gate_scene_20pct_h264_gop1s"], indent=1))

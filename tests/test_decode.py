@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -119,19 +120,16 @@ def moving_square(path: Path, *, frames: int = 90, gop: int = 30) -> Path:
     """H.264 (PyAV's libx264, IPPP, a keyframe every gop frames) of a square moving 3 px a frame: x = 10 + 3 i."""
     import numpy as np
 
-    c = av.open(str(path), "w")
-    s = c.add_stream("libx264", rate=30)
-    s.width, s.height, s.pix_fmt = 320, 240, "yuv420p"
-    s.options = {"g": str(gop), "keyint_min": str(gop), "bf": "0", "sc_threshold": "0", "preset": "ultrafast"}
-    for i in range(frames):
-        img = np.full((240, 320, 3), 60, np.uint8)
-        img[100:140, 10 + 3 * i:30 + 3 * i] = 250
-        for p in s.encode(av.VideoFrame.from_ndarray(img, format="bgr24")):
-            c.mux(p)
-    for p in s.encode(None):
-        c.mux(p)
-    c.close()
-    return path
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+    from clipgen import write_h264
+
+    def squares():
+        for i in range(frames):
+            img = np.full((240, 320, 3), 60, np.uint8)
+            img[100:140, 10 + 3 * i:30 + 3 * i] = 250
+            yield img
+
+    return write_h264(squares(), path, 30, gop)
 
 
 def _x(img) -> int:

@@ -97,25 +97,10 @@ def test_frame_msg_v2_still_and_gated_and_v1_unchanged():
 
 def _h264(src: Path, out: Path, gop: int) -> Path:
     """The composed clip as an IP camera sends it: H.264, IPPP, a keyframe every gop frames (PyAV's libx264)."""
-    import av
+    sys.path.insert(0, str(REPO / "bench"))
+    from clipgen import to_h264
 
-    cap = cv2.VideoCapture(str(src))
-    fps = cap.get(cv2.CAP_PROP_FPS)
-    c = av.open(str(out), "w")
-    s = c.add_stream("libx264", rate=int(round(fps)))
-    s.pix_fmt = "yuv420p"
-    s.width, s.height = int(cap.get(cv2.CAP_PROP_FRAME_WIDTH)), int(cap.get(cv2.CAP_PROP_FRAME_HEIGHT))
-    s.options = {"g": str(gop), "keyint_min": str(gop), "bf": "0", "sc_threshold": "0", "preset": "ultrafast"}
-    while True:
-        ok, img = cap.read()
-        if not ok:
-            break
-        for p in s.encode(av.VideoFrame.from_ndarray(img, format="bgr24")):
-            c.mux(p)
-    for p in s.encode(None):
-        c.mux(p)
-    c.close()
-    return out
+    return to_h264(src, out, gop=gop)
 
 
 def _face_times(path: Path, settings, gated: bool):
